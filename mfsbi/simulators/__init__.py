@@ -1,0 +1,15 @@
+"""Pure simulators: tasks with a prior, a low- and a high-fidelity simulator. No Prefect, no storage."""
+
+from mfsbi.simulators.base import Fidelity, ReferencePosterior, Simulator, Task
+from mfsbi.simulators.registry import TaskNotFoundError, available_tasks, get_task, register_task
+
+__all__ = [
+    "Fidelity",
+    "ReferencePosterior",
+    "Simulator",
+    "Task",
+    "TaskNotFoundError",
+    "available_tasks",
+    "get_task",
+    "register_task",
+]

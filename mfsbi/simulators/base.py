@@ -1,0 +1,125 @@
+"""The task interface: a prior, a low- and a high-fidelity simulator, and optionally a reference.
+
+A *simulator* maps a batch of parameters to a batch of outputs, ``theta[n, d] -> x[n, k]``,
+deterministically for a given integer seed. The seed belongs to the batch, not to a row: the
+pipeline always simulates the same rows together (one batch is one chunk of the store), so the same
+run seed gives the same simulations whatever the number of workers. A simulator marks a row it
+could not produce with NaN; the pipeline stores such rows as failed.
+
+Both simulators of a task take the full high-fidelity parameter vector. Parameters that exist only
+in the high-fidelity model are ignored by the low-fidelity one; ``low_fidelity_parameters`` names
+the ones it does use (PAPER.md: theta_L is a subset of theta).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.distributions import Distribution
+
+__all__ = [
+    "Fidelity",
+    "ReferencePosterior",
+    "Simulator",
+    "Task",
+]
+
+Fidelity = Literal["lf", "hf"]
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """A batched, seeded simulator.
+
+    Arguments:
+        theta: parameters, shape ``(n, d)`` with ``d`` the task's parameter count.
+        seed: the batch's seed; the same ``(theta, seed)`` gives the same ``x``.
+
+    Returns:
+        Outputs of shape ``(n, k)``, float64; a row of NaN marks a failed simulation.
+    """
+
+    def __call__(self, theta: np.ndarray, seed: int) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ReferencePosterior(Protocol):
+    """Draws exact samples of p(theta | x_o) for one observation.
+
+    Arguments:
+        x_o: one observation, shape ``(k,)``.
+        num_samples: how many samples.
+        seed: the sampler's seed.
+
+    Returns:
+        Samples of shape ``(num_samples, d)``.
+    """
+
+    def __call__(self, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Task:
+    """An inference problem with two fidelities.
+
+    Arguments:
+        name: registry name, e.g. ``"ou2"``.
+        prior: a torch distribution over ``theta`` with bounded support and ``event_shape (d,)``.
+        parameter_names: one name per parameter dimension.
+        low_fidelity: the cheap simulator.
+        high_fidelity: the expensive simulator.
+        x_dim: the output size ``k`` shared by both fidelities.
+        low_fidelity_parameters: indices into ``theta`` that the low-fidelity simulator uses.
+        references: exact posterior samplers by name; the first one is the default truth.
+        version: bumped whenever a simulator's output for a given seed changes; stored as
+            provenance so that a store is never continued with a different simulator.
+        description: one line for ``mfsbi tasks``.
+    """
+
+    name: str
+    prior: Distribution
+    parameter_names: tuple[str, ...]
+    low_fidelity: Simulator
+    high_fidelity: Simulator
+    x_dim: int
+    low_fidelity_parameters: tuple[int, ...]
+    references: dict[str, ReferencePosterior] = field(default_factory=dict)
+    version: str = "1"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        d = len(self.parameter_names)
+        if tuple(self.prior.event_shape) != (d,):
+            raise ValueError(
+                f"task {self.name!r}: prior event_shape {tuple(self.prior.event_shape)} does not "
+                f"match {d} parameter names"
+            )
+        if not all(0 <= i < d for i in self.low_fidelity_parameters):
+            raise ValueError(f"task {self.name!r}: low_fidelity_parameters out of range 0..{d - 1}")
+
+    @property
+    def theta_dim(self) -> int:
+        """The number of parameters ``d``."""
+        return len(self.parameter_names)
+
+    def simulator(self, fidelity: Fidelity) -> Simulator:
+        """The simulator of one fidelity (``"lf"`` or ``"hf"``)."""
+        if fidelity == "lf":
+            return self.low_fidelity
+        if fidelity == "hf":
+            return self.high_fidelity
+        raise ValueError(f"fidelity must be 'lf' or 'hf', got {fidelity!r}")
+
+    def sample_prior(self, num_samples: int, seed: int) -> np.ndarray:
+        """Draws ``num_samples`` parameters from the prior with a private torch generator state.
+
+        Returns:
+            float64 array of shape ``(num_samples, d)``.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            theta = self.prior.sample((num_samples,))
+        return theta.double().numpy()
