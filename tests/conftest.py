@@ -5,3 +5,25 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY", "false")
 os.environ.setdefault("NEURON_MODULE_OPTIONS", "-nogui")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real local Prefect API for the whole session (started as `mfsbi run` does), torn down after."""
+    os.environ["MFSBI_HOME"] = str(tmp_path_factory.mktemp("mfsbi-home"))
+    os.environ.pop("PREFECT_API_URL", None)
+    from mfsbi.flows.services import prefect_api
+
+    with prefect_api() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def dask_cluster_client():
+    """A local Dask cluster of two single-threaded worker processes, shared by the flow tests."""
+    from mfsbi.flows.services import dask_client
+
+    with dask_client(None, n_workers=2) as client:
+        yield client

@@ -1,1 +1,55 @@
-"""inference"""
+r"""Estimators, multifidelity training and metrics (torch + sbi; no Prefect, no storage).
+
+Inputs are torch tensors or numpy arrays and a torch prior; outputs are trained estimators,
+sbi posteriors, checkpoint bytes and floats.
+
+MF-NPE in two calls::
+
+    lf = pretrain(prior, theta_lf, x_lf)
+    hf = fine_tune(lf, theta_hf, x_hf)
+    samples = hf.posterior().sample((1000,), x=x_o)
+"""
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    estimator_from_bytes,
+    estimator_to_bytes,
+    load_estimator,
+    save_estimator,
+)
+from .config import PAPER_CODE_LF_LEARNING_RATE, EstimatorConfig, TrainingConfig
+from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse
+from .training import (
+    TrainedEstimator,
+    build_network,
+    fine_tune,
+    pretrain,
+    refit_x_standardizer,
+    train_npe,
+    x_standardizer,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "EstimatorConfig",
+    "PAPER_CODE_LF_LEARNING_RATE",
+    "TrainedEstimator",
+    "TrainingConfig",
+    "build_network",
+    "c2st",
+    "estimator_from_bytes",
+    "estimator_to_bytes",
+    "fine_tune",
+    "load_estimator",
+    "median_bandwidth",
+    "mmd_squared",
+    "nltp",
+    "nrmse",
+    "pretrain",
+    "refit_x_standardizer",
+    "save_estimator",
+    "train_npe",
+    "x_standardizer",
+]

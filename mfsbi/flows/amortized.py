@@ -1,0 +1,209 @@
+"""The amortised flow: NPE and MF-NPE.
+
+simulate LF → pretrain → simulate HF (the budget) → fine-tune (or train from scratch) → evaluate.
+Prefect tasks are coarse and run in the flow process; the fan-out of simulations and the training
+itself run as plain Dask tasks on the workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE as NO_CACHE
+
+from mfsbi import __version__
+from mfsbi.flows import progress
+from mfsbi.flows.config import RunConfig
+from mfsbi.flows.evaluation import Evaluation, evaluate_posterior, pair_plot_png, sample_posterior
+from mfsbi.flows.executor import BatchExecutor, DaskExecutor
+from mfsbi.flows.seeds import derive_seed
+from mfsbi.flows.services import dask_client
+from mfsbi.flows.simulation import SimulationReport, ensure_rows, run_pending
+from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
+from mfsbi.simulators import Task, get_task
+from mfsbi.storage import SimulationStore
+
+__all__ = ["amortized_flow", "artifact_prefix", "resolve_device", "run_amortized"]
+
+
+def artifact_prefix(task: Task, config: RunConfig) -> str:
+    """Where a run's files live inside the store's ``artifacts/``."""
+    return f"{task.name}/{config.run_name}"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when this process sees a GPU, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@task(name="simulate", cache_policy=NO_CACHE, task_run_name="simulate {fidelity} ×{num_rows} ({table})")
+def simulate(executor: BatchExecutor, store: SimulationStore, task_obj: Task, config: RunConfig, *,
+             table: str, fidelity: str, num_rows: int, chunk_size: int, seed: int,
+             budget: int | None) -> SimulationReport:
+    sim_table = ensure_rows(
+        store, task_obj, table=table, fidelity=fidelity, num_rows=num_rows, chunk_size=chunk_size,
+        seed=seed, config_hash=config.simulation_hash(fidelity, chunk_size, task_obj.version, seed),
+        budget=budget,
+    )
+    step = f"simulate {fidelity.upper()} ({table})"
+    report = run_pending(
+        executor, store.url, config.task, sim_table, table=table, fidelity=fidelity,
+        max_failure_fraction=config.max_failure_fraction,
+        progress=lambda done, total: progress.report(step, done, total),
+    )
+    get_run_logger().info(
+        "%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,
+        report.simulated, report.failed, report.stored_ok,
+    )
+    return report
+
+
+@task(name="train", cache_policy=NO_CACHE, task_run_name="{label}")
+def train(executor: BatchExecutor, job: TrainJob, label: str) -> TrainResult:
+    progress.report(label, 0, 1)
+    (result,) = list(executor.map_unordered(train_estimator, [job]))
+    progress.report(label, 1, 1)
+    get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s", label, result.num_simulations,
+                          result.epochs, result.seconds, result.device)
+    return result
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(result: TrainResult, task_obj: Task, test_theta: np.ndarray, test_x: np.ndarray,
+             config: RunConfig) -> Evaluation:
+    from mfsbi.inference import estimator_from_bytes
+
+    progress.report("evaluate", 0, 1)
+    posterior = estimator_from_bytes(result.checkpoint, task_obj.prior).posterior()
+    evaluation = evaluate_posterior(posterior, task_obj, test_theta, test_x,
+                                    num_c2st=config.num_test_observations,
+                                    num_samples=config.posterior_samples, seed=config.test_seed)
+    progress.report("evaluate", 1, 1)
+    return evaluation
+
+
+def _training_dict(config: RunConfig, learning_rate: float, seed: int) -> dict:
+    from mfsbi.inference import TrainingConfig
+
+    return TrainingConfig(learning_rate=learning_rate, max_num_epochs=config.max_num_epochs, seed=seed).to_dict()
+
+
+def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
+    """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
+    from mfsbi.inference import EstimatorConfig
+
+    started = time.perf_counter()
+    task_obj = get_task(config.task)
+    store = SimulationStore(config.store)
+    device = resolve_device(config.device)
+    estimator = EstimatorConfig().to_dict()
+    summary: dict = {"task": task_obj.name, "method": config.method, "run": config.run_name,
+                     "seed": config.seed, "device": device, "mfsbi_version": __version__}
+
+    num_test = max(config.num_test_observations, config.num_nltp_pairs)
+    test_table = f"{task_obj.name}-test"
+    if num_test:
+        simulate(executor, store, task_obj, config, table=test_table, fidelity="hf", num_rows=num_test,
+                 chunk_size=config.hf_chunk_size, seed=config.test_seed, budget=None)
+
+    pretrained: bytes | None = None
+    if config.method == "mf-npe":
+        lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf",
+                      num_rows=config.lf_sims, chunk_size=config.lf_chunk_size, seed=config.seed, budget=None)
+        summary["lf"] = dataclasses.asdict(lf)
+        pre = train(executor, TrainJob(store.url, config.task, task_obj.name, "lf", config.lf_sims, estimator,
+                                       _training_dict(config, config.lf_learning_rate, derive_seed(config.seed, "pretrain")),
+                                       None, device), label=f"pretrain on {config.lf_sims} LF")
+        pretrained = pre.checkpoint
+        summary["pretrain"] = {"epochs": pre.epochs, "seconds": pre.seconds, "simulations": pre.num_simulations}
+
+    hf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="hf",
+                  num_rows=config.hf_sims, chunk_size=config.hf_chunk_size, seed=config.seed, budget=config.hf_sims)
+    summary["hf"] = dataclasses.asdict(hf)
+    label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
+    final = train(executor, TrainJob(store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator,
+                                     _training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train")),
+                                     pretrained, device), label=label)
+    summary["train"] = {"epochs": final.epochs, "seconds": final.seconds, "simulations": final.num_simulations}
+
+    prefix = artifact_prefix(task_obj, config)
+    store.write_artifact(f"{prefix}/posterior.pt", final.checkpoint)
+    summary["posterior"] = f"artifacts/{prefix}/posterior.pt"
+
+    test_theta = test_x = np.zeros((0, task_obj.theta_dim))
+    if num_test:
+        test_theta, test_x = store.table(test_table, "hf").read("ok")
+    evaluation = evaluate(final, task_obj, test_theta, test_x, config)
+    summary["metrics"] = dataclasses.asdict(evaluation)
+
+    _save_plot(store, task_obj, config, final, test_theta, test_x, prefix, summary)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
+    summary["config"] = config.model_dump()
+    store.write_artifact(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
+    store.write_artifact("latest.json", json.dumps({"task": config.task, "run": prefix}).encode())
+    _publish(summary, evaluation)
+    return summary
+
+
+def _save_plot(store, task_obj, config, final, test_theta, test_x, prefix, summary) -> None:
+    from mfsbi.inference import estimator_from_bytes
+
+    if config.observation is not None:
+        x_o, truth, where = np.asarray(config.observation, dtype=np.float64), None, "the given observation"
+    elif len(test_x):
+        x_o, truth, where = test_x[0], test_theta[0], "held-out observation 0 (true θ marked)"
+    else:
+        return
+    posterior = estimator_from_bytes(final.checkpoint, task_obj.prior).posterior()
+    samples = sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.seed, "plot"))
+    png = pair_plot_png(samples, task_obj, truth, f"{task_obj.name} {config.run_name}: {where}")
+    store.write_artifact(f"{prefix}/pairplot.png", png)
+    summary["pair_plot"] = f"artifacts/{prefix}/pairplot.png"
+    if config.observation is not None:
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, samples, allow_pickle=False)
+        store.write_artifact(f"{prefix}/samples.npy", buffer.getvalue())
+        summary["samples"] = f"artifacts/{prefix}/samples.npy"
+
+
+def _publish(summary: dict, evaluation: Evaluation) -> None:
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in evaluation.as_rows()]
+    lines += [
+        f"| HF simulations stored ok | {summary['hf']['stored_ok']} |",
+        f"| LF simulations stored ok | {summary.get('lf', {}).get('stored_ok', 0)} |",
+        f"| device | {summary['device']} |",
+        f"| posterior | `{summary['posterior']}` |",
+        f"| pair plot | `{summary.get('pair_plot', '-')}` |",
+    ]
+    key = f"metrics-{summary['task']}-{summary['run']}".lower().replace("_", "-").replace(".", "-")
+    create_markdown_artifact(key=key, markdown="\n".join(lines),
+                             description=f"{summary['task']} {summary['run']}: metrics")
+
+
+@flow(name="mfsbi-amortized",
+      flow_run_name="{config.task} {config.method} lf={config.lf_sims} hf={config.hf_sims} seed={config.seed}")
+def amortized_flow(config: RunConfig) -> dict:
+    """NPE or MF-NPE on one task, with every simulation stored in the zarr store.
+
+    Arguments:
+        config: the validated run configuration (the CLI and the deployments use the same model).
+
+    Returns:
+        The run summary (metrics, counts, artifact locations).
+    """
+    with dask_client(config.dask_address, config.n_workers) as client:
+        return run_amortized(config, DaskExecutor(client))

@@ -1,0 +1,264 @@
+"""The ``mfsbi`` command line: run, sample, tasks, status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mfsbi.flows.services import quiet_prefect_environment
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multifidelity simulation-based inference, orchestrated by Prefect and Dask.")
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+# Exit code of bad input: the convention of argparse and click.
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input; its message is the one line the user sees."""
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def load_observation(path: Path, x_dim: int) -> list[float]:
+    """Reads one observation from a ``.npy`` file (no pickles), shape ``(k,)`` or ``(1, k)``."""
+    import numpy as np
+
+    if not path.is_file():
+        raise UsageError(f"--observation: file {str(path)!r} does not exist")
+    try:
+        x_o = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise UsageError(f"--observation: {str(path)!r} is not a readable .npy array ({error})") from error
+    if x_o.dtype.kind not in "fiu":
+        raise UsageError(f"--observation: {str(path)!r} holds {x_o.dtype}, expected numbers")
+    if x_o.ndim == 2 and x_o.shape[0] == 1:
+        x_o = x_o[0]
+    if x_o.shape != (x_dim,):
+        raise UsageError(f"--observation: shape {x_o.shape} does not match the task's x of shape ({x_dim},)")
+    if not np.isfinite(x_o).all():
+        raise UsageError(f"--observation: {str(path)!r} holds NaN or inf; give finite values")
+    return [float(v) for v in x_o]
+
+
+def build_config(**options) -> "RunConfig":  # noqa: F821
+    """Validates the options into a RunConfig, checks the task, the observation and the store.
+
+    Raises:
+        UsageError: with one line naming the problem; nothing has been written.
+    """
+    from pydantic import ValidationError
+
+    from mfsbi.flows.config import RunConfig, describe_validation_error
+    from mfsbi.flows.preflight import PreflightError, check_store
+    from mfsbi.simulators import TaskNotFoundError, get_task
+
+    observation_path = options.pop("observation")
+    try:
+        config = RunConfig(**options)
+    except ValidationError as error:
+        raise UsageError(describe_validation_error(error)) from None
+    try:
+        task = get_task(config.task)
+    except TaskNotFoundError as error:
+        raise UsageError(f"--task: {error}") from None
+    if observation_path is not None:
+        config = config.model_copy(update={"observation": load_observation(observation_path, task.x_dim)})
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device: cuda was asked for but no CUDA device is visible; use auto or cpu")
+    try:
+        check_store(config, task)
+    except PreflightError as error:
+        raise UsageError(str(error)) from None
+    return config
+
+
+@app.command()
+def run(
+    task: Annotated[str, typer.Option(help="task name (see `mfsbi tasks`) or package.module:attribute")] = "ou2",
+    method: Annotated[str, typer.Option(help="npe or mf-npe")] = "mf-npe",
+    lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations (mf-npe)")] = 10_000,
+    hf_sims: Annotated[int, typer.Option(help="high-fidelity simulation budget")] = 100,
+    store: Annotated[str, typer.Option(help="zarr store: a folder or a zarr store URL")] = "mfsbi-store",
+    seed: Annotated[int, typer.Option(help="run seed: same seed, same simulations and numbers")] = 0,
+    observation: Annotated[Optional[Path], typer.Option(help="x_o as a .npy file")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
+    n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
+    num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
+    max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Run NPE or MF-NPE end to end: simulate, store, train, evaluate."""
+    try:
+        config = build_config(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
+                              seed=seed, observation=observation, dask_address=dask_address,
+                              n_workers=n_workers, device=device, num_test_observations=num_test_observations,
+                              num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs)
+    except UsageError as error:
+        _fail(str(error))
+    summary = _run_with_services(config, verbose)
+    _print_summary(summary)
+
+
+def _run_with_services(config, verbose: bool) -> dict:
+    import logging
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mfsbi.flows import progress as progress_events
+    from mfsbi.flows.services import ServiceError, prefect_api
+
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    try:
+        with prefect_api() as api_url:
+            console.print(f"Prefect API: {api_url}", highlight=False)
+            from mfsbi.flows.amortized import amortized_flow
+
+            if not verbose:
+                logging.getLogger("distributed").setLevel(logging.ERROR)
+            with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=False) as bars:
+                ids: dict[str, object] = {}
+
+                def listener(step: str, done: int, total: int) -> None:
+                    if step not in ids:
+                        ids[step] = bars.add_task(step, total=total)
+                    bars.update(ids[step], completed=done, total=total)
+
+                progress_events.listen(listener)
+                try:
+                    return amortized_flow(config)
+                finally:
+                    progress_events.listen(None)
+    except ServiceError as error:
+        _fail(str(error), code=1)
+    except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
+        _fail(f"the run failed: {type(error).__name__}: {error}", code=1)
+
+
+def _print_summary(summary: dict) -> None:
+    metrics = summary["metrics"]
+    table = Table(title=f"{summary['task']} · {summary['run']} · {summary['wall_seconds']:.0f} s")
+    table.add_column("result")
+    table.add_column("value", justify="right")
+    for name, value in metrics["c2st"].items():
+        table.add_row(f"C2ST vs {name} reference ({metrics['num_c2st_observations']} held-out obs.)",
+                      f"{value:.3f}")
+    if metrics["nltp"] is not None:
+        table.add_row(f"NLTP ({metrics['num_nltp_pairs']} held-out pairs)", f"{metrics['nltp']:.3f}")
+    if metrics["nrmse"] is not None:
+        table.add_row("NRMSE", f"{metrics['nrmse']:.3f}")
+    if "lf" in summary:
+        table.add_row("LF simulations stored ok", str(summary["lf"]["stored_ok"]))
+    table.add_row("HF simulations stored ok", str(summary["hf"]["stored_ok"]))
+    table.add_row("training device", summary["device"])
+    table.add_row("posterior", summary["posterior"])
+    table.add_row("pair plot", summary.get("pair_plot", "-"))
+    console.print(table)
+
+
+@app.command()
+def sample(
+    store: Annotated[str, typer.Option(help="the store a run wrote")],
+    observation: Annotated[Path, typer.Option(help="x_o as a .npy file")],
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, max=10_000_000)] = 1000,
+    out: Annotated[Path, typer.Option(help="where to write the samples (.npy)")] = Path("samples.npy"),
+    run_name: Annotated[Optional[str], typer.Option("--run", help="TASK/RUN inside artifacts/ (default: latest)")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Draw posterior samples at an observation from a stored posterior."""
+    import numpy as np
+
+    from mfsbi.flows.evaluation import sample_posterior
+    from mfsbi.inference import estimator_from_bytes
+    from mfsbi.simulators import TaskNotFoundError, get_task
+    from mfsbi.storage import SimulationStore, StoreError
+
+    try:
+        handle = SimulationStore(store, mode="r")
+        latest = json.loads(handle.read_artifact("latest.json"))
+        prefix = run_name or latest["run"]
+        task_obj = get_task(latest["task"] if run_name is None else _run_task(handle, prefix))
+        x_o = np.asarray(load_observation(observation, task_obj.x_dim))
+        checkpoint = handle.read_artifact(f"{prefix}/posterior.pt")
+    except (StoreError, KeyError, FileNotFoundError) as error:
+        _fail(f"--store: {store!r} holds no trained posterior ({error})")
+    except (UsageError, TaskNotFoundError) as error:
+        _fail(str(error))
+    if out.suffix != ".npy":
+        _fail(f"--out: {str(out)!r} must end in .npy")
+    posterior = estimator_from_bytes(checkpoint, task_obj.prior).posterior()
+    samples = sample_posterior(posterior, x_o, num_samples, seed)
+    np.save(out, samples, allow_pickle=False)
+    console.print(f"wrote {num_samples} samples of {prefix} to {out}")
+
+
+def _run_task(handle, prefix: str) -> str:
+    return json.loads(handle.read_artifact(f"{prefix}/summary.json"))["config"]["task"]
+
+
+@app.command()
+def tasks() -> None:
+    """List the available tasks."""
+    from mfsbi.simulators import available_tasks, get_task
+
+    table = Table(title="mfsbi tasks")
+    for column in ("task", "parameters", "x size", "LF uses", "reference posteriors", "description"):
+        table.add_column(column)
+    for name in available_tasks():
+        task_obj = get_task(name)
+        lf_uses = ", ".join(task_obj.parameter_names[i] for i in task_obj.low_fidelity_parameters)
+        table.add_row(name, f"{task_obj.theta_dim} ({', '.join(task_obj.parameter_names)})", str(task_obj.x_dim),
+                      lf_uses, ", ".join(task_obj.references) or "-", task_obj.description)
+    console.print(table)
+
+
+@app.command()
+def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
+    """Show what a store holds: rows by status, HF budget, runs."""
+    from mfsbi.storage import SimulationStore, StoreError
+
+    try:
+        handle = SimulationStore(store, mode="r")
+    except (StoreError, FileNotFoundError) as error:
+        _fail(f"STORE: {error}")
+    table = Table(title=f"store {store}")
+    for column in ("task", "fidelity", "ok", "failed", "pending", "HF budget used / total"):
+        table.add_column(column, justify="right" if column not in ("task", "fidelity") else "left")
+    for task_name, fidelity in handle.tables():
+        sim_table = handle.table(task_name, fidelity)
+        counts = sim_table.counts()
+        budget = sim_table.budget()
+        table.add_row(task_name, fidelity, str(counts["ok"]), str(counts["failed"]), str(counts["pending"]),
+                      f"{budget.reserved} / {budget.total}" if budget else "-")
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point of the ``mfsbi`` console script."""
+    quiet_prefect_environment()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

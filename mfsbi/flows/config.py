@@ -1,0 +1,78 @@
+"""The run configuration shared by the CLI, the flows and (later) the deployments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["ConfigError", "RunConfig", "describe_validation_error"]
+
+Method = Literal["npe", "mf-npe"]
+Device = Literal["auto", "cpu", "cuda"]
+
+# A budget above this is almost surely a typo, and would allocate more than memory holds.
+MAX_SIMULATIONS = 100_000_000
+
+
+class ConfigError(ValueError):
+    """Bad user input: one line naming the field and the fix."""
+
+
+class RunConfig(BaseModel):
+    """Everything that defines one amortised run (NPE or MF-NPE).
+
+    The same config and seed give the same simulations and the same numbers.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(description="registry name (see `mfsbi tasks`) or package.module:attribute")
+    method: Method = "mf-npe"
+    lf_sims: int = Field(10_000, ge=1, le=MAX_SIMULATIONS, description="low-fidelity simulations")
+    hf_sims: int = Field(100, ge=1, le=MAX_SIMULATIONS, description="high-fidelity budget")
+    store: str = Field("mfsbi-store", description="zarr store: a folder or a zarr store URL")
+    seed: int = Field(0, ge=0, lt=2**63)
+    device: Device = "auto"
+    dask_address: str | None = Field(None, description="an existing Dask scheduler; default: a local cluster")
+    n_workers: int | None = Field(None, ge=1, le=512, description="local cluster workers; default: one per core")
+    lf_chunk_size: int = Field(1000, ge=1, le=1_000_000, description="LF rows per zarr chunk and per Dask task")
+    hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk and per Dask task")
+    num_test_observations: int = Field(5, ge=0, le=10_000, description="held-out HF observations for C2ST")
+    num_nltp_pairs: int = Field(100, ge=0, le=1_000_000, description="held-out HF pairs for NLTP")
+    test_seed: int = Field(2026, ge=0, lt=2**63, description="seed of the held-out test set, fixed across run seeds")
+    posterior_samples: int = Field(1000, ge=10, le=10_000_000)
+    max_num_epochs: int = Field(2**31 - 1, ge=1, description="cap on epochs (early stopping ends training before)")
+    lf_learning_rate: float = Field(5e-4, gt=0, lt=1)
+    hf_learning_rate: float = Field(5e-4, gt=0, lt=1)
+    max_failure_fraction: float = Field(0.2, ge=0, le=1, description="stop when more simulations fail")
+    observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
+
+    @field_validator("observation")
+    @classmethod
+    def _finite(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(v == v and abs(v) != float("inf") for v in value):
+            raise ValueError("observation holds NaN or inf; give finite values")
+        return value
+
+    @property
+    def run_name(self) -> str:
+        """A readable, deterministic name used for artifacts and the Prefect flow run."""
+        lf = f"lf{self.lf_sims}-" if self.method == "mf-npe" else ""
+        return f"{self.method}-{lf}hf{self.hf_sims}-seed{self.seed}"
+
+    def simulation_hash(self, fidelity: str, chunk_size: int, task_version: str, seed: int) -> str:
+        """Hash of what decides a table's rows: a store is never continued with other settings."""
+        payload = {"task": self.task, "version": task_version, "fidelity": fidelity,
+                   "seed": seed, "chunk_size": chunk_size}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming the first bad field and what is wrong with it."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    flag = "--" + field.replace("_", "-")
+    return f"{flag}: {first['msg']} (got {first.get('input')!r})"

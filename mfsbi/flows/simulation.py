@@ -1,0 +1,148 @@
+"""Planning rows in the store and running the pending ones on an executor.
+
+Rows are *reserved* first (parameters, seeds, status pending) by the flow process, the store's only
+appender, and simulated afterwards by workers that each write whole batches inside one chunk. A rerun
+therefore simulates exactly the rows still pending: nothing stored is simulated twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mfsbi import __version__
+from mfsbi.flows.executor import BatchExecutor
+from mfsbi.flows.seeds import derive_seed
+from mfsbi.flows.work import BatchJob, simulate_batch
+from mfsbi.simulators import Task
+
+__all__ = ["SimulationFailureError", "SimulationReport", "ensure_rows", "provenance", "run_pending"]
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class SimulationFailureError(RuntimeError):
+    """Too many simulations failed: the run stops instead of burning the budget."""
+
+
+@dataclass(frozen=True)
+class SimulationReport:
+    table: str
+    fidelity: str
+    simulated: int
+    failed: int
+    simulator_seconds: float
+    stored_ok: int
+
+
+def provenance(task: Task, fidelity: str, config_hash: str) -> dict[str, str]:
+    simulator = task.simulator(fidelity)
+    return {
+        "simulator": f"{type(simulator).__module__}.{type(simulator).__qualname__}",
+        "simulator_version": task.version,
+        "config_hash": config_hash,
+        "prior": repr(task.prior),
+        "mfsbi_version": __version__,
+    }
+
+
+def ensure_rows(store, task: Task, *, table: str, fidelity: str, num_rows: int, chunk_size: int,
+                seed: int, config_hash: str, budget: int | None = None):
+    """Opens (or creates) a table and reserves rows until it holds ``num_rows``.
+
+    The parameters of chunk ``c`` are drawn with a seed derived from ``(seed, table, c)`` and its
+    simulator seed from ``(seed, table, c, first row)``: a table grown later in several steps holds
+    the same rows as one created at once.
+
+    Arguments:
+        store: the :class:`~mfsbi.storage.SimulationStore`.
+        task: the task whose prior draws the parameters.
+        table: the table's name in the store (the task name, or ``<task>-test``).
+        fidelity: ``"lf"`` or ``"hf"``.
+        num_rows: how many rows the table must hold.
+        chunk_size: rows per chunk (fixed when the table is created).
+        seed: the seed the rows derive from.
+        config_hash: provenance; a table made with other settings is refused.
+        budget: the HF budget to record (raised if the table holds a smaller one).
+
+    Returns:
+        The table.
+    """
+    sim_table = store.require_table(
+        table, fidelity, theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=chunk_size,
+        provenance=provenance(task, fidelity, config_hash),
+    )
+    if budget is not None:
+        current = sim_table.budget()
+        if current is None or current.total < budget:
+            sim_table.set_budget(budget)
+    have = sim_table.num_rows
+    if have >= num_rows:
+        return sim_table
+    thetas, seeds = [], []
+    for chunk in range(have // chunk_size, -(-num_rows // chunk_size)):
+        first = max(have, chunk * chunk_size)
+        last = min(num_rows, (chunk + 1) * chunk_size)
+        chunk_theta = task.sample_prior(chunk_size, derive_seed(seed, f"theta/{table}/{fidelity}", chunk))
+        thetas.append(chunk_theta[first - chunk * chunk_size: last - chunk * chunk_size])
+        seeds.append(np.full(last - first, derive_seed(seed, f"sim/{table}/{fidelity}", chunk, first), dtype=np.int64))
+    sim_table.reserve(np.concatenate(thetas), np.concatenate(seeds), round=0)
+    return sim_table
+
+
+def _by_chunk(batches, chunk_size: int) -> list[list]:
+    """Groups batches (in row order) by chunk: one group is one job, so no chunk has two writers."""
+    groups: dict[int, list] = {}
+    for batch in batches:
+        groups.setdefault(batch.rows[0] // chunk_size, []).append(batch)
+    return [groups[chunk] for chunk in sorted(groups)]
+
+
+def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_table, *, table: str,
+                fidelity: str, max_failure_fraction: float = 1.0,
+                progress: ProgressCallback | None = None) -> SimulationReport:
+    """Simulates every pending row of a table, one executor job per batch.
+
+    Arguments:
+        executor: where the batches run.
+        store_url: the store, reopened by URL on the workers.
+        task_spec: the task, resolved again on the workers.
+        sim_table: the table (its pending batches are the work).
+        table: the table's name; fidelity: ``"lf"`` or ``"hf"``.
+        max_failure_fraction: stop once more than this fraction of simulated rows failed.
+        progress: called with ``(rows done, rows to do)``.
+
+    Returns:
+        What was simulated now.
+    """
+    pending_rows = sim_table.rows("pending")
+    pending_theta, _ = sim_table.read("pending")
+    jobs = []
+    for chunk_batches in _by_chunk(sim_table.pending_batches(), sim_table.chunk_size):
+        first = int(np.searchsorted(pending_rows, chunk_batches[0].rows[0]))
+        rows = sum(b.rows[1] - b.rows[0] for b in chunk_batches)
+        jobs.append(BatchJob(store_url, task_spec, table, fidelity,
+                             tuple((b.rows[0], b.rows[1], b.seed) for b in chunk_batches),
+                             pending_theta[first: first + rows]))
+    total = sum(job.num_rows for job in jobs)
+    done = failed = 0
+    seconds = 0.0
+    first_reason: str | None = None
+    if progress:
+        progress(0, total)
+    for result in executor.map_unordered(simulate_batch, jobs):
+        done += result.rows
+        failed += result.failed
+        first_reason = first_reason or result.first_reason
+        seconds += result.seconds
+        if progress:
+            progress(done, total)
+        # Judge the rate only after enough rows: one early failure must not stop a large run.
+        if failed and done >= min(total, 20) and failed / done > max_failure_fraction:
+            raise SimulationFailureError(
+                f"{failed} of {done} {fidelity.upper()} simulations of {table!r} failed "
+                f"(limit {max_failure_fraction:.0%}); first reason: {first_reason}"
+            )
+    return SimulationReport(table, fidelity, done, failed, seconds, sim_table.counts()["ok"])

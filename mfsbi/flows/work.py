@@ -1,0 +1,149 @@
+"""Plain functions that run on the Dask workers: simulate one batch, train one estimator.
+
+No Prefect here: workers never talk to the Prefect API, so a local cluster needs no server of its own.
+Each function reopens the store by URL (cached per process) and writes its own result there.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from mfsbi.simulators import Task, get_task
+from mfsbi.storage import SimulationStore
+
+__all__ = ["BatchJob", "BatchResult", "TrainJob", "TrainResult", "simulate_batch", "train_estimator"]
+
+
+@functools.lru_cache(maxsize=8)
+def _task(spec: str) -> Task:
+    return get_task(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _store(url: str) -> SimulationStore:
+    return SimulationStore(url)
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """Whole chunks of one table: every pending batch ``(start, stop, seed)`` of those chunks.
+
+    A chunk is never split between two jobs, so two concurrent jobs never write the same chunk
+    (zarr loses rows silently when they do: STACK.md). ``theta`` holds the batches' rows in order.
+    """
+
+    store_url: str
+    task_spec: str
+    table: str
+    fidelity: str
+    batches: tuple[tuple[int, int, int], ...]
+    theta: np.ndarray
+
+    @property
+    def num_rows(self) -> int:
+        return sum(stop - start for start, stop, _ in self.batches)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    rows: int
+    ok: int
+    failed: int
+    seconds: float
+    first_reason: str | None
+
+
+def _simulate(task: Task, fidelity: str, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str] | None]:
+    n = len(theta)
+    try:
+        x = np.asarray(task.simulator(fidelity)(theta, seed), dtype=np.float64)
+        if x.shape != (n, task.x_dim):
+            raise ValueError(f"simulator returned shape {x.shape}, expected {(n, task.x_dim)}")
+        return x, None
+    except Exception as error:  # noqa: BLE001 -- recorded per row, counted, and stops the run past a threshold
+        return np.full((n, task.x_dim), np.nan), [f"{type(error).__name__}: {error}"[:120]] * n
+
+
+def simulate_batch(job: BatchJob) -> BatchResult:
+    """Simulates a job's batches one after another, writing each to the store (x first, status last)."""
+    task = _task(job.task_spec)
+    table = _store(job.store_url).table(job.table, job.fidelity)
+    ok = 0
+    seconds = 0.0
+    first_reason: str | None = None
+    offset = 0
+    for start, stop, seed in job.batches:
+        theta = job.theta[offset: offset + stop - start]
+        offset += stop - start
+        started = time.perf_counter()
+        x, reasons = _simulate(task, job.fidelity, theta, seed)
+        elapsed = time.perf_counter() - started
+        seconds += elapsed
+        table.write_batch(start, stop, x, reasons=reasons, elapsed=elapsed)
+        batch_ok = 0 if reasons else int(np.isfinite(x).all(axis=1).sum())
+        ok += batch_ok
+        if first_reason is None and batch_ok < stop - start:
+            first_reason = reasons[0] if reasons else "non-finite output"
+    return BatchResult(job.num_rows, ok, job.num_rows - ok, seconds, first_reason)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train (``pretrained is None``) or fine-tune an estimator on the first ``limit`` rows of a table."""
+
+    store_url: str
+    task_spec: str
+    table: str
+    fidelity: str
+    limit: int
+    estimator: dict
+    training: dict
+    pretrained: bytes | None
+    device: str
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint: bytes
+    epochs: int
+    best_validation_loss: float
+    seconds: float
+    num_simulations: int
+    device: str
+
+
+def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ok rows among the first ``limit`` rows of a table (failed rows never train)."""
+    rows = table.rows("ok")
+    theta, x = table.read("ok")
+    keep = rows < limit
+    return theta[keep], x[keep]
+
+
+def train_estimator(job: TrainJob) -> TrainResult:
+    """Trains or fine-tunes on a worker; returns the checkpoint as bytes."""
+    import torch
+
+    from mfsbi.inference import (
+        EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune, train_npe,
+    )
+
+    torch.set_num_threads(job.threads)
+    task = _task(job.task_spec)
+    theta, x = read_training_data(_store(job.store_url).table(job.table, job.fidelity), job.limit)
+    theta_t = torch.as_tensor(theta, dtype=torch.float32)
+    x_t = torch.as_tensor(x, dtype=torch.float32)
+    training = TrainingConfig.from_dict(job.training)
+    if job.pretrained is None:
+        trained = train_npe(task.prior, theta_t, x_t, estimator=EstimatorConfig.from_dict(job.estimator),
+                            training=training, device=job.device)
+    else:
+        pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
+        trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device)
+    return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
+                       trained.seconds, len(theta), job.device)
