@@ -56,5 +56,7 @@ class DaskExecutor:
             for future in as_completed(futures):
                 yield future.result()
         finally:
-            for future in futures:
-                future.cancel()
+            # Only what is still queued: a consumer that stopped early must not leave work behind.
+            pending = [future for future in futures if not future.done()]
+            if pending:
+                self.client.cancel(pending)

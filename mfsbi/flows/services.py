@@ -10,6 +10,7 @@ real server, :func:`prefect_api` starts ``prefect server start`` on 127.0.0.1 wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -127,4 +128,6 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0", silence_logs=40,
     ) as cluster, Client(cluster) as client:
+        # Prefect's logging setup re-enables the in-process scheduler's INFO chatter; keep warnings.
+        logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
         yield client

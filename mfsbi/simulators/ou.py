@@ -6,9 +6,10 @@ X(0) ~ N(mu + mu_offset, 1), integrated by Euler–Maruyama with dt = 0.1 and ob
 N(mu, sigma^2).
 
 The observed values of the high-fidelity model form a Gaussian Markov chain, so its likelihood is
-exact and cheap, and the reference posteriors are sampled exactly by rejection (see :class:`OUReferencePosterior`). Two
-references are offered: ``"euler-maruyama"``, the exact posterior of the simulator (the truth), and
-``"paper"``, which uses the continuous-time transition like the paper's reference.
+exact and cheap, and the reference posteriors are sampled exactly by rejection (see
+:class:`OUReferencePosterior`). Two references are offered: ``"euler-maruyama"``, the exact
+posterior of the simulator (the truth), and ``"paper"``, which uses the continuous-time transition
+like the paper's reference.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 from scipy.optimize import minimize
+from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task
 from mfsbi.simulators.registry import register_task
@@ -273,6 +275,9 @@ class OUReferencePosterior:
         if self.theta_dim not in (2, 3, 4):
             raise ValueError(f"theta_dim must be 2, 3 or 4, got {self.theta_dim}")
         transition(np.ones(1), np.ones(1), self.kind)  # validates kind
+        if not self.margin > 0:
+            # A zero margin could restart the sampler forever on a proposal at the maximum.
+            raise ValueError(f"margin must be positive, got {self.margin}")
 
     def __call__(self, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
         """Draws exact posterior samples for one observation.
@@ -373,7 +378,7 @@ def _rejection(
     return samples, diagnostics
 
 
-def _prior(theta_dim: int):
+def _prior(theta_dim: int) -> Distribution:
     # sbi is imported here, not at module import: Dask workers unpickle the simulators, which
     # need only numpy, and importing sbi costs more than a second.
     import torch
