@@ -60,10 +60,20 @@ class BatchResult:
 def _simulate(task: Task, fidelity: str, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str] | None]:
     n = len(theta)
     try:
-        x = np.asarray(task.simulator(fidelity)(theta, seed), dtype=np.float64)
+        output = task.simulator(fidelity)(theta, seed)
+        reasons = None
+        if isinstance(output, tuple):
+            output, reasons = output
+        x = np.asarray(output, dtype=np.float64)
         if x.shape != (n, task.x_dim):
             raise ValueError(f"simulator returned shape {x.shape}, expected {(n, task.x_dim)}")
-        return x, None
+        if reasons is not None:
+            if len(reasons) != n:
+                raise ValueError(f"simulator returned {len(reasons)} reasons for {n} rows")
+            # A row with a reason is failed whatever its values; the store keys failure on non-finite x.
+            x[[i for i, r in enumerate(reasons) if r]] = np.nan
+            reasons = [r or "" for r in reasons]
+        return x, reasons
     except Exception as error:  # noqa: BLE001 -- recorded per row, counted, and stops the run past a threshold
         return np.full((n, task.x_dim), np.nan), [f"{type(error).__name__}: {error}"[:120]] * n
 
@@ -84,10 +94,11 @@ def simulate_batch(job: BatchJob) -> BatchResult:
         elapsed = time.perf_counter() - started
         seconds += elapsed
         table.write_batch(start, stop, x, reasons=reasons, elapsed=elapsed)
-        batch_ok = 0 if reasons else int(np.isfinite(x).all(axis=1).sum())
+        good = np.isfinite(x).all(axis=1)
+        batch_ok = int(good.sum())
         ok += batch_ok
         if first_reason is None and batch_ok < stop - start:
-            first_reason = reasons[0] if reasons else "non-finite output"
+            first_reason = (reasons[int(np.argmin(good))] if reasons else "") or "non-finite output"
     return BatchResult(job.num_rows, ok, job.num_rows - ok, seconds, first_reason)
 
 

@@ -4,7 +4,9 @@ A *simulator* maps a batch of parameters to a batch of outputs, ``theta[n, d] ->
 deterministically for a given integer seed. The seed belongs to the batch, not to a row: the
 pipeline always simulates the same rows together (one batch is one chunk of the store), so the same
 run seed gives the same simulations whatever the number of workers. A simulator marks a row it
-could not produce with NaN; the pipeline stores such rows as failed.
+could not produce with NaN; the pipeline stores such rows as failed. To say *why*, a simulator may
+return ``(x, reasons)`` instead of ``x``, with ``reasons[i]`` a short string for a failed row and
+``None`` for a good one.
 
 Both simulators of a task take the full high-fidelity parameter vector. Parameters that exist only
 in the high-fidelity model are ignored by the low-fidelity one; ``low_fidelity_parameters`` names
@@ -39,10 +41,11 @@ class Simulator(Protocol):
         seed: the batch's seed; the same ``(theta, seed)`` gives the same ``x``.
 
     Returns:
-        Outputs of shape ``(n, k)``, float64; a row of NaN marks a failed simulation.
+        Outputs of shape ``(n, k)``, float64; a row of NaN marks a failed simulation. Or a pair
+        ``(x, reasons)`` with one ``str | None`` per row.
     """
 
-    def __call__(self, theta: np.ndarray, seed: int) -> np.ndarray: ...
+    def __call__(self, theta: np.ndarray, seed: int) -> np.ndarray | tuple[np.ndarray, list[str | None]]: ...
 
 
 @runtime_checkable
@@ -77,6 +80,12 @@ class Task:
         version: bumped whenever a simulator's output for a given seed changes; stored as
             provenance so that a store is never continued with a different simulator.
         description: one line for ``mfsbi tasks``.
+        x_shape: the shape of one x before flattening (e.g. ``(256, 256)`` for an image); ``x`` is
+            always stored flat with ``x_dim = prod(x_shape)``.
+        embedding: the name of the embedding network the estimator should use (``"cnn"`` for
+            images); ``None`` is the identity. Resolved by ``mfsbi.inference``, not here.
+        cost_seconds: measured seconds per simulation by fidelity (``{"lf": ..., "hf": ...}``) on
+            the reference machine (2 cores), for ``mfsbi tasks`` and batching; see docs/tasks.md.
     """
 
     name: str
@@ -89,6 +98,9 @@ class Task:
     references: dict[str, ReferencePosterior] = field(default_factory=dict)
     version: str = "1"
     description: str = ""
+    x_shape: tuple[int, ...] | None = None
+    embedding: str | None = None
+    cost_seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         d = len(self.parameter_names)
@@ -97,6 +109,8 @@ class Task:
                 f"task {self.name!r}: prior event_shape {tuple(self.prior.event_shape)} does not "
                 f"match {d} parameter names"
             )
+        if self.x_shape is not None and int(np.prod(self.x_shape)) != self.x_dim:
+            raise ValueError(f"task {self.name!r}: x_shape {self.x_shape} does not hold x_dim={self.x_dim} values")
         if not all(0 <= i < d for i in self.low_fidelity_parameters):
             raise ValueError(f"task {self.name!r}: low_fidelity_parameters out of range 0..{d - 1}")
 
