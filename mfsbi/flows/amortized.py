@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
@@ -24,58 +24,19 @@ from mfsbi.flows.evaluation import Evaluation, evaluate_posterior, pair_plot_png
 from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.services import dask_client
-from mfsbi.flows.simulation import SimulationReport, ensure_rows, run_pending
-from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
+from mfsbi.flows.common import (
+    estimator_dict, pretrained_on_lf, resolve_device, simulate, test_pairs, train, training_dict,
+)
+from mfsbi.flows.work import TrainJob, TrainResult
 from mfsbi.simulators import Task, get_task
 from mfsbi.storage import SimulationStore
 
-__all__ = ["amortized_flow", "artifact_prefix", "resolve_device", "run_amortized"]
+__all__ = ["amortized_flow", "artifact_prefix", "run_amortized"]
 
 
 def artifact_prefix(task: Task, config: RunConfig) -> str:
     """Where a run's files live inside the store's ``artifacts/``."""
     return f"{task.name}/{config.run_name}"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when this process sees a GPU, else ``cpu``."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-@task(name="simulate", cache_policy=NO_CACHE, task_run_name="simulate {fidelity} ×{num_rows} ({table})")
-def simulate(executor: BatchExecutor, store: SimulationStore, task_obj: Task, config: RunConfig, *,
-             table: str, fidelity: str, num_rows: int, chunk_size: int, seed: int,
-             budget: int | None) -> SimulationReport:
-    sim_table = ensure_rows(
-        store, task_obj, table=table, fidelity=fidelity, num_rows=num_rows, chunk_size=chunk_size,
-        seed=seed, config_hash=config.simulation_hash(fidelity, chunk_size, task_obj.version, seed),
-        budget=budget,
-    )
-    step = f"simulate {fidelity.upper()} ({table})"
-    report = run_pending(
-        executor, store.url, config.task, sim_table, table=table, fidelity=fidelity,
-        max_failure_fraction=config.max_failure_fraction,
-        progress=lambda done, total: progress.report(step, done, total),
-    )
-    get_run_logger().info(
-        "%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,
-        report.simulated, report.failed, report.stored_ok,
-    )
-    return report
-
-
-@task(name="train", cache_policy=NO_CACHE, task_run_name="{label}")
-def train(executor: BatchExecutor, job: TrainJob, label: str) -> TrainResult:
-    progress.report(label, 0, 1)
-    (result,) = list(executor.map_unordered(train_estimator, [job]))
-    progress.report(label, 1, 1)
-    get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s", label, result.num_simulations,
-                          result.epochs, result.seconds, result.device)
-    return result
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -92,57 +53,36 @@ def evaluate(result: TrainResult, task_obj: Task, test_theta: np.ndarray, test_x
     return evaluation
 
 
-def _training_dict(config: RunConfig, learning_rate: float, seed: int) -> dict:
-    from mfsbi.inference import TrainingConfig
-
-    return TrainingConfig(learning_rate=learning_rate, max_num_epochs=config.max_num_epochs, seed=seed).to_dict()
-
-
 def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
     """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
-    from mfsbi.inference import EstimatorConfig
-
     started = time.perf_counter()
     task_obj = get_task(config.task)
     store = SimulationStore(config.store)
     device = resolve_device(config.device)
-    estimator = EstimatorConfig().to_dict()
     summary: dict = {"task": task_obj.name, "method": config.method, "run": config.run_name,
                      "seed": config.seed, "device": device, "mfsbi_version": __version__}
 
-    num_test = max(config.num_test_observations, config.num_nltp_pairs)
-    test_table = f"{task_obj.name}-test"
-    if num_test:
-        simulate(executor, store, task_obj, config, table=test_table, fidelity="hf", num_rows=num_test,
-                 chunk_size=config.hf_chunk_size, seed=config.test_seed, budget=None)
-
+    test_theta, test_x = test_pairs(executor, store, task_obj, config,
+                                    max(config.num_test_observations, config.num_nltp_pairs))
     pretrained: bytes | None = None
     if config.method == "mf-npe":
-        lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf",
-                      num_rows=config.lf_sims, chunk_size=config.lf_chunk_size, seed=config.seed, budget=None)
-        summary["lf"] = dataclasses.asdict(lf)
-        pre = train(executor, TrainJob(store.url, config.task, task_obj.name, "lf", config.lf_sims, estimator,
-                                       _training_dict(config, config.lf_learning_rate, derive_seed(config.seed, "pretrain")),
-                                       None, device), label=f"pretrain on {config.lf_sims} LF")
-        pretrained = pre.checkpoint
-        summary["pretrain"] = {"epochs": pre.epochs, "seconds": pre.seconds, "simulations": pre.num_simulations}
+        pretrained, info = pretrained_on_lf(executor, store, task_obj, config, device)
+        summary.update(info)
 
     hf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="hf",
                   num_rows=config.hf_sims, chunk_size=config.hf_chunk_size, seed=config.seed, budget=config.hf_sims)
     summary["hf"] = dataclasses.asdict(hf)
     label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
-    final = train(executor, TrainJob(store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator,
-                                     _training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train")),
-                                     pretrained, device), label=label)
+    (final,) = train(executor, [TrainJob(
+        store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator_dict(task_obj),
+        training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train")), pretrained, device,
+    )], label=label)
     summary["train"] = {"epochs": final.epochs, "seconds": final.seconds, "simulations": final.num_simulations}
 
     prefix = artifact_prefix(task_obj, config)
     store.write_artifact(f"{prefix}/posterior.pt", final.checkpoint)
     summary["posterior"] = f"artifacts/{prefix}/posterior.pt"
 
-    test_theta = test_x = np.zeros((0, task_obj.theta_dim))
-    if num_test:
-        test_theta, test_x = store.table(test_table, "hf").read("ok")
     evaluation = evaluate(final, task_obj, test_theta, test_x, config)
     summary["metrics"] = dataclasses.asdict(evaluation)
 

@@ -104,14 +104,28 @@ def run(
     num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
     num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
     max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
+    rounds: Annotated[int, typer.Option(help="sequential methods: rounds R")] = 5,
+    observation_index: Annotated[int, typer.Option(help="sequential methods without --observation: held-out test observation")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a sequential run already in the store")] = False,
+    truncation_quantile: Annotated[float, typer.Option(help="ε of the truncated region (TSNPE)")] = 1e-6,
+    ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
+    acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
+    pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
-    """Run NPE or MF-NPE end to end: simulate, store, train, evaluate."""
+    """Run a method end to end: simulate, store, train, evaluate.
+
+    Methods: npe, mf-npe (amortised); tsnpe, mf-tsnpe, a-mf-tsnpe (sequential, at one observation);
+    mf-abc (multifidelity rejection ABC).
+    """
     try:
         config = build_config(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
                               seed=seed, observation=observation, dask_address=dask_address,
                               n_workers=n_workers, device=device, num_test_observations=num_test_observations,
-                              num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs)
+                              num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
+                              observation_index=observation_index, resume=resume,
+                              truncation_quantile=truncation_quantile, ensemble_size=ensemble_size,
+                              acquisition_fraction=acquisition_fraction, pool_size=pool_size)
     except UsageError as error:
         _fail(str(error))
     summary = _run_with_services(config, verbose)
@@ -132,7 +146,7 @@ def _run_with_services(config, verbose: bool) -> dict:
     try:
         with prefect_api() as api_url:
             console.print(f"Prefect API: {api_url}", highlight=False)
-            from mfsbi.flows.amortized import amortized_flow
+            flow_function = _flow_for(config.method)
 
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -147,7 +161,7 @@ def _run_with_services(config, verbose: bool) -> dict:
 
                 progress_events.listen(listener)
                 try:
-                    return amortized_flow(config)
+                    return flow_function(config)
                 finally:
                     progress_events.listen(None)
     except ServiceError as error:
@@ -156,23 +170,56 @@ def _run_with_services(config, verbose: bool) -> dict:
         _fail(f"the run failed: {type(error).__name__}: {error}", code=1)
 
 
+def _flow_for(method: str):
+    from mfsbi.flows.config import AMORTIZED, SEQUENTIAL
+
+    if method in AMORTIZED:
+        from mfsbi.flows.amortized import amortized_flow
+
+        return amortized_flow
+    if method in SEQUENTIAL:
+        from mfsbi.flows.sequential import sequential_flow
+
+        return sequential_flow
+    from mfsbi.flows.abc import abc_flow
+
+    return abc_flow
+
+
+def _print_rounds(summary: dict) -> None:
+    table = Table(title=f"{summary['task']} · {summary['run']} · rounds")
+    references = sorted({k for row in summary["rounds"] for k in row if k.startswith("c2st_")})
+    for column in ("round", "HF this round", "HF total", "truncated-prior acceptance", "acquired", *references):
+        table.add_column(column.replace("c2st_", "C2ST vs "), justify="right")
+    for row in summary["rounds"]:
+        rate = row.get("acceptance_rate")
+        table.add_row(str(row["round"] + 1), str(row["new_simulations"]), str(row["total_simulations"]),
+                      "-" if rate is None else f"{rate:.3f}", str(row.get("acquired", 0)),
+                      *(f"{row[r]:.3f}" for r in references))
+    console.print(table)
+
+
 def _print_summary(summary: dict) -> None:
+    if "rounds" in summary:
+        _print_rounds(summary)
     metrics = summary["metrics"]
     table = Table(title=f"{summary['task']} · {summary['run']} · {summary['wall_seconds']:.0f} s")
     table.add_column("result")
     table.add_column("value", justify="right")
+    where = (f"{metrics['num_c2st_observations']} held-out obs." if "rounds" not in summary
+             else "at x_o")
     for name, value in metrics["c2st"].items():
-        table.add_row(f"C2ST vs {name} reference ({metrics['num_c2st_observations']} held-out obs.)",
-                      f"{value:.3f}")
-    if metrics["nltp"] is not None:
+        table.add_row(f"C2ST vs {name} reference ({where})", f"{value:.3f}")
+    if metrics.get("nltp") is not None:
         table.add_row(f"NLTP ({metrics['num_nltp_pairs']} held-out pairs)", f"{metrics['nltp']:.3f}")
-    if metrics["nrmse"] is not None:
+    if metrics.get("nrmse") is not None:
         table.add_row("NRMSE", f"{metrics['nrmse']:.3f}")
     if "lf" in summary:
         table.add_row("LF simulations stored ok", str(summary["lf"]["stored_ok"]))
     table.add_row("HF simulations stored ok", str(summary["hf"]["stored_ok"]))
     table.add_row("training device", summary["device"])
-    table.add_row("posterior", summary["posterior"])
+    posterior = summary["posterior"]
+    table.add_row("posterior", posterior if isinstance(posterior, str) else f"{posterior[0]} (+{len(posterior) - 1})")
     table.add_row("pair plot", summary.get("pair_plot", "-"))
     console.print(table)
 

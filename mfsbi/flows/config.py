@@ -8,9 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["ConfigError", "RunConfig", "describe_validation_error"]
+__all__ = ["AMORTIZED", "ConfigError", "RunConfig", "SEQUENTIAL", "USES_LF", "describe_validation_error"]
 
-Method = Literal["npe", "mf-npe"]
+Method = Literal["npe", "mf-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
+AMORTIZED = frozenset({"npe", "mf-npe"})
+SEQUENTIAL = frozenset({"tsnpe", "mf-tsnpe", "a-mf-tsnpe"})
+USES_LF = frozenset({"mf-npe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"})
 Device = Literal["auto", "cpu", "cuda"]
 
 # A budget above this is almost surely a typo, and would allocate more than memory holds.
@@ -49,6 +52,21 @@ class RunConfig(BaseModel):
     hf_learning_rate: float = Field(5e-4, gt=0, lt=1)
     max_failure_fraction: float = Field(0.2, ge=0, le=1, description="stop when more simulations fail")
     observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
+    observation_index: int = Field(0, ge=0, le=100_000,
+                                   description="sequential methods without --observation: this held-out test observation")
+    resume: bool = Field(False, description="continue a sequential run whose rounds are already in the store")
+    # Sequential methods (PAPER.md defaults).
+    rounds: int = Field(5, ge=1, le=1000, description="rounds R of the sequential methods")
+    truncation_quantile: float = Field(1e-6, gt=0, lt=1, description="ε of the highest-probability region")
+    ensemble_size: int = Field(5, ge=2, le=100, description="members E of the A-MF-TSNPE ensemble")
+    acquisition_fraction: float = Field(0.2, ge=0, le=1, description="share B of a round's budget chosen by acquisition")
+    acquisition: Literal["log-variance", "density-variance"] = "log-variance"
+    pool_size: int | None = Field(None, ge=1, le=10_000_000, description="acquisition pool; default by budget (PAPER.md)")
+    # MF-ABC (Prescott & Baker 2020).
+    abc_proposals: int | None = Field(None, ge=1, le=MAX_SIMULATIONS, description="MF-ABC LF proposals; default --lf-sims")
+    abc_quantile: float = Field(0.05, gt=0, le=1, description="MF-ABC ε as a quantile of the LF distances")
+    abc_eta_accept: float = Field(1.0, gt=0, le=1, description="MF-ABC continuation probability when LF accepts")
+    abc_eta_reject: float = Field(0.1, gt=0, le=1, description="MF-ABC continuation probability when LF rejects")
 
     @field_validator("observation")
     @classmethod
@@ -58,10 +76,27 @@ class RunConfig(BaseModel):
         return value
 
     @property
+    def uses_lf(self) -> bool:
+        return self.method in USES_LF
+
+    @property
+    def observation_tag(self) -> str:
+        """``obs<i>`` for a held-out test observation, else a short hash of the given x_o."""
+        if self.observation is None:
+            return f"obs{self.observation_index}"
+        digest = hashlib.sha256(json.dumps(self.observation).encode()).hexdigest()[:8]
+        return f"x{digest}"
+
+    @property
     def run_name(self) -> str:
-        """A readable, deterministic name used for artifacts and the Prefect flow run."""
-        lf = f"lf{self.lf_sims}-" if self.method == "mf-npe" else ""
-        return f"{self.method}-{lf}hf{self.hf_sims}-seed{self.seed}"
+        """A readable, deterministic name used for artifacts, tables and the Prefect flow run."""
+        lf = f"lf{self.lf_sims}-" if self.uses_lf else ""
+        name = f"{self.method}-{lf}hf{self.hf_sims}"
+        if self.method in SEQUENTIAL:
+            name += f"-r{self.rounds}-{self.observation_tag}"
+        elif self.method == "mf-abc":
+            name += f"-{self.observation_tag}"
+        return f"{name}-seed{self.seed}"
 
     def simulation_hash(self, fidelity: str, chunk_size: int, task_version: str, seed: int) -> str:
         """Hash of what decides a table's rows: a store is never continued with other settings."""

@@ -7,7 +7,7 @@ process (a Prefect task submitted through Dask costs ~150 ms, a plain Dask task 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["BatchExecutor", "DaskExecutor", "SerialExecutor"]
 
@@ -15,6 +15,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+@runtime_checkable
 class BatchExecutor(Protocol):
     """Runs ``fn`` over ``items`` and yields the results as they complete (any order)."""
 

@@ -17,10 +17,16 @@ class PreflightError(ValueError):
 
 def planned_tables(config: RunConfig, task: Task) -> list[tuple[str, str, int, int]]:
     """The tables a run writes, as ``(table, fidelity, chunk_size, seed)``."""
-    tables = [(task.name, "hf", config.hf_chunk_size, config.seed)]
-    if config.method == "mf-npe":
+    from mfsbi.flows.config import AMORTIZED
+
+    tables = []
+    if config.method in AMORTIZED:
+        tables.append((task.name, "hf", config.hf_chunk_size, config.seed))
+    else:
+        tables.append((f"{task.name}.{config.run_name}", "hf", config.hf_chunk_size, config.seed))
+    if config.uses_lf:
         tables.append((task.name, "lf", config.lf_chunk_size, config.seed))
-    if max(config.num_test_observations, config.num_nltp_pairs):
+    if max(config.num_test_observations, config.num_nltp_pairs) or config.observation is None:
         tables.append((f"{task.name}-test", "hf", config.hf_chunk_size, config.test_seed))
     return tables
 
@@ -30,7 +36,11 @@ def check_store(config: RunConfig, task: Task) -> None:
 
     Opens the store read-only: a store that does not exist yet is fine and is not created here.
     """
+    from mfsbi.flows.config import AMORTIZED
     from mfsbi.flows.simulation import provenance
+
+    if config.method in ("tsnpe", "mf-tsnpe", "a-mf-tsnpe") and config.hf_sims < config.rounds:
+        raise PreflightError(f"--hf-sims: {config.hf_sims} cannot fill {config.rounds} rounds; use --hf-sims >= --rounds")
 
     local = Path(config.store)
     if "://" not in config.store and not local.exists():
@@ -41,7 +51,7 @@ def check_store(config: RunConfig, task: Task) -> None:
         raise PreflightError(f"--store: {error}") from None
     for table, fidelity, chunk_size, seed in planned_tables(config, task):
         try:
-            store.check_table(
+            exists = store.check_table(
                 table, fidelity, theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=chunk_size,
                 provenance=provenance(task, fidelity, config.simulation_hash(fidelity, chunk_size, task.version, seed)),
             )
@@ -50,3 +60,9 @@ def check_store(config: RunConfig, task: Task) -> None:
                 f"--store: {config.store!r} cannot continue this run ({error}); "
                 "use another --store, or the --seed, --task and chunk sizes it was made with"
             ) from None
+        own_run = config.method not in AMORTIZED and table != task.name and not table.endswith("-test")
+        if own_run and exists and store.table(table, fidelity).num_rows and not config.resume:
+            raise PreflightError(
+                f"--resume: {config.store!r} already holds rounds of {config.run_name}; "
+                "pass --resume to continue it, or use another --store or --seed"
+            )

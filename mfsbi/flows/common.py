@@ -1,0 +1,127 @@
+"""Steps shared by the amortised and the sequential flows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from mfsbi.flows import progress
+from mfsbi.flows.config import RunConfig
+from mfsbi.flows.executor import BatchExecutor
+from mfsbi.flows.seeds import derive_seed
+from mfsbi.flows.simulation import SimulationReport, ensure_rows, run_pending
+from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
+from mfsbi.simulators import Task
+from mfsbi.storage import SimulationStore
+
+__all__ = ["estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
+
+# Caching is off on every task: the store is the cache. Rows already stored are never simulated
+# again whatever Prefect remembers, and Prefect's own caching mis-handles killed Dask workers.
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when this process sees a GPU, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def estimator_dict(task_obj: Task) -> dict:
+    from mfsbi.inference import EstimatorConfig
+
+    return EstimatorConfig().to_dict()
+
+
+def training_dict(config: RunConfig, learning_rate: float, seed: int) -> dict:
+    from mfsbi.inference import TrainingConfig
+
+    return TrainingConfig(learning_rate=learning_rate, max_num_epochs=config.max_num_epochs, seed=seed).to_dict()
+
+
+@task(name="simulate", cache_policy=NO_CACHE, task_run_name="simulate {fidelity} ×{num_rows} ({table})")
+def simulate(executor: BatchExecutor, store: SimulationStore, task_obj: Task, config: RunConfig, *,
+             table: str, fidelity: str, num_rows: int, chunk_size: int, seed: int,
+             budget: int | None) -> SimulationReport:
+    """Reserves rows drawn from the prior until the table holds ``num_rows``, then simulates the pending ones."""
+    sim_table = ensure_rows(
+        store, task_obj, table=table, fidelity=fidelity, num_rows=num_rows, chunk_size=chunk_size,
+        seed=seed, config_hash=config.simulation_hash(fidelity, chunk_size, task_obj.version, seed),
+        budget=budget,
+    )
+    return simulate_pending(executor, store, config, sim_table, table=table, fidelity=fidelity)
+
+
+def simulate_pending(executor: BatchExecutor, store: SimulationStore, config: RunConfig, sim_table, *,
+                     table: str, fidelity: str) -> SimulationReport:
+    step = f"simulate {fidelity.upper()} ({table})"
+    report = run_pending(
+        executor, store.url, config.task, sim_table, table=table, fidelity=fidelity,
+        max_failure_fraction=config.max_failure_fraction,
+        progress=lambda done, total: progress.report(step, done, total),
+    )
+    get_run_logger().info("%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,
+                          report.simulated, report.failed, report.stored_ok)
+    return report
+
+
+@task(name="train", cache_policy=NO_CACHE, task_run_name="{label}")
+def train(executor: BatchExecutor, jobs: list[TrainJob], label: str) -> list[TrainResult]:
+    """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
+    progress.report(label, 0, len(jobs))
+    indexed = [(i, job) for i, job in enumerate(jobs)]
+    results: dict[int, TrainResult] = {}
+    for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed), start=1):
+        results[i] = result
+        progress.report(label, done, len(jobs))
+    for result in results.values():
+        get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s", label, result.num_simulations,
+                              result.epochs, result.seconds, result.device)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _train_indexed(item: tuple[int, TrainJob]) -> tuple[int, TrainResult]:
+    return item[0], train_estimator(item[1])
+
+
+def pretrained_on_lf(executor: BatchExecutor, store: SimulationStore, task_obj: Task, config: RunConfig,
+                     device: str) -> tuple[bytes, dict]:
+    """The LF-pretrained estimator: simulate the LF table, pretrain, keep the checkpoint in the store.
+
+    The checkpoint is shared by every method and rerun with the same task, LF budget and seed.
+    """
+    lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf",
+                  num_rows=config.lf_sims, chunk_size=config.lf_chunk_size, seed=config.seed, budget=None)
+    name = f"{task_obj.name}/pretrained-lf{config.lf_sims}-seed{config.seed}.pt"
+    info = {"lf": dataclasses.asdict(lf), "pretrained": f"artifacts/{name}"}
+    try:
+        return store.read_artifact(name), info
+    except FileNotFoundError:
+        pass
+    (result,) = train(executor, [TrainJob(
+        store.url, config.task, task_obj.name, "lf", config.lf_sims, estimator_dict(task_obj),
+        training_dict(config, config.lf_learning_rate, derive_seed(config.seed, "pretrain")), None, device,
+    )], label=f"pretrain on {config.lf_sims} LF")
+    store.write_artifact(name, result.checkpoint)
+    info["pretrain"] = {"epochs": result.epochs, "seconds": result.seconds, "simulations": result.num_simulations}
+    return result.checkpoint, info
+
+
+def test_pairs(executor: BatchExecutor, store: SimulationStore, task_obj: Task, config: RunConfig,
+               num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out HF test pairs (fixed by ``test_seed``, shared by every run; not part of any budget)."""
+    if num_rows <= 0:
+        return np.zeros((0, task_obj.theta_dim)), np.zeros((0, task_obj.x_dim))
+    table = f"{task_obj.name}-test"
+    simulate(executor, store, task_obj, config, table=table, fidelity="hf", num_rows=num_rows,
+             chunk_size=config.hf_chunk_size, seed=config.test_seed, budget=None)
+    sim_table = store.table(table, "hf")
+    rows = sim_table.rows("ok")
+    theta, x = sim_table.read("ok")
+    keep = rows < num_rows
+    return theta[keep], x[keep]
