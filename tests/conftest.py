@@ -16,7 +16,11 @@ def prefect_server(tmp_path_factory):
     os.environ.pop("PREFECT_API_URL", None)
     from mfsbi.flows.services import prefect_api
 
-    with prefect_api() as url:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with prefect_api() as url, temporary_settings(updates={PREFECT_API_URL: url}):
+        # temporary_settings too: a module that imported prefect before this fixture ran would
+        # otherwise keep its settings and start a temporary server of its own.
         yield url
 
 

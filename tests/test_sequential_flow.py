@@ -74,3 +74,24 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
     b = table.read("ok")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert resumed["metrics"]["c2st"] == reference["metrics"]["c2st"]
+
+
+@flow
+def _abc(config):
+    from mfsbi.flows.abc import run_abc
+
+    return run_abc(config, SerialExecutor())
+
+
+@pytest.mark.parametrize("budget", [5, 40])
+def test_mf_abc_runs_within_its_hf_budget(tmp_path, prefect_server, budget):
+    config = _config(tmp_path, "mf-abc", lf_sims=2000, hf_sims=budget, abc_quantile=0.05)
+    summary = _abc(config)
+    table = SimulationStore(config.store).table(f"ou2.{config.run_name}", "hf")
+    assert table.num_rows == summary["abc"]["hf_used"] <= budget
+    assert table.budget().reserved <= table.budget().total == budget
+    assert summary["abc"]["proposals_used"] <= 2000
+    assert 0.4 <= summary["metrics"]["c2st"]["euler-maruyama"] <= 1.0
+    # Rerunning reserves and simulates nothing new.
+    again = _abc(config)
+    assert again["hf"]["simulated_now"] == 0 and table.num_rows == summary["abc"]["hf_used"]

@@ -269,14 +269,16 @@ def tasks() -> None:
     """List the available tasks."""
     from mfsbi.simulators import available_tasks, get_task
 
-    table = Table(title="mfsbi tasks")
-    for column in ("task", "parameters", "x size", "LF uses", "reference posteriors", "description"):
-        table.add_column(column)
+    table = Table(title="mfsbi tasks (costs: seconds per simulation measured on 2 cores, see docs/)")
+    for column in ("task", "θ", "x size", "LF uses", "references", "LF s/sim", "HF s/sim"):
+        table.add_column(column, overflow="fold")
     for name in available_tasks():
         task_obj = get_task(name)
         lf_uses = ", ".join(task_obj.parameter_names[i] for i in task_obj.low_fidelity_parameters)
-        table.add_row(name, f"{task_obj.theta_dim} ({', '.join(task_obj.parameter_names)})", str(task_obj.x_dim),
-                      lf_uses, ", ".join(task_obj.references) or "-", task_obj.description)
+        costs = [task_obj.cost_seconds.get(f) for f in ("lf", "hf")]
+        table.add_row(name, str(task_obj.theta_dim), str(task_obj.x_dim),
+                      lf_uses if len(lf_uses) < 30 else f"{len(task_obj.low_fidelity_parameters)} of {task_obj.theta_dim}",
+                      ", ".join(task_obj.references) or "-", *("-" if c is None else f"{c:.2g}" for c in costs))
     console.print(table)
 
 

@@ -62,6 +62,7 @@ class RunConfig(BaseModel):
     acquisition_fraction: float = Field(0.2, ge=0, le=1, description="share B of a round's budget chosen by acquisition")
     acquisition: Literal["log-variance", "density-variance"] = "log-variance"
     pool_size: int | None = Field(None, ge=1, le=10_000_000, description="acquisition pool; default by budget (PAPER.md)")
+    evaluate_rounds: bool = Field(True, description="C2ST after every round (when the task has a reference)")
     # MF-ABC (Prescott & Baker 2020).
     abc_proposals: int | None = Field(None, ge=1, le=MAX_SIMULATIONS, description="MF-ABC LF proposals; default --lf-sims")
     abc_quantile: float = Field(0.05, gt=0, le=1, description="MF-ABC ε as a quantile of the LF distances")

@@ -105,6 +105,9 @@ def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, tit
     fig, _ = pairplot(
         samples, points=None if truth is None else truth[None, :],
         limits=list(zip(low.tolist(), high.tolist())), labels=list(task.parameter_names), figsize=(6, 6),
+        # Fixed bins: sbi's default Freedman-Diaconis width is 0 for degenerate samples (ABC with
+        # few accepted rows) and its np.arange then explodes.
+        diag_kwargs={"mpl_kwargs": {"bins": 50, "histtype": "step", "density": False}},
     )
     fig.suptitle(title)
     buffer = io.BytesIO()

@@ -132,7 +132,7 @@ def sequential_round(round_index: int, label: str, executor: BatchExecutor, stor
         starts = checkpoints if checkpoints is not None else [initial] * members
         jobs = [TrainJob(store.url, config.task, table, "hf", sim_table.num_rows, estimator_dict(task),
                          training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train", round_index, e)),
-                         starts[e], device) for e in range(members)]
+                         starts[e], device, refit_x_zscore=checkpoints is None) for e in range(members)]
         results = train(executor, jobs, label=f"{label}: train {members} × {sim_table.counts()['ok']} HF")
         new_checkpoints = [r.checkpoint for r in results]
         for name, checkpoint in zip(names, new_checkpoints):
@@ -142,8 +142,8 @@ def sequential_round(round_index: int, label: str, executor: BatchExecutor, stor
            "failed": sim_table.counts()["failed"], "simulated_now": report.simulated,
            "acceptance_rate": info.get("acceptance_rate"), "acquired": info.get("acquired", 0),
            "selected_scores": info.get("selected_scores"), "pool_scores": info.get("pool_scores")}
-    posterior = _posterior(new_checkpoints, task.prior)
-    row.update(_c2st_at(posterior, task, x_o, config, round_index))
+    if config.evaluate_rounds:
+        row.update(_c2st_at(_posterior(new_checkpoints, task.prior), task, x_o, config, round_index))
     row["seconds"] = round(time.perf_counter() - started, 2)
     create_markdown_artifact(key=f"round-{round_index}", markdown=_round_markdown(label, row),
                              description=f"{task.name} {config.run_name}: round {round_index}")
@@ -157,8 +157,8 @@ def _maybe(store: SimulationStore, name: str) -> bytes | None:
         return None
 
 
-def _c2st_at(posterior, task: Task, x_o: np.ndarray, config: RunConfig, salt: int) -> dict:
-    from mfsbi.inference import c2st
+def _c2st_at(posterior, task: Task, x_o: np.ndarray, config: RunConfig, salt: int, mmd: bool = False) -> dict:
+    from mfsbi.inference import c2st, mmd_squared
 
     if not task.references:
         return {}
@@ -167,6 +167,8 @@ def _c2st_at(posterior, task: Task, x_o: np.ndarray, config: RunConfig, salt: in
     for name, reference in task.references.items():
         ref = reference(x_o, config.posterior_samples, derive_seed(config.test_seed, f"reference/{name}", salt))
         out[f"c2st_{name}"] = float(c2st(samples, ref, seed=salt))
+        if mmd:
+            out[f"mmd_{name}"] = float(mmd_squared(samples, ref))
     return out
 
 
@@ -239,9 +241,11 @@ def _final_metrics(posterior, task: Task, x_o: np.ndarray, theta_true: np.ndarra
     from mfsbi.inference import nrmse
     from mfsbi.flows.evaluation import _prior_bounds
 
-    metrics: dict = {"c2st": {}, "nltp": None, "nrmse": None, "num_c2st_observations": 1, "num_nltp_pairs": 0}
-    c2st_values = _c2st_at(posterior, task, x_o, config, salt=10_000)
-    metrics["c2st"] = {k.removeprefix("c2st_"): v for k, v in c2st_values.items()}
+    metrics: dict = {"c2st": {}, "mmd": {}, "nltp": None, "nrmse": None, "num_c2st_observations": 1,
+                     "num_nltp_pairs": 0}
+    values = _c2st_at(posterior, task, x_o, config, salt=10_000, mmd=True)
+    metrics["c2st"] = {k.removeprefix("c2st_"): v for k, v in values.items() if k.startswith("c2st_")}
+    metrics["mmd"] = {k.removeprefix("mmd_"): v for k, v in values.items() if k.startswith("mmd_")}
     if theta_true is not None:
         with torch.no_grad():
             log_q = posterior.log_prob(torch.as_tensor(theta_true[None], dtype=torch.float32),

@@ -116,6 +116,9 @@ class TrainJob:
     pretrained: bytes | None
     device: str
     threads: int = 1
+    # Refit the x z-scoring on this data when fine-tuning: yes from LF to HF (PAPER.md); no between
+    # sequential rounds, whose truncated data would shift the inputs the weights were trained on.
+    refit_x_zscore: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,7 @@ def train_estimator(job: TrainJob) -> TrainResult:
                             training=training, device=job.device)
     else:
         pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
-        trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device)
+        trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
+                            refit_x_zscore=job.refit_x_zscore)
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, len(theta), job.device)
