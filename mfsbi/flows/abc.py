@@ -113,7 +113,6 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
 
 
 def _metrics(samples: np.ndarray, task_obj, x_o, theta_true, config: RunConfig) -> dict:
-    from mfsbi.flows.evaluation import _prior_bounds
     from mfsbi.inference import c2st, mmd_squared, nrmse
 
     metrics: dict = {"c2st": {}, "mmd": {}, "nltp": None, "nrmse": None, "num_c2st_observations": 1,
@@ -123,7 +122,7 @@ def _metrics(samples: np.ndarray, task_obj, x_o, theta_true, config: RunConfig) 
         metrics["c2st"][name] = float(c2st(samples, ref, seed=0))
         metrics["mmd"][name] = float(mmd_squared(samples, ref))
     if theta_true is not None:
-        low, high = _prior_bounds(task_obj)
+        low, high = task_obj.parameter_ranges()
         metrics["nrmse"] = float(nrmse(samples, theta_true, low, high))
     return metrics
 

@@ -64,7 +64,7 @@ def evaluate_posterior(posterior, task: Task, test_theta: np.ndarray, test_x: np
     from mfsbi.inference import c2st, mmd_squared, nltp, nrmse
 
     result = Evaluation(num_c2st_observations=min(num_c2st, len(test_x)), num_nltp_pairs=len(test_x))
-    low, high = _prior_bounds(task)
+    low, high = task.parameter_ranges()
     samples = [sample_posterior(posterior, test_x[i], num_samples, derive_seed(seed, "posterior", i))
                for i in range(result.num_c2st_observations)]
     if samples:
@@ -85,14 +85,6 @@ def evaluate_posterior(posterior, task: Task, test_theta: np.ndarray, test_x: np
     return result
 
 
-def _prior_bounds(task: Task) -> tuple[np.ndarray, np.ndarray]:
-    support = task.prior.support
-    # BoxUniform wraps its bounds in an Independent constraint; unwrap to reach them.
-    base = getattr(support, "base_constraint", support)
-    return (np.asarray(base.lower_bound, dtype=np.float64).reshape(-1),
-            np.asarray(base.upper_bound, dtype=np.float64).reshape(-1))
-
-
 def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, title: str) -> bytes:
     """A pair plot of posterior samples (sbi's ``pairplot``), as PNG bytes."""
     import matplotlib
@@ -101,7 +93,7 @@ def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, tit
     import matplotlib.pyplot as plt
     from sbi.analysis import pairplot
 
-    low, high = _prior_bounds(task)
+    low, high = task.parameter_ranges()
     fig, _ = pairplot(
         samples, points=None if truth is None else truth[None, :],
         limits=list(zip(low.tolist(), high.tolist())), labels=list(task.parameter_names), figsize=(6, 6),

@@ -239,7 +239,6 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> dict:
 
 def _final_metrics(posterior, task: Task, x_o: np.ndarray, theta_true: np.ndarray | None, config: RunConfig) -> dict:
     from mfsbi.inference import nrmse
-    from mfsbi.flows.evaluation import _prior_bounds
 
     metrics: dict = {"c2st": {}, "mmd": {}, "nltp": None, "nrmse": None, "num_c2st_observations": 1,
                      "num_nltp_pairs": 0}
@@ -252,7 +251,7 @@ def _final_metrics(posterior, task: Task, x_o: np.ndarray, theta_true: np.ndarra
                                        x=torch.as_tensor(x_o, dtype=torch.float32))
         metrics["nltp"] = float(-log_q.item())
         metrics["num_nltp_pairs"] = 1
-        low, high = _prior_bounds(task)
+        low, high = task.parameter_ranges()
         samples = sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.test_seed, "nrmse"))
         metrics["nrmse"] = float(nrmse(samples, theta_true, low, high))
     return metrics

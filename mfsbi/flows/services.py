@@ -124,10 +124,12 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
             yield client
         return
     workers = n_workers or max(1, os.cpu_count() or 1)
+    # Prefect's logging setup lets the in-process scheduler's INFO chatter through; keep warnings.
+    quiet = max(logging.WARNING, logging.getLogger("distributed").getEffectiveLevel())
+    logging.getLogger("distributed").setLevel(quiet)
     with LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0", silence_logs=40,
     ) as cluster, Client(cluster) as client:
-        # Prefect's logging setup re-enables the in-process scheduler's INFO chatter; keep warnings.
-        logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger("distributed").level))
+        logging.getLogger("distributed").setLevel(quiet)
         yield client

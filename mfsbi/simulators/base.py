@@ -127,6 +127,19 @@ class Task:
             return self.high_fidelity
         raise ValueError(f"fidelity must be 'lf' or 'hf', got {fidelity!r}")
 
+    def parameter_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-parameter ``(low, high)``: the prior's box, or its central 99.8 % for unbounded priors.
+
+        Used for plot limits and to normalise errors (NRMSE divides by these ranges).
+        """
+        constraint = getattr(self.prior.support, "base_constraint", self.prior.support)
+        low, high = getattr(constraint, "lower_bound", None), getattr(constraint, "upper_bound", None)
+        if isinstance(low, torch.Tensor) and isinstance(high, torch.Tensor):
+            shape = (self.theta_dim,)
+            return (low.expand(shape).double().numpy().copy(), high.expand(shape).double().numpy().copy())
+        samples = self.sample_prior(100_000, seed=0)
+        return np.quantile(samples, 0.001, axis=0), np.quantile(samples, 0.999, axis=0)
+
     def sample_prior(self, num_samples: int, seed: int) -> np.ndarray:
         """Draws ``num_samples`` parameters from the prior with a private torch generator state.
 

@@ -72,14 +72,14 @@ def drift_root(a: np.ndarray, b: np.ndarray, r_max: float = R_MAX, policy: Polic
         root = -a / b
     inside = np.isfinite(root) & (root >= 0.0)
     if policy == "nan":
-        return np.where(inside, root, np.nan)
+        return np.where(inside, root, np.nan) + 0.0  # + 0.0 turns -0.0 (a = -0) into 0.0
     if policy != "bounded":
         raise ValueError(f"policy must be 'bounded' or 'nan', got {policy!r}")
     inside &= root <= r_max
     # Outside the range the drift has one sign on [0, r_max]; its value at the middle tells which
     # (a drift that is identically zero counts as depression: the rate has nothing to hold it up).
     up = (a + b * (0.5 * r_max)) > 0.0
-    return np.where(inside, root, np.where(up, r_max, 0.0))
+    return np.where(inside, root, np.where(up, r_max, 0.0)) + 0.0
 
 
 def fixed_point_rates(
