@@ -86,13 +86,25 @@ def test_hf_bad_shape_raises(short_sim):
         short_sim(np.zeros((1, 12)), seed=0)
 
 
-def test_hf_simulation_error_is_a_failed_row():
-    # A negative time constant makes Brian2 refuse the model: the row fails, with a reason.
-    sim = PlasticNetworkHighFidelity(scale=SHORT, target="numpy", dt=-1e-4)
-    x, reasons = sim(BASELINE, seed=0)
-    assert np.all(np.isnan(x)) and reasons[0] is not None and reasons[0].startswith("simulation error")
+def test_hf_simulation_error_is_a_failed_row(short_sim, monkeypatch):
+    """An exception while building or running one row fails that row, with a reason; the rest run."""
+    build = PlasticNetworkHighFidelity._build
+
+    def flaky(self, b2, theta, rng):
+        if theta[2] == 1.0:  # EE_alpha marks the row to break
+            raise KeyError('The identifier "bogus" could not be resolved.')
+        return build(self, b2, theta, rng)
+
+    monkeypatch.setattr(PlasticNetworkHighFidelity, "_build", flaky)
+    theta = np.array([rule(alpha=1.0) + STATIC * 3, STATIC * 4])
+    x, reasons = short_sim(theta, seed=0)
+    assert np.all(np.isnan(x[0])) and reasons[0].startswith("simulation error: KeyError")
+    assert np.all(np.isfinite(x[1])) and reasons[1] is None
+    with pytest.raises(ValueError, match="positive"):
+        PlasticNetworkHighFidelity(scale=SHORT, dt=-1e-4)
 
 
+@pytest.mark.slow
 def test_alpha_beta_potentiation_raises_the_excitatory_rate():
     """alpha_EE, beta_EE = +1.5 potentiate E->E to w_max (runaway); -1.5 depress it to zero."""
     scale = dataclasses.replace(TINY, duration=1.0, window=0.5)
@@ -147,6 +159,7 @@ def test_lf_simulator_rows_and_reasons():
     np.testing.assert_array_equal(x_nan[~failed & (x_nan <= R_MAX).all(axis=1)], x[~failed & (x_nan <= R_MAX).all(axis=1)])
 
 
+@pytest.mark.slow
 def test_mean_field_matches_simulation_in_the_homeostatic_regime():
     """alpha > 0, lambda < 0 (kappa < 0) for EE and EI: a stable fixed point the weights settle to.
 

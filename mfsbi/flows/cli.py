@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from mfsbi.flows.services import quiet_prefect_environment
+
+if TYPE_CHECKING:
+    from mfsbi.flows.config import RunConfig
 
 __all__ = ["app", "main"]
 
@@ -54,7 +57,7 @@ def load_observation(path: Path, x_dim: int) -> list[float]:
     return [float(v) for v in x_o]
 
 
-def build_config(**options) -> "RunConfig":  # noqa: F821
+def build_config(**options) -> RunConfig:
     """Validates the options into a RunConfig, checks the task, the observation and the store.
 
     Raises:

@@ -33,8 +33,12 @@ def resolve_device(device: str) -> str:
 
 
 def estimator_dict(task_obj: Task) -> dict:
+    """The paper's estimator, with the task's embedding (a CNN for images, z-scored as one block)."""
     from mfsbi.inference import EstimatorConfig
 
+    if task_obj.embedding:
+        return EstimatorConfig(embedding=task_obj.embedding, x_shape=task_obj.x_shape,
+                               z_score_x="structured").to_dict()
     return EstimatorConfig().to_dict()
 
 
@@ -96,7 +100,7 @@ def pretrained_on_lf(executor: BatchExecutor, store: SimulationStore, task_obj: 
     The checkpoint is shared by every method and rerun with the same task, LF budget and seed.
     """
     lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf",
-                  num_rows=config.lf_sims, chunk_size=config.lf_chunk_size, seed=config.seed, budget=None)
+                  num_rows=config.lf_sims, chunk_size=config.chunk_rows("lf", task_obj.x_dim), seed=config.seed, budget=None)
     name = f"{task_obj.name}/pretrained-lf{config.lf_sims}-seed{config.seed}.pt"
     info = {"lf": dataclasses.asdict(lf), "pretrained": f"artifacts/{name}"}
     try:
@@ -119,7 +123,7 @@ def test_pairs(executor: BatchExecutor, store: SimulationStore, task_obj: Task, 
         return np.zeros((0, task_obj.theta_dim)), np.zeros((0, task_obj.x_dim))
     table = f"{task_obj.name}-test"
     simulate(executor, store, task_obj, config, table=table, fidelity="hf", num_rows=num_rows,
-             chunk_size=config.hf_chunk_size, seed=config.test_seed, budget=None)
+             chunk_size=config.chunk_rows("hf", task_obj.x_dim), seed=config.test_seed, budget=None)
     sim_table = store.table(table, "hf")
     rows = sim_table.rows("ok")
     theta, x = sim_table.read("ok")

@@ -18,6 +18,8 @@ Device = Literal["auto", "cpu", "cuda"]
 
 # A budget above this is almost surely a typo, and would allocate more than memory holds.
 MAX_SIMULATIONS = 100_000_000
+# A chunk is the unit a worker holds in memory and writes at once: images must not make it huge.
+MAX_CHUNK_BYTES = 64 * 2**20
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,11 @@ class RunConfig(BaseModel):
         elif self.method == "mf-abc":
             name += f"-{self.observation_tag}"
         return f"{name}-seed{self.seed}"
+
+    def chunk_rows(self, fidelity: str, x_dim: int) -> int:
+        """Rows per chunk of a table: the configured size, capped so that a chunk of x stays ≤ 64 MiB."""
+        requested = self.lf_chunk_size if fidelity == "lf" else self.hf_chunk_size
+        return max(1, min(requested, MAX_CHUNK_BYTES // (8 * x_dim)))
 
     def simulation_hash(self, fidelity: str, chunk_size: int, task_version: str, seed: int) -> str:
         """Hash of what decides a table's rows: a store is never continued with other settings."""

@@ -130,6 +130,10 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
     with LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0", silence_logs=40,
+        # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
+        # worker thread: import it at worker start (STACK.md). External workers need the same
+        # `--preload mfsbi.simulators.plastic_network`.
+        preload=["mfsbi.simulators.plastic_network"],
     ) as cluster, Client(cluster) as client:
         logging.getLogger("distributed").setLevel(quiet)
         yield client

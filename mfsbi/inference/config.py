@@ -68,6 +68,8 @@ class EstimatorConfig:
         theta_transform: ``"logit"`` maps theta onto the prior's bounded support
             (sbi's ``transform_to_unconstrained``), so no posterior mass leaks outside it;
             ``"independent"`` z-scores theta; ``"none"`` leaves it.
+        embedding: ``"identity"`` or ``"cnn"`` (images; see :mod:`mfsbi.inference.embeddings`).
+        x_shape: the unflattened shape of one x, needed by ``"cnn"``.
     """
 
     model: str = "zuko_nsf"
@@ -76,8 +78,18 @@ class EstimatorConfig:
     num_bins: int = 8
     z_score_x: str = "independent"
     theta_transform: str = "logit"
+    embedding: str = "identity"
+    x_shape: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
+        from .embeddings import EMBEDDINGS
+
+        if self.x_shape is not None:
+            # JSON gives lists back; keep the frozen config hashable and comparable.
+            object.__setattr__(self, "x_shape", tuple(int(s) for s in self.x_shape))
+        _require(self.embedding in EMBEDDINGS, "embedding", f"must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        _require(self.embedding != "cnn" or (self.x_shape is not None and len(self.x_shape) == 2),
+                 "x_shape", f"embedding 'cnn' needs a two-dimensional x_shape, got {self.x_shape!r}")
         _require(self.model in _MODELS, "model", f"must be one of {_MODELS}, got {self.model!r}")
         for name in ("hidden_features", "num_transforms", "num_bins"):
             value = getattr(self, name)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .config import EstimatorConfig, TrainingConfig
+from .embeddings import make_embedding
 
 __all__ = [
     "TrainedEstimator",
@@ -138,6 +139,7 @@ def _builder(prior: Distribution, estimator: EstimatorConfig) -> Callable[[Tenso
         kwargs["x_dist"] = prior
     return posterior_nn(
         model=estimator.model,
+        embedding_net=make_embedding(estimator.embedding, estimator.x_shape),
         z_score_theta=estimator.sbi_z_score_theta,
         z_score_x=estimator.z_score_x,
         hidden_features=estimator.hidden_features,

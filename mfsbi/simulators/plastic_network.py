@@ -21,7 +21,6 @@ does not import brian2; its ``dask_setup`` hook calls :func:`preload`) or by cal
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -273,6 +272,10 @@ class PlasticNetworkHighFidelity:
     runaway_rate: float = 100.0
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if not (self.dt > 0 and self.check_interval > 0 and self.runaway_rate > 0):
+            raise ValueError("dt, check_interval and runaway_rate must be positive")
+
     def __call__(self, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str | None]]:
         """Simulates one batch, row by row.
 
@@ -431,7 +434,7 @@ class PlasticNetworkHighFidelity:
         )
         boundaries = sorted(set(boundaries)) + [steps_total]
         window_start = steps_total - steps_window
-        counts_at_window: tuple[int, int] | None = None
+        counts_at_window = (0, 0)  # the window is the whole run when window == duration
         previous = (0, 0)
         for start, stop in zip(boundaries[:-1], boundaries[1:]):
             if start == window_start:
@@ -444,7 +447,6 @@ class PlasticNetworkHighFidelity:
             if max(rate_e, rate_i) > self.runaway_rate:
                 return np.array([rate_e, rate_i])
             previous = current
-        assert counts_at_window is not None
         return np.array(
             [
                 (previous[0] - counts_at_window[0]) / (s.n_exc * s.window),

@@ -29,7 +29,7 @@ def register_task(name: str, factory: Callable[[], Task]) -> None:
 def _load_builtins() -> None:
     # Imported here, not at module import, so that `import mfsbi.simulators` stays cheap and a
     # broken optional simulator cannot break the others.
-    from mfsbi.simulators import gaussian_blob, ou, pyramidal, sir, slcp  # noqa: F401
+    from mfsbi.simulators import gaussian_blob, ou, plastic_network, pyramidal, sir, slcp  # noqa: F401
 
 
 def available_tasks() -> list[str]:
