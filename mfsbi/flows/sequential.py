@@ -102,6 +102,27 @@ def _reserve_round(sim_table, table: str, theta: np.ndarray, config: RunConfig, 
     sim_table.reserve(theta, seeds, round=round_index)
 
 
+def reserve_round_once(store: SimulationStore, sim_table, table: str, prefix: str, config: RunConfig,
+                       round_index: int, propose) -> dict:
+    """Reserves a round's rows unless they are already stored; returns the round's proposal facts.
+
+    A rerun (retry, restart, ``--resume``) finds the round's rows and proposes nothing, so a round
+    can never spend its share of the HF budget twice.
+
+    Arguments:
+        prefix: the run's folder inside the store's artifacts.
+        propose: called without arguments only when the round has no rows yet; returns
+            ``(theta, info)``.
+    """
+    meta_name = f"{prefix}/round-{round_index}.json"
+    if len(sim_table.read("all", rounds=[round_index])[0]) == 0:
+        theta, info = propose()
+        # The proposal's facts are stored before its rows: a resumed run reports them unchanged.
+        store.write_artifact(meta_name, json.dumps(info).encode())
+        _reserve_round(sim_table, table, theta, config, round_index)
+    return json.loads(store.read_artifact(meta_name))
+
+
 # Internal objects (executor, store, task) are passed through: no pydantic validation of them.
 @flow(name="mfsbi-round", flow_run_name="{label}", validate_parameters=False)
 def sequential_round(round_index: int, label: str, executor: BatchExecutor, store: SimulationStore,
@@ -113,14 +134,8 @@ def sequential_round(round_index: int, label: str, executor: BatchExecutor, stor
     table = sequential_table(task, config)
     prefix = f"{task.name}/{config.run_name}"
     sim_table = store.table(table, "hf")
-    meta_name = f"{prefix}/round-{round_index}.json"
-    already = len(sim_table.read("all", rounds=[round_index])[0])
-    if already == 0:
-        theta, info = _propose(config, task, checkpoints, x_o, round_index, size)
-        # The proposal's facts are stored before its rows: a resumed run reports them unchanged.
-        store.write_artifact(meta_name, json.dumps(info).encode())
-        _reserve_round(sim_table, table, theta, config, round_index)
-    info = json.loads(store.read_artifact(meta_name))
+    info = reserve_round_once(store, sim_table, table, prefix, config, round_index,
+                              lambda: _propose(config, task, checkpoints, x_o, round_index, size))
     report = simulate_pending(executor, store, config, sim_table, table=table, fidelity="hf")
 
     members = config.ensemble_size if config.method == "a-mf-tsnpe" else 1
