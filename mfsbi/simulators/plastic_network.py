@@ -542,3 +542,17 @@ def plastic_network(scale: str = "default", target: Target = "auto") -> Task:
 
 
 register_task("plastic-network", plastic_network)
+
+
+def plastic_network_tiny() -> Task:
+    """The network at the test scale (80 + 20 neurons, 2 s): seconds per HF run, for trying things out."""
+    return plastic_network(scale="tiny")
+
+
+def plastic_network_paper() -> Task:
+    """The network at the paper's scale (4 096 + 1 024 neurons, 120 s): minutes per HF run."""
+    return plastic_network(scale="paper")
+
+
+register_task("plastic-network-tiny", plastic_network_tiny)
+register_task("plastic-network-paper", plastic_network_paper)
