@@ -1,6 +1,5 @@
 """The CNN embedding: GaussianBlob images train through MF-NPE and checkpoints rebuild the CNN."""
 
-import numpy as np
 import torch
 
 from mfsbi.inference import EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune, train_npe

@@ -14,7 +14,6 @@ from mfsbi.storage import (
     HighFidelityBudget,
     SimulationStore,
     SimulationTable,
-    Status,
     StoreError,
     StoreMismatchError,
 )

@@ -8,10 +8,7 @@ continuation coins are seeded, so a rerun reserves the same rows and simulates o
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 from prefect import flow, task
@@ -19,9 +16,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi import __version__
-from mfsbi.flows.common import simulate, simulate_pending
+from mfsbi.flows.common import finish_run, simulate, simulate_pending
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import pair_plot_png
 from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.sequential import target_observation
@@ -86,7 +82,6 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
                        config.abc_eta_accept, config.abc_eta_reject, int(len(chosen)), int(num), scale)
     samples = result.sample(config.posterior_samples, seed=derive_seed(config.seed, "abc/sample"))
 
-    prefix = f"{task_obj.name}/{config.run_name}"
     summary: dict = {"task": task_obj.name, "method": "mf-abc", "run": config.run_name, "seed": config.seed,
                      "device": "cpu", "mfsbi_version": __version__, "lf": dataclasses.asdict(lf),
                      "hf": {"stored_ok": hf_table.counts()["ok"], "failed": hf_table.counts()["failed"],
@@ -95,17 +90,8 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
                              "effective_sample_size": float(result.effective_sample_size),
                              "negative_weights": int((weights < 0).sum())}}
     summary["metrics"] = _metrics(samples, task_obj, x_o, theta_true, config)
-    buffer = io.BytesIO()
-    np.save(buffer, samples, allow_pickle=False)
-    store.write_artifact(f"{prefix}/samples.npy", buffer.getvalue())
-    store.write_artifact(f"{prefix}/pairplot.png", pair_plot_png(samples, task_obj, theta_true,
-                                                                 f"{task_obj.name} {config.run_name}"))
-    summary["pair_plot"] = f"artifacts/{prefix}/pairplot.png"
-    summary["posterior"] = f"artifacts/{prefix}/samples.npy"
-    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
-    summary["config"] = config.model_dump()
-    store.write_artifact(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
+    summary["posterior"] = f"artifacts/{task_obj.name}/{config.run_name}/samples.npy"
+    finish_run(store, task_obj, config, summary, started, samples, theta_true, config.observation_tag)
     lines = ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["abc"].items()]
     lines += [f"| C2ST vs {k} | {v:.3f} |" for k, v in summary["metrics"]["c2st"].items()]
     create_markdown_artifact(key="mf-abc", markdown="\n".join(lines), description=f"{task_obj.name} {config.run_name}")

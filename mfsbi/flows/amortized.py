@@ -8,9 +8,7 @@ itself run as plain Dask tasks on the workers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 from prefect import flow, task
@@ -20,12 +18,12 @@ from prefect.cache_policies import NONE as NO_CACHE
 from mfsbi import __version__
 from mfsbi.flows import progress
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import Evaluation, evaluate_posterior, pair_plot_png, sample_posterior
+from mfsbi.flows.evaluation import Evaluation, evaluate_posterior, sample_posterior
 from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.services import dask_client
 from mfsbi.flows.common import (
-    estimator_dict, pretrained_on_lf, resolve_device, simulate, test_pairs, train, training_dict,
+    estimator_dict, finish_run, pretrained_on_lf, resolve_device, simulate, test_pairs, train, training_dict,
 )
 from mfsbi.flows.work import TrainJob, TrainResult
 from mfsbi.simulators import Task, get_task
@@ -86,17 +84,14 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
     evaluation = evaluate(final, task_obj, test_theta, test_x, config)
     summary["metrics"] = dataclasses.asdict(evaluation)
 
-    _save_plot(store, task_obj, config, final, test_theta, test_x, prefix, summary)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
-    summary["config"] = config.model_dump()
-    store.write_artifact(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
-    store.write_artifact("latest.json", json.dumps({"task": config.task, "run": prefix}).encode())
+    samples, truth, where = _plot_samples(task_obj, config, final, test_theta, test_x)
+    finish_run(store, task_obj, config, summary, started, samples, truth, where)
     _publish(summary, evaluation)
     return summary
 
 
-def _save_plot(store, task_obj, config, final, test_theta, test_x, prefix, summary) -> None:
+def _plot_samples(task_obj, config, final, test_theta, test_x):
+    """Posterior samples for the pair plot: at the given observation, else at held-out observation 0."""
     from mfsbi.inference import estimator_from_bytes
 
     if config.observation is not None:
@@ -104,19 +99,9 @@ def _save_plot(store, task_obj, config, final, test_theta, test_x, prefix, summa
     elif len(test_x):
         x_o, truth, where = test_x[0], test_theta[0], "held-out observation 0 (true θ marked)"
     else:
-        return
+        return None, None, ""
     posterior = estimator_from_bytes(final.checkpoint, task_obj.prior).posterior()
-    samples = sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.seed, "plot"))
-    png = pair_plot_png(samples, task_obj, truth, f"{task_obj.name} {config.run_name}: {where}")
-    store.write_artifact(f"{prefix}/pairplot.png", png)
-    summary["pair_plot"] = f"artifacts/{prefix}/pairplot.png"
-    if config.observation is not None:
-        import io
-
-        buffer = io.BytesIO()
-        np.save(buffer, samples, allow_pickle=False)
-        store.write_artifact(f"{prefix}/samples.npy", buffer.getvalue())
-        summary["samples"] = f"artifacts/{prefix}/samples.npy"
+    return sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.seed, "plot")), truth, where
 
 
 def _publish(summary: dict, evaluation: Evaluation) -> None:

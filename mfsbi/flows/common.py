@@ -17,7 +17,7 @@ from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore
 
-__all__ = ["estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
+__all__ = ["finish_run", "estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
 
 # Caching is off on every task: the store is the cache. Rows already stored are never simulated
 # again whatever Prefect remembers, and Prefect's own caching mis-handles killed Dask workers.
@@ -129,3 +129,40 @@ def test_pairs(executor: BatchExecutor, store: SimulationStore, task_obj: Task, 
     theta, x = sim_table.read("ok")
     keep = rows < num_rows
     return theta[keep], x[keep]
+
+
+def finish_run(store: SimulationStore, task_obj: Task, config: RunConfig, summary: dict, started: float,
+               samples: np.ndarray | None, truth: np.ndarray | None, where: str) -> None:
+    """Saves a run's outputs in the store: samples, pair plot, ``summary.json``, and ``latest.json``.
+
+    Arguments:
+        summary: completed in place with the artifact locations, wall time and config.
+        started: ``time.perf_counter()`` at the run's start.
+        samples: posterior samples at the run's observation (``None``: no plot).
+        truth: the true θ to mark in the plot, when known.
+        where: what the samples condition on, for the plot's title.
+    """
+    import io
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    from mfsbi.flows.evaluation import pair_plot_png
+
+    prefix = f"{task_obj.name}/{config.run_name}"
+    if samples is not None:
+        if config.observation is not None or config.method not in ("npe", "mf-npe"):
+            buffer = io.BytesIO()
+            np.save(buffer, samples, allow_pickle=False)
+            store.write_artifact(f"{prefix}/samples.npy", buffer.getvalue())
+            summary["samples"] = f"artifacts/{prefix}/samples.npy"
+        title = f"{task_obj.name} {config.run_name}: {where}"
+        store.write_artifact(f"{prefix}/pairplot.png", pair_plot_png(samples, task_obj, truth, title))
+        summary["pair_plot"] = f"artifacts/{prefix}/pairplot.png"
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
+    summary["config"] = config.model_dump()
+    store.write_artifact(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
+    if "posterior" in summary and str(summary["posterior"]).endswith(".pt"):
+        # `mfsbi sample` loads the latest run that saved an estimator.
+        store.write_artifact("latest.json", json.dumps({"task": config.task, "run": prefix}).encode())

@@ -11,10 +11,8 @@ re-trains no stored round.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
@@ -23,10 +21,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from mfsbi import __version__
 from mfsbi.flows.common import (
-    estimator_dict, pretrained_on_lf, resolve_device, simulate_pending, test_pairs, train, training_dict,
+    estimator_dict, finish_run, pretrained_on_lf, resolve_device, simulate_pending, test_pairs, train,
+    training_dict,
 )
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import pair_plot_png, sample_posterior
+from mfsbi.flows.evaluation import sample_posterior
 from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.services import dask_client
@@ -236,17 +235,7 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> dict:
     posterior = _posterior(checkpoints, task.prior)
     summary["metrics"] = _final_metrics(posterior, task, x_o, theta_true, config)
     samples = sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.seed, "plot"))
-    buffer = io.BytesIO()
-    np.save(buffer, samples, allow_pickle=False)
-    store.write_artifact(f"{prefix}/samples.npy", buffer.getvalue())
-    store.write_artifact(f"{prefix}/pairplot.png", pair_plot_png(samples, task, theta_true,
-                                                                 f"{task.name} {config.run_name}"))
-    summary["pair_plot"] = f"artifacts/{prefix}/pairplot.png"
-    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
-    summary["finished_at"] = datetime.now(timezone.utc).isoformat()
-    summary["config"] = config.model_dump()
-    store.write_artifact(f"{prefix}/summary.json", json.dumps(summary, indent=2).encode())
-    store.write_artifact("latest.json", json.dumps({"task": config.task, "run": prefix}).encode())
+    finish_run(store, task, config, summary, started, samples, theta_true, config.observation_tag)
     create_markdown_artifact(key=f"rounds-{config.method}", markdown=_rounds_table(summary),
                              description=f"{task.name} {config.run_name}: all rounds")
     return summary

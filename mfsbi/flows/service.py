@@ -1,0 +1,543 @@
+"""The service commands: ``mfsbi serve``, ``deploy``, ``submit`` and ``runs``.
+
+``serve`` starts a single-machine stack as local processes on 127.0.0.1 (the same services as
+``docker-compose.yml``, for users without Docker): a Prefect server (SQLite under
+``$MFSBI_HOME/prefect``, or PostgreSQL when ``PREFECT_API_DATABASE_CONNECTION_URL`` is set), a Dask
+scheduler, N single-threaded Dask workers, the process work pool ``mfsbi-process`` and a Prefect
+worker on it. Its addresses go to ``$MFSBI_HOME/serve.json`` so that ``deploy``, ``submit`` and
+``runs`` find them without flags.
+
+Prefect is imported lazily and only after ``PREFECT_API_URL`` is set: Prefect reads its settings
+at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mfsbi.flows.services import OFFLINE_SETTINGS, _healthy, mfsbi_home
+
+__all__ = [
+    "DEPLOYMENTS", "WORK_POOL", "ServeError", "Stack", "deployment_flow", "ensure_work_pool", "parse_params",
+    "read_serve_file", "register_deployments", "resolve_api_url", "resolve_dask_address", "serve_file",
+    "start_stack", "ui_url",
+]
+
+WORK_POOL = "mfsbi-process"
+PRELOAD = "mfsbi.simulators.plastic_network"
+
+# deployment name -> (module, flow function, methods it runs, the method when none is given)
+DEPLOYMENTS: dict[str, tuple[str, str, frozenset[str], str]] = {
+    "mfsbi-amortized": ("mfsbi.flows.amortized", "amortized_flow", frozenset({"npe", "mf-npe"}), "mf-npe"),
+    "mfsbi-sequential": ("mfsbi.flows.sequential", "sequential_flow",
+                         frozenset({"tsnpe", "mf-tsnpe", "a-mf-tsnpe"}), "mf-tsnpe"),
+    "mfsbi-mf-abc": ("mfsbi.flows.abc", "abc_flow", frozenset({"mf-abc"}), "mf-abc"),
+}
+
+
+class ServeError(RuntimeError):
+    """A service did not come up, or no service is known; the message is one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Where the services are
+# --------------------------------------------------------------------------------------------
+
+def serve_file() -> Path:
+    return mfsbi_home() / "serve.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_serve_file() -> dict | None:
+    """The addresses a running ``mfsbi serve`` wrote, or None (no file, or its process is gone)."""
+    path = serve_file()
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(info.get("pid", -1))):
+        return None
+    return info
+
+
+def resolve_api_url() -> str | None:
+    """``PREFECT_API_URL`` if set, else the API of a running ``mfsbi serve``."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    info = read_serve_file()
+    return info["prefect_api_url"] if info else None
+
+
+def resolve_dask_address() -> str | None:
+    """``MFSBI_DASK_ADDRESS`` if set, else the scheduler of a running ``mfsbi serve``."""
+    address = os.environ.get("MFSBI_DASK_ADDRESS")
+    if address:
+        return address
+    info = read_serve_file()
+    return info["dask_address"] if info else None
+
+
+def ui_url(api_url: str) -> str:
+    return api_url[: -len("/api")] if api_url.rstrip("/").endswith("/api") else api_url
+
+
+def use_api(api_url: str) -> None:
+    """Points this process at ``api_url``; call before Prefect is imported."""
+    for key, value in OFFLINE_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    os.environ["PREFECT_API_URL"] = api_url
+    if "prefect" in sys.modules:  # already imported: override the settings it read at import
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        temporary_settings(updates={PREFECT_API_URL: api_url}).__enter__()
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+# --------------------------------------------------------------------------------------------
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(port: int, what: str) -> int:
+    if port == 0:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    if not _port_free(port):
+        raise ServeError(f"--{what}-port: 127.0.0.1:{port} is in use; pick another (0: any free port)")
+    return port
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen
+    log: Path
+
+
+@dataclass
+class Stack:
+    """The processes of ``mfsbi serve`` and their addresses."""
+
+    home: Path
+    prefect_api_url: str = ""
+    dask_address: str = ""
+    dashboard: str = ""
+    services: list[Service] = field(default_factory=list)
+
+    @property
+    def ui(self) -> str:
+        return ui_url(self.prefect_api_url)
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> Service:
+        log = self.home / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as handle:
+            process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        service = Service(name, process, log)
+        self.services.append(service)
+        return service
+
+    def check(self) -> None:
+        """Raises ServeError naming the first service that exited."""
+        for service in self.services:
+            if service.process.poll() is not None:
+                raise ServeError(f"{service.name} exited with {service.process.returncode}; see {service.log}")
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Stops every service, newest first: SIGTERM, again after ``grace`` s, then SIGKILL."""
+        for service in reversed(self.services):
+            _stop(service.process, grace)
+        self.services.clear()
+        with _suppress():
+            info = json.loads(serve_file().read_text())
+            if info.get("pid") == os.getpid():
+                serve_file().unlink()
+
+    def write_serve_file(self) -> None:
+        info = {"pid": os.getpid(), "prefect_api_url": self.prefect_api_url, "ui_url": self.ui,
+                "dask_address": self.dask_address, "dask_dashboard": self.dashboard,
+                "work_pool": WORK_POOL, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "processes": {s.name: s.process.pid for s in self.services}, "logs": str(self.home / "logs")}
+        serve_file().parent.mkdir(parents=True, exist_ok=True)
+        serve_file().write_text(json.dumps(info, indent=2))
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], (OSError, ValueError))
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the service leads its own session: reach its children too
+    except (ProcessLookupError, PermissionError):
+        with _suppress():
+            process.send_signal(sig)
+
+
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    if process.poll() is None:
+        # A Prefect worker can need a second SIGTERM (STACK.md): ask twice, then kill.
+        for _ in range(2):
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(timeout=grace / 2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+    # Children the leader left behind (a Dask nanny's worker, a flow-run process).
+    with _suppress():
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait(predicate, timeout: float, stack: Stack, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        stack.check()
+        if time.monotonic() > deadline:
+            raise ServeError(f"{what} was not ready after {timeout:.0f} s; see {log}")
+        time.sleep(0.25)
+
+
+def _python_tool(tool: str) -> list[str]:
+    """``prefect``/``dask`` of this interpreter's environment (a venv need not be on PATH)."""
+    return [sys.executable, "-m", tool]
+
+
+def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, dashboard_port: int = 8787,
+                timeout: float = 120.0, say=print) -> Stack:
+    """Starts the services, waits until each is healthy and writes ``serve.json``.
+
+    On any failure the processes already started are stopped before ServeError is raised.
+    """
+    running = read_serve_file()
+    if running:
+        raise ServeError(f"mfsbi serve is already running (pid {running['pid']}, UI {running['ui_url']}); "
+                         f"stop it first or set MFSBI_HOME")
+    home = mfsbi_home()
+    home.mkdir(parents=True, exist_ok=True)
+    prefect_home = home / "prefect"
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    stack = Stack(home=home)
+    try:
+        prefect_port = _pick_port(prefect_port, "prefect")
+        dask_port = _pick_port(dask_port, "dask")
+        dashboard_port = _pick_port(dashboard_port, "dashboard")
+        stack.prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
+        stack.dask_address = f"tcp://127.0.0.1:{dask_port}"
+        stack.dashboard = f"http://127.0.0.1:{dashboard_port}/status"
+        base = {**os.environ, **{k: os.environ.get(k, v) for k, v in OFFLINE_SETTINGS.items()},
+                "PREFECT_HOME": str(prefect_home)}
+        base.pop("PREFECT_API_URL", None)
+
+        database = "PostgreSQL" if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") else \
+            f"SQLite in {prefect_home}"
+        say(f"starting the Prefect server ({database})")
+        server = stack.start("prefect-server",
+                             [*_python_tool("prefect"), "server", "start", "--host", "127.0.0.1",
+                              "--port", str(prefect_port)],
+                             {**base, "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                              "PREFECT_SERVER_API_PORT": str(prefect_port),
+                              "PREFECT_UI_API_URL": stack.prefect_api_url})
+        say(f"starting the Dask scheduler and {workers} worker(s)")
+        scheduler = stack.start("dask-scheduler",
+                                [*_python_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
+                                 "--dashboard-address", f"127.0.0.1:{dashboard_port}"], base)
+        _wait(lambda: _port_open(dask_port), timeout, stack, "the Dask scheduler", scheduler.log)
+        worker_env = {**base, "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1"),
+                      "NEURON_MODULE_OPTIONS": base.get("NEURON_MODULE_OPTIONS", "-nogui")}
+        for index in range(workers):
+            stack.start(f"dask-worker-{index}",
+                        [*_python_tool("dask"), "worker", stack.dask_address, "--host", "127.0.0.1",
+                         "--nthreads", "1", "--no-dashboard", "--name", f"mfsbi-worker-{index}",
+                         "--local-directory", str(home / "dask-worker-space"), "--preload", PRELOAD],
+                        worker_env)
+        _wait(lambda: _healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
+        use_api(stack.prefect_api_url)
+        ensure_work_pool()
+        say(f"starting a Prefect worker on the work pool {WORK_POOL!r}")
+        worker = stack.start("prefect-worker",
+                             [*_python_tool("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
+                              "--name", f"mfsbi-serve-{os.getpid()}"],
+                             {**base, "PREFECT_API_URL": stack.prefect_api_url,
+                              "MFSBI_DASK_ADDRESS": stack.dask_address})
+        _wait(lambda: _dask_workers(stack.dask_address) >= workers, timeout, stack,
+              f"{workers} Dask worker(s)", stack.home / "logs")
+        _wait(lambda: _worker_online(WORK_POOL), timeout, stack, "the Prefect worker", worker.log)
+        stack.write_serve_file()
+    except BaseException:
+        stack.stop(grace=6)
+        raise
+    return stack
+
+
+def _dask_workers(address: str) -> int:
+    from distributed import Client
+
+    try:
+        with Client(address, timeout="5s") as client:
+            return len(client.scheduler_info().get("workers", {}))
+    except OSError:
+        return 0
+
+
+def _worker_online(pool: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return any(w.status.value == "ONLINE" for w in client.read_workers_for_work_pool(pool))
+    except Exception:  # noqa: BLE001 -- not yet
+        return False
+
+
+def ensure_work_pool(name: str = WORK_POOL) -> bool:
+    """Creates the process work pool if it is missing; True when it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        client.create_work_pool(WorkPoolCreate(
+            name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template(),
+            description="mfsbi flow runs as local processes (the project is pip-installed where the worker runs)"))
+        return True
+
+
+def run_until_stopped(stack: Stack, say=print) -> int:
+    """Blocks until SIGINT/SIGTERM (exit 0) or until a service dies (exit 1), then stops everything."""
+    stop = {"signal": None}
+
+    def handler(signum, frame):  # noqa: ARG001
+        stop["signal"] = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        while stop["signal"] is None:
+            try:
+                stack.check()
+            except ServeError as error:
+                say(f"error: {error}")
+                code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        say("stopping the services")
+        stack.stop()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return code
+
+
+# --------------------------------------------------------------------------------------------
+# deploy
+# --------------------------------------------------------------------------------------------
+
+def deployment_flow(name: str):
+    """The flow object a deployment runs."""
+    import importlib
+
+    module, function, _, _ = DEPLOYMENTS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def register_deployments(names: list[str] | None = None, with_schedule: bool = True) -> list[tuple[str, str]]:
+    """Registers the deployments on the current API for the process work pool; returns (name, id).
+
+    The entrypoints are module paths (``mfsbi.flows.amortized.amortized_flow``): the worker imports the
+    pip-installed package, so no code storage and no image build is needed.
+    """
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    ensure_work_pool()
+    registered = []
+    for name in names or list(DEPLOYMENTS):
+        flow_obj = deployment_flow(name)
+        schedules = None
+        if with_schedule and name == "mfsbi-amortized":
+            # The example of deploy/prefect.yaml: nightly, inactive until switched on in the UI.
+            schedules = [Cron("0 3 * * *", timezone="UTC", active=False,
+                              parameters={"config": {"task": "ou2", "method": "mf-npe", "lf_sims": 10000,
+                                                     "hf_sims": 100, "store": "mfsbi-store"}})]
+        deployment = flow_obj.to_deployment(
+            name=name, work_pool_name=WORK_POOL, entrypoint_type=EntrypointType.MODULE_PATH,
+            description=(flow_obj.description or "").strip().splitlines()[0] if flow_obj.description else None,
+            tags=["mfsbi"], schedules=schedules,
+        )
+        registered.append((f"{flow_obj.name}/{name}", str(deployment.apply())))
+    return registered
+
+
+# --------------------------------------------------------------------------------------------
+# submit
+# --------------------------------------------------------------------------------------------
+
+class ParamError(ValueError):
+    """A bad ``--param``; its message is the one line the user sees."""
+
+
+def parse_params(params: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs into a dict; ``-`` in keys reads as ``_``; ``[...]``/``{...}``/``null`` as JSON.
+
+    Other values stay strings and are converted by the RunConfig (``300`` → int, ``true`` → bool).
+    """
+    values: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ParamError(f"--param: {item!r} is not KEY=VALUE (e.g. --param hf_sims=100)")
+        text = value.strip()
+        if text[:1] in "[{" and text or text == "null":
+            try:
+                values[key] = json.loads(text)
+            except ValueError:
+                raise ParamError(f"--{key.replace('_', '-')}: {text!r} is not valid JSON") from None
+        else:
+            values[key] = text
+    return values
+
+
+def deployment_full_name(name: str) -> tuple[str, str]:
+    """``mfsbi-amortized`` or ``FLOW/DEPLOYMENT`` → (full name, short deployment name)."""
+    if "/" in name:
+        return name, name.split("/", 1)[1]
+    return f"{name}/{name}", name
+
+
+def build_submit_config(short_name: str, values: dict[str, Any]):
+    """Validates the params into a RunConfig for ``short_name``; raises ParamError with one line."""
+    from pydantic import ValidationError
+
+    from mfsbi.flows.config import RunConfig, describe_validation_error
+
+    unknown = sorted(set(values) - set(RunConfig.model_fields))
+    if unknown:
+        raise ParamError(f"--param: {unknown[0]!r} is not a run setting (see `mfsbi run --help`; "
+                         f"settings: {', '.join(RunConfig.model_fields)})")
+    if short_name in DEPLOYMENTS:
+        _, _, methods, default = DEPLOYMENTS[short_name]
+        values.setdefault("method", default)
+    else:
+        methods = None
+    if not values.get("dask_address"):
+        values["dask_address"] = resolve_dask_address()
+    try:
+        config = RunConfig(**values)
+    except ValidationError as error:
+        raise ParamError(describe_validation_error(error)) from None
+    if methods is not None and config.method not in methods:
+        raise ParamError(f"--method: {config.method} is not run by {short_name} "
+                         f"(it runs {', '.join(sorted(methods))})")
+    from mfsbi.simulators import TaskNotFoundError, get_task
+
+    try:
+        get_task(config.task)
+    except TaskNotFoundError as error:
+        raise ParamError(f"--task: {error}") from None
+    return config
+
+
+FINAL_OK = "COMPLETED"
+
+
+def submit_run(full_name: str, config) -> Any:
+    """Creates a flow run of the deployment with ``config``; returns the FlowRun (not waited for)."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name=full_name, parameters={"config": config.model_dump(mode="json")}, timeout=0)
+
+
+def follow_run(flow_run_id, console, timeout: float | None = None, poll: float = 2.0):
+    """Polls a flow run with a spinner until a final state; returns the final FlowRun, or None on timeout."""
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    with get_client(sync_client=True) as client, console.status("waiting for the run") as spinner:
+        last = None
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            state = flow_run.state
+            label = f"{flow_run.name}: {state.name if state else 'Pending'}"
+            elapsed = time.monotonic() - started
+            spinner.update(f"{label} · {elapsed:.0f} s")
+            if label != last:
+                console.print(f"  {time.strftime('%H:%M:%S')}  {label}", highlight=False)
+                last = label
+            if state is not None and state.is_final():
+                return flow_run
+            if timeout is not None and elapsed > timeout:
+                return None
+            time.sleep(poll)
+
+
+def recent_runs(limit: int = 20) -> list[dict]:
+    """The latest flow runs (newest expected start first) with flow and deployment names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        flow_names = {f.id: f.name for f in client.read_flows(limit=200)}
+        rows = []
+        for run in runs:
+            start, end = run.start_time, run.end_time
+            if start and end:
+                duration = f"{(end - start).total_seconds():.0f} s"
+            elif start:
+                duration = "running"
+            else:
+                duration = "-"
+            rows.append({"id": str(run.id), "flow": flow_names.get(run.flow_id, "?"), "name": run.name,
+                         "state": run.state.name if run.state else "-",
+                         "start": start.astimezone().strftime("%Y-%m-%d %H:%M:%S") if start else "-",
+                         "duration": duration})
+    return rows
