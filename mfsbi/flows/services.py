@@ -108,7 +108,7 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator["object"]:
-    """Yields a ``distributed.Client``: to ``address`` if given, else to a local cluster on 127.0.0.1.
+    """Yields a ``distributed.Client``: to ``address`` (or ``$MFSBI_DASK_ADDRESS``), else to a local cluster.
 
     The local cluster runs one single-threaded worker process per core: NEURON and torch each want
     one thread per process, and a simulation batch is the unit of parallelism.
@@ -119,6 +119,8 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
     """
     from distributed import Client, LocalCluster
 
+    # `mfsbi serve` and docker-compose give their Prefect workers the scheduler's address.
+    address = address or os.environ.get("MFSBI_DASK_ADDRESS") or None
     if address:
         with Client(address, timeout="30s") as client:
             yield client
