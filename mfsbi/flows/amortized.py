@@ -56,7 +56,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
     started = time.perf_counter()
     task_obj = get_task(config.task)
     store = SimulationStore(config.store)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, executor)
     summary: dict = {"task": task_obj.name, "method": config.method, "run": config.run_name,
                      "seed": config.seed, "device": device, "mfsbi_version": __version__}
 
@@ -75,7 +75,8 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
         store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator_dict(task_obj),
         training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train")), pretrained, device,
     )], label=label)
-    summary["train"] = {"epochs": final.epochs, "seconds": final.seconds, "simulations": final.num_simulations}
+    summary["train"] = {"epochs": final.epochs, "seconds": final.seconds, "simulations": final.num_simulations,
+                        "device": final.device, "worker": final.worker}
 
     prefix = artifact_prefix(task_obj, config)
     store.write_artifact(f"{prefix}/posterior.pt", final.checkpoint)
@@ -110,7 +111,7 @@ def _publish(summary: dict, evaluation: Evaluation) -> None:
     lines += [
         f"| HF simulations stored ok | {summary['hf']['stored_ok']} |",
         f"| LF simulations stored ok | {summary.get('lf', {}).get('stored_ok', 0)} |",
-        f"| device | {summary['device']} |",
+        f"| training device (worker) | {summary['device']} ({summary['train']['worker']}) |",
         f"| posterior | `{summary['posterior']}` |",
         f"| pair plot | `{summary.get('pair_plot', '-')}` |",
     ]

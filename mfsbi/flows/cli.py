@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -80,11 +81,12 @@ def build_config(**options) -> RunConfig:
         raise UsageError(f"--task: {error}") from None
     if observation_path is not None:
         config = config.model_copy(update={"observation": load_observation(observation_path, task.x_dim)})
-    if config.device == "cuda":
+    if config.device == "cuda" and not (config.dask_address or os.environ.get("MFSBI_DASK_ADDRESS")):
         import torch
 
         if not torch.cuda.is_available():
-            raise UsageError("--device: cuda was asked for but no CUDA device is visible; use auto or cpu")
+            raise UsageError("--device: cuda was asked for but no CUDA device is visible here; use auto or cpu, "
+                             "or --dask-address of a cluster with a GPU worker")
     try:
         check_store(config, task)
     except PreflightError as error:

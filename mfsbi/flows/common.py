@@ -10,26 +10,34 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi.flows import progress
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.executor import BatchExecutor
+from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.simulation import SimulationReport, ensure_rows, run_pending
 from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore
 
-__all__ = ["finish_run", "estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
+__all__ = ["finish_run", "training_resources", "estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
 
 # Caching is off on every task: the store is the cache. Rows already stored are never simulated
 # again whatever Prefect remembers, and Prefect's own caching mis-handles killed Dask workers.
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when this process sees a GPU, else ``cpu``."""
-    import torch
+def resolve_device(device: str, executor: BatchExecutor) -> str:
+    """``auto`` → ``cuda`` when a worker of the executor has a GPU, else ``cpu`` (and says so)."""
+    if device != "auto":
+        return device
+    if executor.gpu_workers():
+        return "cuda"
+    get_run_logger().info("device auto: no GPU worker found, training on CPU")
+    return "cpu"
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+
+def training_resources(device: str, executor: BatchExecutor) -> dict[str, float] | None:
+    """Dask resources of a training job: CUDA training goes to a worker advertising ``GPU``."""
+    if device == "cuda" and isinstance(executor, DaskExecutor) and executor.gpu_workers():
+        return {"GPU": 1}
+    return None
 
 
 def estimator_dict(task_obj: Task) -> dict:
@@ -80,12 +88,13 @@ def train(executor: BatchExecutor, jobs: list[TrainJob], label: str) -> list[Tra
     progress.report(label, 0, len(jobs))
     indexed = [(i, job) for i, job in enumerate(jobs)]
     results: dict[int, TrainResult] = {}
-    for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed), start=1):
+    resources = training_resources(jobs[0].device, executor) if jobs else None
+    for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed, resources), start=1):
         results[i] = result
         progress.report(label, done, len(jobs))
     for result in results.values():
-        get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s", label, result.num_simulations,
-                              result.epochs, result.seconds, result.device)
+        get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s (worker %s)", label,
+                              result.num_simulations, result.epochs, result.seconds, result.device, result.worker)
     return [results[i] for i in range(len(jobs))]
 
 
@@ -112,7 +121,8 @@ def pretrained_on_lf(executor: BatchExecutor, store: SimulationStore, task_obj: 
         training_dict(config, config.lf_learning_rate, derive_seed(config.seed, "pretrain")), None, device,
     )], label=f"pretrain on {config.lf_sims} LF")
     store.write_artifact(name, result.checkpoint)
-    info["pretrain"] = {"epochs": result.epochs, "seconds": result.seconds, "simulations": result.num_simulations}
+    info["pretrain"] = {"epochs": result.epochs, "seconds": result.seconds, "simulations": result.num_simulations,
+                        "device": result.device, "worker": result.worker}
     return result.checkpoint, info
 
 

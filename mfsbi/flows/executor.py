@@ -19,6 +19,8 @@ R = TypeVar("R")
 class BatchExecutor(Protocol):
     """Runs ``fn`` over ``items`` and yields the results as they complete (any order)."""
 
+    def gpu_workers(self) -> list[str]: ...
+
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
     ) -> Iterator[R]: ...
@@ -26,6 +28,12 @@ class BatchExecutor(Protocol):
 
 class SerialExecutor:
     """Runs every item in this process, in order: for notebooks, debugging and tiny runs."""
+
+    def gpu_workers(self) -> list[str]:
+        """This process is the only worker; it counts as a GPU worker when torch sees one."""
+        import torch
+
+        return ["local"] if torch.cuda.is_available() else []
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
@@ -44,6 +52,19 @@ class DaskExecutor:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    def _workers(self) -> tuple[list, list]:
+        """Names of the workers advertising a ``GPU`` resource, and of the others."""
+        gpu, cpu = [], []
+        for info in self.client.scheduler_info(n_workers=-1)["workers"].values():
+            # As Dask reports them: LocalCluster names its workers 0, 1, ... (ints), and a
+            # restriction to "0" would match no worker.
+            (gpu if info.get("resources", {}).get("GPU", 0) > 0 else cpu).append(info["name"])
+        return gpu, cpu
+
+    def gpu_workers(self) -> list:
+        """Names of the workers started with ``--resources GPU=1``."""
+        return self._workers()[0]
+
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
     ) -> Iterator[R]:
@@ -51,8 +72,15 @@ class DaskExecutor:
 
         if not items:
             return
+        placement: dict[str, Any] = {"resources": resources} if resources else {}
+        if not resources:
+            gpu, cpu = self._workers()
+            if gpu and cpu:
+                # Unannotated tasks may land anywhere (STACK.md): keep CPU work off the GPU workers.
+                # Names, not addresses: a worker restarted by its nanny keeps its name.
+                placement["workers"] = cpu
         # pure=False: a batch is a side effect (it writes the store); Dask must not deduplicate it.
-        futures = self.client.map(fn, list(items), pure=False, resources=resources)
+        futures = self.client.map(fn, list(items), pure=False, **placement)
         try:
             for future in as_completed(futures):
                 yield future.result()

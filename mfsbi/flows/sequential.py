@@ -202,7 +202,7 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> dict:
     started = time.perf_counter()
     task = get_task(config.task)
     store = SimulationStore(config.store)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, executor)
     sizes = round_sizes(config.hf_sims, config.rounds)
     summary: dict = {"task": task.name, "method": config.method, "run": config.run_name, "seed": config.seed,
                      "device": device, "mfsbi_version": __version__}

@@ -129,6 +129,7 @@ class TrainResult:
     seconds: float
     num_simulations: int
     device: str
+    worker: str = ""
 
 
 def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,4 +162,14 @@ def train_estimator(job: TrainJob) -> TrainResult:
         trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
                             refit_x_zscore=job.refit_x_zscore)
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
-                       trained.seconds, len(theta), job.device)
+                       trained.seconds, len(theta), job.device, _worker_name())
+
+
+def _worker_name(_: object = None) -> str:
+    """The Dask worker running this, or ``"flow process"`` outside Dask (recorded with each training)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return "flow process"
