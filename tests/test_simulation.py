@@ -21,7 +21,7 @@ def test_derive_seed_is_deterministic_and_distinct():
     assert 0 <= derive_seed(2**62, "x") < 2**63
 
 
-def test_growing_a_table_gives_the_same_rows_as_creating_it_at_once(tmp_path):
+def test_growing_a_table_gives_the_same_parameters_as_creating_it_at_once(tmp_path):
     task = get_task("ou2")
     once = _plan(SimulationStore(tmp_path / "a"), task, 35)
     grown_store = SimulationStore(tmp_path / "b")
@@ -97,3 +97,22 @@ def test_failing_simulator_stops_the_run_with_its_reason(tmp_path, monkeypatch):
                     max_failure_fraction=0.2)
     counts = SimulationStore(tmp_path / "s").table("ou2", "hf").counts()
     assert counts["failed"] == 20 and counts["ok"] == 0
+
+
+def test_the_held_out_set_does_not_depend_on_how_many_pairs_are_asked_for(tmp_path, prefect_server):
+    from prefect import flow
+
+    from mfsbi.flows.common import test_pairs
+    from mfsbi.flows.config import RunConfig
+
+    task = get_task("ou2")
+
+    @flow
+    def held_out(store, n):
+        return test_pairs(SerialExecutor(), SimulationStore(store), task,
+                          RunConfig(task="ou2", store=str(store), hf_chunk_size=10), n)
+
+    theta5, x5 = held_out(tmp_path / "a", 5)
+    theta100, x100 = held_out(tmp_path / "b", 100)
+    assert len(x5) == 5 and len(x100) == 100
+    assert np.array_equal(theta5, theta100[:5]) and np.array_equal(x5, x100[:5])

@@ -132,8 +132,11 @@ def test_pairs(executor: BatchExecutor, store: SimulationStore, task_obj: Task, 
     if num_rows <= 0:
         return np.zeros((0, task_obj.theta_dim)), np.zeros((0, task_obj.x_dim))
     table = f"{task_obj.name}-test"
-    simulate(executor, store, task_obj, config, table=table, fidelity="hf", num_rows=num_rows,
-             chunk_size=config.chunk_rows("hf", task_obj.x_dim), seed=config.test_seed, budget=None)
+    chunk = config.chunk_rows("hf", task_obj.x_dim)
+    # Whole chunks: a batch's random stream depends on its rows, so a half-filled chunk would give
+    # other observations than a full one, and the held-out set would depend on its requested size.
+    simulate(executor, store, task_obj, config, table=table, fidelity="hf", num_rows=-(-num_rows // chunk) * chunk,
+             chunk_size=chunk, seed=config.test_seed, budget=None)
     sim_table = store.table(table, "hf")
     rows = sim_table.rows("ok")
     theta, x = sim_table.read("ok")
