@@ -83,7 +83,7 @@ def _abc(config):
     return run_abc(config, SerialExecutor())
 
 
-@pytest.mark.parametrize("budget", [5, 40])
+@pytest.mark.parametrize("budget", [20, 40])
 def test_mf_abc_runs_within_its_hf_budget(tmp_path, prefect_server, budget):
     config = _config(tmp_path, "mf-abc", lf_sims=2000, hf_sims=budget, abc_quantile=0.05)
     summary = _abc(config)
@@ -95,3 +95,12 @@ def test_mf_abc_runs_within_its_hf_budget(tmp_path, prefect_server, budget):
     # Rerunning reserves and simulates nothing new.
     again = _abc(config)
     assert again["hf"]["simulated_now"] == 0 and table.num_rows == summary["abc"]["hf_used"]
+
+
+def test_mf_abc_without_any_acceptance_stops_with_a_clear_message(tmp_path, prefect_server):
+    from mfsbi.flows.abc import ABCNoAcceptanceError
+
+    config = _config(tmp_path, "mf-abc", lf_sims=2000, hf_sims=1, abc_quantile=0.001)
+    with pytest.raises(ABCNoAcceptanceError, match="raise --hf-sims"):
+        _abc(config)
+    assert SimulationStore(config.store).table(f"ou2.{config.run_name}", "hf").num_rows <= 1

@@ -26,7 +26,11 @@ from mfsbi.flows.simulation import provenance
 from mfsbi.simulators import get_task
 from mfsbi.storage import SimulationStore
 
-__all__ = ["abc_flow", "run_abc"]
+__all__ = ["ABCNoAcceptanceError", "abc_flow", "run_abc"]
+
+
+class ABCNoAcceptanceError(RuntimeError):
+    """No proposal was accepted within the HF budget: there is no posterior sample to give."""
 
 
 @task(name="mf-abc weights", cache_policy=NO_CACHE)
@@ -80,6 +84,11 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
                              continued)
     result = ABCResult(theta[:used], weights, lf_distances, hf_distances, continued, epsilon,
                        config.abc_eta_accept, config.abc_eta_reject, int(len(chosen)), int(num), scale)
+    if not (weights > 0).any():
+        raise ABCNoAcceptanceError(
+            f"MF-ABC accepted none of {used} proposals ({len(chosen)} HF simulations) at ε = {epsilon:.3g}: "
+            "raise --hf-sims, or --abc-quantile for a looser ε"
+        )
     samples = result.sample(config.posterior_samples, seed=derive_seed(config.seed, "abc/sample"))
 
     summary: dict = {"task": task_obj.name, "method": "mf-abc", "run": config.run_name, "seed": config.seed,
