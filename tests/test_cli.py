@@ -106,3 +106,13 @@ def test_run_sample_status_end_to_end(tmp_path, store, prefect_server):
     result = _invoke("status", store)
     assert result.exit_code == 0
     assert "20 / 20" in result.output  # HF budget used / total
+
+
+def test_a_store_held_by_a_live_run_is_refused(tmp_path, store):
+    from mfsbi.storage import StoreLock
+
+    with StoreLock(str(store), owner="another-run"):
+        result = _invoke("run", "--store", store, "--method", "npe", "--hf-sims", 10)
+    assert result.exit_code == 2, result.output
+    assert "in use by run 'another-run'" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -24,7 +24,7 @@ from mfsbi.flows.sequential import target_observation
 from mfsbi.flows.services import dask_client
 from mfsbi.flows.simulation import provenance
 from mfsbi.simulators import get_task
-from mfsbi.storage import SimulationStore
+from mfsbi.storage import SimulationStore, StoreLock
 
 __all__ = ["ABCNoAcceptanceError", "abc_flow", "run_abc"]
 
@@ -130,4 +130,5 @@ def abc_flow(config: RunConfig) -> dict:
         config: the validated run configuration.
     """
     with dask_client(config.dask_address, config.n_workers) as client:
-        return run_abc(config, DaskExecutor(client))
+        with StoreLock(config.store, owner=config.run_name):
+            return run_abc(config, DaskExecutor(client))

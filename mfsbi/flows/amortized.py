@@ -27,7 +27,7 @@ from mfsbi.flows.common import (
 )
 from mfsbi.flows.work import TrainJob, TrainResult
 from mfsbi.simulators import Task, get_task
-from mfsbi.storage import SimulationStore
+from mfsbi.storage import SimulationStore, StoreLock
 
 __all__ = ["amortized_flow", "artifact_prefix", "run_amortized"]
 
@@ -132,4 +132,5 @@ def amortized_flow(config: RunConfig) -> dict:
         The run summary (metrics, counts, artifact locations).
     """
     with dask_client(config.dask_address, config.n_workers) as client:
-        return run_amortized(config, DaskExecutor(client))
+        with StoreLock(config.store, owner=config.run_name):
+            return run_amortized(config, DaskExecutor(client))

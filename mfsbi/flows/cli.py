@@ -91,6 +91,10 @@ def build_config(**options) -> RunConfig:
         check_store(config, task)
     except PreflightError as error:
         raise UsageError(str(error)) from None
+    from mfsbi.storage import check_unlocked
+
+    # Another live run holding the store is bad input for this one: exit 2, nothing written.
+    check_unlocked(config.store, error=UsageError)
     return config
 
 
@@ -434,6 +438,30 @@ def runs(limit: Annotated[int, typer.Option(min=1, max=200, help="how many flow 
     for row in rows:
         table.add_row(row["flow"], row["name"], row["state"], row["start"], row["duration"], row["id"])
     console.print(table)
+
+
+@app.command()
+def verify(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
+    """Check a store's consistency without changing it: shapes, statuses, budget, attributes, lock.
+
+    Exit code 0: consistent; 1: problems found (listed); 2: not a store.
+    """
+    from mfsbi.storage import StoreError, verify_store
+
+    try:
+        report = verify_store(store)
+    except (StoreError, FileNotFoundError) as error:
+        _fail(f"STORE: {error}")
+    if report.ok:
+        console.print(f"store OK: {report.tables} tables, {report.rows} rows", highlight=False)
+        return
+    table = Table(title=f"store {store}: {len(report)} problems ({report.tables} tables, {report.rows} rows)")
+    for column in ("table", "field", "severity", "problem"):
+        table.add_column(column, overflow="fold")
+    for problem in report:
+        table.add_row(problem.table, problem.field, problem.severity, problem.message)
+    console.print(table)
+    raise typer.Exit(1)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from mfsbi.flows.services import dask_client
 from mfsbi.flows.simulation import provenance
 from mfsbi.flows.work import TrainJob
 from mfsbi.simulators import Task, get_task
-from mfsbi.storage import SimulationStore
+from mfsbi.storage import SimulationStore, StoreLock
 
 __all__ = ["round_sizes", "run_sequential", "sequential_flow", "sequential_table", "target_observation"]
 
@@ -285,4 +285,5 @@ def sequential_flow(config: RunConfig) -> dict:
         The run summary (per-round table, final metrics, artifact locations).
     """
     with dask_client(config.dask_address, config.n_workers) as client:
-        return run_sequential(config, DaskExecutor(client))
+        with StoreLock(config.store, owner=config.run_name):
+            return run_sequential(config, DaskExecutor(client))

@@ -36,11 +36,16 @@ Example:
     >>> for batch in table.pending_batches():
     ...     table.write_batch(*batch.rows, x=simulate(theta[slice(*batch.rows)], batch.seed))
     >>> theta, x = table.read()
+
+Integrity: a run holds ``DIR/.mfsbi.lock`` (:class:`StoreLock`, local folders only) and
+:func:`verify_store` checks a store read-only (``mfsbi verify DIR``).
 """
 
 from .errors import BudgetExceededError, StoreError, StoreMismatchError
 from .store import FORMAT, FORMAT_VERSION, SimulationStore
 from .table import Batch, HighFidelityBudget, SimulationTable, Status
+from .lock import StoreLock, StoreLockedError, check_unlocked
+from .verify import Problem, verify_store
 
 __all__ = [
     "FORMAT",
@@ -48,9 +53,14 @@ __all__ = [
     "Batch",
     "BudgetExceededError",
     "HighFidelityBudget",
+    "Problem",
     "SimulationStore",
     "SimulationTable",
     "Status",
     "StoreError",
+    "StoreLock",
+    "StoreLockedError",
     "StoreMismatchError",
+    "check_unlocked",
+    "verify_store",
 ]

@@ -310,7 +310,12 @@ class SimulationStore:
 
         found = []
 
-        for task in sorted(self._root.group_keys()):
+        with warnings.catch_warnings():
+            # The run lock (`.mfsbi.lock`) sits in the root folder; zarr warns it is no component.
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            task_names = sorted(self._root.group_keys())
+
+        for task in task_names:
             if task == ARTIFACTS:
                 continue
 
