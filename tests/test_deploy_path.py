@@ -188,6 +188,11 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
 
         listing = subprocess.run([*MFSBI, "runs"], env=env, capture_output=True, text=True, timeout=120)
         assert listing.returncode == 0 and "Completed" in listing.stdout, listing.stdout + listing.stderr
+        # `mfsbi status` shows the store's rows and budget beside its flow runs from the API.
+        status = subprocess.run([*MFSBI, "status", str(store)], env={**env, "COLUMNS": "200"},
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "20 / 20" in status.stdout and "Completed" in status.stdout, status.stdout
 
         # Through the Prefect API: the run is Completed and published its metrics table.
         check = subprocess.run([sys.executable, "-c", f"""

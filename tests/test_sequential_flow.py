@@ -35,6 +35,8 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
     for r in range(3):
         assert len(table.read("ok", rounds=[r])[0]) == 8
     assert set(summary["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
+    outputs = tmp_path / "store" / "artifacts" / "ou2" / config.run_name
+    assert (outputs / "c2st-vs-budget.png").stat().st_size > 0 and (outputs / "pairplot.png").stat().st_size > 0
     if method == "a-mf-tsnpe":
         # Rounds after the first take round(0.2 * 8) = 2 acquired candidates.
         assert [row["acquired"] for row in summary["rounds"]] == [0, 2, 2]

@@ -103,6 +103,9 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
     finish_run(store, task_obj, config, summary, started, samples, theta_true, config.observation_tag)
     lines = ["| field | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary["abc"].items()]
     lines += [f"| C2ST vs {k} | {v:.3f} |" for k, v in summary["metrics"]["c2st"].items()]
+    budget = summary["hf"]["budget"]
+    lines += [f"| HF budget used / total | {budget['reserved']} / {budget['total']} |",
+              f"| pair plot | `{summary.get('pair_plot', '-')}` (in the store) |"]
     create_markdown_artifact(key="mf-abc", markdown="\n".join(lines), description=f"{task_obj.name} {config.run_name}")
     return summary
 

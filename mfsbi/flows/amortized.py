@@ -70,6 +70,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
     hf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="hf",
                   num_rows=config.hf_sims, chunk_size=config.chunk_rows("hf", task_obj.x_dim), seed=config.seed, budget=config.hf_sims)
     summary["hf"] = dataclasses.asdict(hf)
+    summary["hf_budget"] = dataclasses.asdict(store.table(task_obj.name, "hf").budget())
     label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
     (final,) = train(executor, [TrainJob(
         store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator_dict(task_obj),
@@ -110,6 +111,7 @@ def _publish(summary: dict, evaluation: Evaluation) -> None:
     lines += [f"| {name} | {value} |" for name, value in evaluation.as_rows()]
     lines += [
         f"| HF simulations stored ok | {summary['hf']['stored_ok']} |",
+        f"| HF budget used / total | {summary['hf_budget']['reserved']} / {summary['hf_budget']['total']} |",
         f"| LF simulations stored ok | {summary.get('lf', {}).get('stored_ok', 0)} |",
         f"| training device (worker) | {summary['device']} ({summary['train']['worker']}) |",
         f"| posterior | `{summary['posterior']}` |",

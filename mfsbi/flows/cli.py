@@ -310,6 +310,34 @@ def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]
         table.add_row(task_name, fidelity, str(counts["ok"]), str(counts["failed"]), str(counts["pending"]),
                       f"{budget.reserved} / {budget.total}" if budget else "-")
     console.print(table)
+    _print_store_runs(store)
+
+
+def _print_store_runs(store: str) -> None:
+    """The flow runs of this store, from the Prefect API when one is reachable."""
+    from mfsbi.flows import service
+    from mfsbi.flows.services import _healthy
+
+    api_url = service.resolve_api_url()
+    if not api_url or not _healthy(api_url):
+        console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
+        return
+    service.use_api(api_url)
+    runs = [run for run in service.recent_runs(200) if _same_store(run.get("store"), store)]
+    table = Table(title=f"flow runs on this store ({service.ui_url(api_url)})")
+    for column in ("flow run", "state", "start", "duration"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run["name"], run["state"], run["start"], run["duration"])
+    console.print(table if runs else "no flow run of this store in the Prefect API")
+
+
+def _same_store(a: str | None, b: str) -> bool:
+    if not a:
+        return False
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 # --------------------------------------------------------------------------------------------

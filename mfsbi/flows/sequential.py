@@ -235,6 +235,7 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> dict:
     posterior = _posterior(checkpoints, task.prior)
     summary["metrics"] = _final_metrics(posterior, task, x_o, theta_true, config)
     samples = sample_posterior(posterior, x_o, config.posterior_samples, derive_seed(config.seed, "plot"))
+    _budget_plot(store, prefix, summary)
     finish_run(store, task, config, summary, started, samples, theta_true, config.observation_tag)
     create_markdown_artifact(key=f"rounds-{config.method}", markdown=_rounds_table(summary),
                              description=f"{task.name} {config.run_name}: all rounds")
@@ -261,6 +262,34 @@ def _final_metrics(posterior, task: Task, x_o: np.ndarray, theta_true: np.ndarra
     return metrics
 
 
+def _budget_plot(store: SimulationStore, prefix: str, summary: dict) -> None:
+    """C2ST after each round against the HF simulations spent so far, saved with the run."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    references = sorted({k for row in summary["rounds"] for k in row if k.startswith("c2st_")})
+    if not references:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    spent = [row["total_simulations"] for row in summary["rounds"]]
+    for key in references:
+        ax.plot(spent, [row.get(key) for row in summary["rounds"]], marker="o", label=key.replace("c2st_", "vs "))
+    ax.axhline(0.5, color="grey", lw=0.5)
+    ax.set_xlabel("HF simulations spent")
+    ax.set_ylabel("C2ST (0.5 is perfect)")
+    ax.set_title(summary["run"], fontsize=8)
+    ax.legend(fontsize=7)
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    store.write_artifact(f"{prefix}/c2st-vs-budget.png", buffer.getvalue())
+    summary["budget_plot"] = f"artifacts/{prefix}/c2st-vs-budget.png"
+
+
 def _rounds_table(summary: dict) -> str:
     columns = ["round", "new_simulations", "total_simulations", "acceptance_rate", "acquired"]
     columns += sorted({k for row in summary["rounds"] for k in row if k.startswith("c2st_")})
@@ -270,6 +299,9 @@ def _rounds_table(summary: dict) -> str:
         lines.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
     budget = summary["hf"]["budget"]
     lines.append(f"\nHF budget used: {budget['reserved']} / {budget['total']}")
+    for key in ("pair_plot", "budget_plot"):
+        if key in summary:
+            lines.append(f"\n{key.replace('_', ' ')}: `{summary[key]}` (in the store)")
     return "\n".join(lines)
 
 

@@ -536,7 +536,9 @@ def recent_runs(limit: int = 20) -> list[dict]:
                 duration = "running"
             else:
                 duration = "-"
+            config = (run.parameters or {}).get("config")
             rows.append({"id": str(run.id), "flow": flow_names.get(run.flow_id, "?"), "name": run.name,
+                         "store": config.get("store") if isinstance(config, dict) else None,
                          "state": run.state.name if run.state else "-",
                          "start": start.astimezone().strftime("%Y-%m-%d %H:%M:%S") if start else "-",
                          "duration": duration})
