@@ -1,6 +1,6 @@
 """Pure simulators: tasks with a prior, a low- and a high-fidelity simulator. No Prefect, no storage."""
 
-from mfsbi.simulators.base import Fidelity, ReferencePosterior, Simulator, Task
+from mfsbi.simulators.base import Fidelity, ReferencePosterior, Simulator, Task, check_theta_batch
 from mfsbi.simulators.registry import TaskNotFoundError, available_tasks, get_task, register_task
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Task",
     "TaskNotFoundError",
     "available_tasks",
+    "check_theta_batch",
     "get_task",
     "register_task",
 ]

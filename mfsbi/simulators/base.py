@@ -23,6 +23,7 @@ import torch
 from torch.distributions import Distribution
 
 __all__ = [
+    "check_theta_batch",
     "Fidelity",
     "ReferencePosterior",
     "Simulator",
@@ -30,6 +31,23 @@ __all__ = [
 ]
 
 Fidelity = Literal["lf", "hf"]
+
+
+def check_theta_batch(theta: np.ndarray, theta_dim: int, task: str) -> np.ndarray:
+    """A simulator's input check: ``theta`` as float64 of shape ``(n, theta_dim)``.
+
+    Arguments:
+        theta: the batch given to a simulator.
+        theta_dim: the task's parameter count.
+        task: the task's name, for the message.
+
+    Returns:
+        ``theta`` as a float64 array.
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    if theta.ndim != 2 or theta.shape[1] != theta_dim:
+        raise ValueError(f"theta must have shape (n, {theta_dim}) for {task}, got shape {theta.shape}")
+    return theta
 
 
 @runtime_checkable

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
+from mfsbi.simulators.base import Task, check_theta_batch
 from mfsbi.simulators.registry import register_task
 
 __all__ = [
@@ -59,10 +59,7 @@ _BLOCK = 16
 
 
 def _check_theta(theta: np.ndarray) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.ndim != 2 or theta.shape[1] != 3:
-        raise ValueError(f"theta must have shape (n, 3) for GaussianBlob, got shape {theta.shape}")
-    return theta
+    return check_theta_batch(theta, 3, "GaussianBlob")
 
 
 def blob_probability(cx: np.ndarray, cy: np.ndarray, gamma: np.ndarray, size: int, sigma: float) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import minimize
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
+from mfsbi.simulators.base import Task, check_theta_batch
 from mfsbi.simulators.registry import register_task
 
 __all__ = [
@@ -68,12 +68,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_theta(theta: np.ndarray, theta_dim: int) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.ndim != 2 or theta.shape[1] != theta_dim:
-        raise ValueError(
-            f"theta must have shape (n, {theta_dim}) for this OU task, got shape {theta.shape}"
-        )
-    return theta
+    return check_theta_batch(theta, theta_dim, f"OU{theta_dim}")
 
 
 def _expand(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
+from mfsbi.simulators.base import Task, check_theta_batch
 from mfsbi.simulators.mean_field import R_MAX, Policy, fixed_point_rates
 from mfsbi.simulators.registry import register_task
 
@@ -488,10 +488,7 @@ class PlasticNetworkLowFidelity:
 
 
 def _check_theta(theta: np.ndarray) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.ndim != 2 or theta.shape[1] != len(PARAMETER_NAMES):
-        raise ValueError(f"theta must have shape (n, {len(PARAMETER_NAMES)}), got {theta.shape}")
-    return theta
+    return check_theta_batch(theta, len(PARAMETER_NAMES), "the plastic network")
 
 
 def _prior() -> Distribution:

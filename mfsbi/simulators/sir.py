@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import expit
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
+from mfsbi.simulators.base import Task, check_theta_batch
 from mfsbi.simulators.registry import register_task
 
 __all__ = [
@@ -72,10 +72,7 @@ STEPS_PER_DAY = 8
 
 
 def _check_theta(theta: np.ndarray) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.ndim != 2 or theta.shape[1] != 2:
-        raise ValueError(f"theta must have shape (n, 2) for SIR, got shape {theta.shape}")
-    return theta
+    return check_theta_batch(theta, 2, "SIR")
 
 
 def _check_days(days: np.ndarray | tuple[int, ...]) -> np.ndarray:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
+from mfsbi.simulators.base import Task, check_theta_batch
 from mfsbi.simulators.registry import register_task
 
 __all__ = [
@@ -45,10 +45,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_theta(theta: np.ndarray) -> np.ndarray:
-    theta = np.asarray(theta, dtype=np.float64)
-    if theta.ndim != 2 or theta.shape[1] != THETA_DIM:
-        raise ValueError(f"theta must have shape (n, {THETA_DIM}) for SLCP, got shape {theta.shape}")
-    return theta
+    return check_theta_batch(theta, THETA_DIM, "SLCP")
 
 
 def _draw(theta: np.ndarray, seed: int, with_mean: bool) -> np.ndarray:
