@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperCommand
 
+from mfsbi.flows.config_file import one_line
+from mfsbi.flows.inputs import UsageError, build_config, load_observation
 from mfsbi.flows.services import quiet_prefect_environment
 
-if TYPE_CHECKING:
-    from mfsbi.flows.config import RunConfig
-
-__all__ = ["app", "main"]
+__all__ = ["UsageError", "app", "build_config", "load_observation", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multifidelity simulation-based inference, orchestrated by Prefect and Dask.")
@@ -28,78 +28,47 @@ errors = Console(stderr=True)
 USAGE_ERROR = 2
 
 
-class UsageError(Exception):
-    """Bad input; its message is the one line the user sees."""
-
-
 def _fail(message: str, code: int = USAGE_ERROR) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # A Text is printed as is: a message quoting user input ("[/x]", ":smile:") is not rich markup.
+    errors.print(Text.assemble(("error:", "bold red"), " ", one_line(message)), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def load_observation(path: Path, x_dim: int) -> list[float]:
-    """Reads one observation from a ``.npy`` file (no pickles), shape ``(k,)`` or ``(1, k)``."""
-    import numpy as np
-
-    if not path.is_file():
-        raise UsageError(f"--observation: file {str(path)!r} does not exist")
-    try:
-        x_o = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise UsageError(f"--observation: {str(path)!r} is not a readable .npy array ({error})") from error
-    if x_o.dtype.kind not in "fiu":
-        raise UsageError(f"--observation: {str(path)!r} holds {x_o.dtype}, expected numbers")
-    if x_o.ndim == 2 and x_o.shape[0] == 1:
-        x_o = x_o[0]
-    if x_o.shape != (x_dim,):
-        raise UsageError(f"--observation: shape {x_o.shape} does not match the task's x of shape ({x_dim},)")
-    if not np.isfinite(x_o).all():
-        raise UsageError(f"--observation: {str(path)!r} holds NaN or inf; give finite values")
-    return [float(v) for v in x_o]
+# typer re-exports only BadParameter; its base is click's UsageError (typer vendors click lately).
+_ClickUsageError: type[Exception] = typer.BadParameter.__mro__[1]
 
 
-def build_config(**options) -> RunConfig:
-    """Validates the options into a RunConfig, checks the task, the observation and the store.
-
-    Raises:
-        UsageError: with one line naming the problem; nothing has been written.
-    """
-    from pydantic import ValidationError
-
-    from mfsbi.flows.config import RunConfig, describe_validation_error
-    from mfsbi.flows.preflight import PreflightError, check_store
-    from mfsbi.simulators import TaskNotFoundError, get_task
-
-    observation_path = options.pop("observation")
-    try:
-        config = RunConfig(**options)
-    except ValidationError as error:
-        raise UsageError(describe_validation_error(error)) from None
-    try:
-        task = get_task(config.task)
-    except TaskNotFoundError as error:
-        raise UsageError(f"--task: {error}") from None
-    if observation_path is not None:
-        config = config.model_copy(update={"observation": load_observation(observation_path, task.x_dim)})
-    if config.device == "cuda" and not (config.dask_address or os.environ.get("MFSBI_DASK_ADDRESS")):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("--device: cuda was asked for but no CUDA device is visible here; use auto or cpu, "
-                             "or --dask-address of a cluster with a GPU worker")
-    try:
-        check_store(config, task)
-    except PreflightError as error:
-        raise UsageError(str(error)) from None
-    from mfsbi.storage import check_unlocked
-
-    # Another live run holding the store is bad input for this one: exit 2, nothing written.
-    check_unlocked(config.store, error=UsageError)
-    return config
+def _usage_line(error: Exception) -> str:
+    """One line for a command line click could not parse: the option first, then the problem."""
+    param = getattr(error, "param", None)
+    option = getattr(error, "option_name", None)
+    if param is not None and getattr(param, "opts", None):
+        return f"{param.opts[0]}: {getattr(error, 'message', error)}"
+    if option is not None:
+        possible = getattr(error, "possibilities", None)
+        if possible is not None:
+            hint = f"; did you mean {sorted(possible)[0]}?" if possible else ""
+            return f"{option}: no such option of `mfsbi run`{hint} (see `mfsbi run --help`)"
+        return f"{option}: {getattr(error, 'message', error)}"
+    return f"{error.format_message() if hasattr(error, 'format_message') else error} (see `mfsbi run --help`)"
 
 
-@app.command()
+class _OneLineCommand(TyperCommand):
+    """``mfsbi run`` refuses a malformed command line (no such option, a value of the wrong type)
+    with one line and exit code 2, like every other bad input, instead of a usage box."""
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: ANN001, ANN201 -- click's signature
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _ClickUsageError as error:
+            _fail(_usage_line(error))
+
+
+@app.command(cls=_OneLineCommand)
 def run(
+    ctx: typer.Context,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help="a .toml, .json or .yaml file of RunConfig fields; options given here win")] = None,
     task: Annotated[str, typer.Option(help="task name (see `mfsbi tasks`) or package.module:attribute")] = "ou2",
     method: Annotated[str, typer.Option(help="npe or mf-npe")] = "mf-npe",
     lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations (mf-npe)")] = 10_000,
@@ -120,6 +89,8 @@ def run(
     ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
+    max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
+    simulation_timeout: Annotated[Optional[float], typer.Option(help="seconds one simulation may take (hangs are killed, rows failed)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
 ) -> None:
     """Run a method end to end: simulate, store, train, evaluate.
@@ -127,14 +98,19 @@ def run(
     Methods: npe, mf-npe (amortised); tsnpe, mf-tsnpe, a-mf-tsnpe (sequential, at one observation);
     mf-abc (multifidelity rejection ABC).
     """
+    options = dict(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
+                   seed=seed, observation=observation, dask_address=dask_address,
+                   n_workers=n_workers, device=device, num_test_observations=num_test_observations,
+                   num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
+                   observation_index=observation_index, resume=resume,
+                   truncation_quantile=truncation_quantile, ensemble_size=ensemble_size,
+                   acquisition_fraction=acquisition_fraction, pool_size=pool_size,
+                   max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout)
+    # Given on the command line (or by environment): these override --config; defaults do not.
+    explicit = {name for name in options
+                if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     try:
-        config = build_config(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
-                              seed=seed, observation=observation, dask_address=dask_address,
-                              n_workers=n_workers, device=device, num_test_observations=num_test_observations,
-                              num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
-                              observation_index=observation_index, resume=resume,
-                              truncation_quantile=truncation_quantile, ensemble_size=ensemble_size,
-                              acquisition_fraction=acquisition_fraction, pool_size=pool_size)
+        config = build_config(config_file=config_file, explicit=explicit, **options)
     except UsageError as error:
         _fail(str(error))
     summary = _run_with_services(config, verbose)

@@ -74,7 +74,7 @@ def simulate_pending(executor: BatchExecutor, store: SimulationStore, config: Ru
     step = f"simulate {fidelity.upper()} ({table})"
     report = run_pending(
         executor, store.url, config.task, sim_table, table=table, fidelity=fidelity,
-        max_failure_fraction=config.max_failure_fraction,
+        max_failure_fraction=config.max_failure_fraction, timeout=config.simulation_timeout,
         progress=lambda done, total: progress.report(step, done, total),
     )
     get_run_logger().info("%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,

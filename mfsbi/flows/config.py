@@ -53,6 +53,10 @@ class RunConfig(BaseModel):
     lf_learning_rate: float = Field(5e-4, gt=0, lt=1)
     hf_learning_rate: float = Field(5e-4, gt=0, lt=1)
     max_failure_fraction: float = Field(0.2, ge=0, le=1, description="stop when more simulations fail")
+    simulation_timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600,
+        description="seconds one simulation may take; batches then run in their own process, killed on overrun",
+    )
     observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
     observation_index: int = Field(0, ge=0, le=100_000,
                                    description="sequential methods without --observation: this held-out test observation")

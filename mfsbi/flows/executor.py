@@ -81,11 +81,17 @@ class DaskExecutor:
                 placement["workers"] = cpu
         # pure=False: a batch is a side effect (it writes the store); Dask must not deduplicate it.
         futures = self.client.map(fn, list(items), pure=False, **placement)
+        waiting = set(futures)
         try:
             for future in as_completed(futures):
-                yield future.result()
+                result = future.result()
+                waiting.discard(future)
+                # Dask recomputes a finished task whose result died with its worker while a future
+                # still wants it; a result already taken is not wanted any more.
+                future.release()
+                yield result
         finally:
             # Only what is still queued: a consumer that stopped early must not leave work behind.
-            pending = [future for future in futures if not future.done()]
+            pending = [future for future in waiting if not future.done()]
             if pending:
                 self.client.cancel(pending)

@@ -43,8 +43,8 @@ def check_store(config: RunConfig, task: Task) -> None:
         raise PreflightError(f"--hf-sims: {config.hf_sims} cannot fill {config.rounds} rounds; use --hf-sims >= --rounds")
 
     local = Path(config.store)
-    if "://" not in config.store and not local.exists():
-        return
+    if "://" not in config.store and (not local.exists() or (local.is_dir() and not any(local.iterdir()))):
+        return  # nothing there yet (an empty folder made for the run is fine): the run creates the store
     try:
         store = SimulationStore(config.store, mode="r")
     except (StoreError, FileNotFoundError) as error:

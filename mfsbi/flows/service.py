@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mfsbi.flows.isolation import die_with_parent
 from mfsbi.flows.services import OFFLINE_SETTINGS, _healthy, mfsbi_home
 
 __all__ = [
@@ -166,7 +167,8 @@ class Stack:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as handle:
             process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       preexec_fn=die_with_parent)
         service = Service(name, process, log)
         self.services.append(service)
         return service

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from mfsbi.flows.isolation import die_with_parent
 
 __all__ = ["ServiceError", "dask_client", "mfsbi_home", "prefect_api", "quiet_prefect_environment"]
 
@@ -85,6 +88,7 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", str(port), "--no-services"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,  # a SIGKILLed run must not leave its server behind
         )
     try:
         deadline = time.monotonic() + timeout
@@ -129,13 +133,35 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
     # Prefect's logging setup lets the in-process scheduler's INFO chatter through; keep warnings.
     quiet = max(logging.WARNING, logging.getLogger("distributed").getEffectiveLevel())
     logging.getLogger("distributed").setLevel(quiet)
-    with LocalCluster(
+    cluster = LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
         dashboard_address="127.0.0.1:0", silence_logs=40,
         # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
         # worker thread: import it at worker start (STACK.md). External workers need the same
         # `--preload mfsbi.simulators.plastic_network`.
         preload=["mfsbi.simulators.plastic_network"],
-    ) as cluster, Client(cluster) as client:
-        logging.getLogger("distributed").setLevel(quiet)
-        yield client
+    )
+    try:
+        with Client(cluster) as client:
+            logging.getLogger("distributed").setLevel(quiet)
+            yield client
+    finally:
+        _close_cluster(cluster)
+
+
+# Seen here: after a worker was SIGKILLed and restarted by its nanny, LocalCluster.close() waited
+# forever on one worker (about one run in two of the fault drills). A finished run must still exit.
+CLUSTER_CLOSE_TIMEOUT = 60.0
+
+
+def _close_cluster(cluster: object) -> None:
+    """Closes a local cluster; kills its worker processes if they do not stop in time."""
+    pids = [nanny.pid for nanny in list(getattr(cluster, "workers", {}).values()) if getattr(nanny, "pid", None)]
+    try:
+        cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 -- logged; the processes are then killed below
+        logging.getLogger("mfsbi").warning("local Dask cluster did not close (%s); killing its workers %s",
+                                           type(error).__name__, pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -101,7 +101,7 @@ def _by_chunk(batches, chunk_size: int) -> list[list]:
 
 
 def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_table, *, table: str,
-                fidelity: str, max_failure_fraction: float = 1.0,
+                fidelity: str, max_failure_fraction: float = 1.0, timeout: float | None = None,
                 progress: ProgressCallback | None = None) -> SimulationReport:
     """Simulates every pending row of a table, one executor job per batch.
 
@@ -112,6 +112,7 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
         sim_table: the table (its pending batches are the work).
         table: the table's name; fidelity: ``"lf"`` or ``"hf"``.
         max_failure_fraction: stop once more than this fraction of simulated rows failed.
+        timeout: seconds one simulation may take (each batch then runs in its own process).
         progress: called with ``(rows done, rows to do)``.
 
     Returns:
@@ -125,24 +126,25 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
         rows = sum(b.rows[1] - b.rows[0] for b in chunk_batches)
         jobs.append(BatchJob(store_url, task_spec, table, fidelity,
                              tuple((b.rows[0], b.rows[1], b.seed) for b in chunk_batches),
-                             pending_theta[first: first + rows]))
+                             pending_theta[first: first + rows], timeout))
     total = sum(job.num_rows for job in jobs)
-    done = failed = 0
+    done = simulated = failed = 0
     seconds = 0.0
     first_reason: str | None = None
     if progress:
         progress(0, total)
     for result in executor.map_unordered(simulate_batch, jobs):
-        done += result.rows
+        done += result.rows + result.skipped
+        simulated += result.rows
         failed += result.failed
         first_reason = first_reason or result.first_reason
         seconds += result.seconds
         if progress:
             progress(done, total)
         # Judge the rate only after enough rows: one early failure must not stop a large run.
-        if failed and done >= min(total, 20) and failed / done > max_failure_fraction:
+        if failed and simulated >= min(total, 20) and failed / simulated > max_failure_fraction:
             raise SimulationFailureError(
-                f"{failed} of {done} {fidelity.upper()} simulations of {table!r} failed "
+                f"{failed} of {simulated} {fidelity.upper()} simulations of {table!r} failed "
                 f"(limit {max_failure_fraction:.0%}); first reason: {first_reason}"
             )
-    return SimulationReport(table, fidelity, done, failed, seconds, sim_table.counts()["ok"])
+    return SimulationReport(table, fidelity, simulated, failed, seconds, sim_table.counts()["ok"])

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mfsbi.flows.isolation import simulate_isolated
+from mfsbi.flows.seeds import derive_seed
 from mfsbi.simulators import Task, get_task
 from mfsbi.storage import SimulationStore
 
 __all__ = ["BatchJob", "BatchResult", "TrainJob", "TrainResult", "simulate_batch", "train_estimator"]
+
+
+# Reasons of a batch that took its whole process down: worth finding the guilty rows one by one.
+ISOLATION_FAILURES = ("timeout:", "simulator process died", "simulator process did not start")
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,6 +48,8 @@ class BatchJob:
     fidelity: str
     batches: tuple[tuple[int, int, int], ...]
     theta: np.ndarray
+    # Seconds one simulation may take; None runs batches in the worker itself (no isolation cost).
+    timeout: float | None = None
 
     @property
     def num_rows(self) -> int:
@@ -55,6 +63,8 @@ class BatchResult:
     failed: int
     seconds: float
     first_reason: str | None
+    # Rows found already stored (a re-run of this job after its worker died): not simulated again.
+    skipped: int = 0
 
 
 def _simulate(task: Task, fidelity: str, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str] | None]:
@@ -78,19 +88,46 @@ def _simulate(task: Task, fidelity: str, theta: np.ndarray, seed: int) -> tuple[
         return np.full((n, task.x_dim), np.nan), [f"{type(error).__name__}: {error}"[:120]] * n
 
 
+def _isolated(job: BatchJob, task: Task, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Simulates in a child process under the job's timeout (``n`` simulations: ``n`` × timeout).
+
+    When the batch hangs or crashes its process, its rows are simulated again one per process, so
+    that only the guilty rows fail. Those rows take seeds derived per row: deterministic, but not the
+    values the undisturbed batch would have given (docs/decisions.md, failure policy).
+    """
+    n = len(theta)
+    x, reasons = simulate_isolated(job.task_spec, job.fidelity, theta, seed, task.x_dim, job.timeout * n)
+    if n == 1 or not any(r.startswith(ISOLATION_FAILURES) for r in reasons):
+        return x, reasons
+    for i in range(n):
+        x[i: i + 1], (reasons[i],) = simulate_isolated(job.task_spec, job.fidelity, theta[i: i + 1],
+                                                        derive_seed(seed, "row", i), task.x_dim, job.timeout)
+    return x, reasons
+
+
 def simulate_batch(job: BatchJob) -> BatchResult:
-    """Simulates a job's batches one after another, writing each to the store (x first, status last)."""
+    """Simulates a job's pending batches one after another, writing each to the store (x first, status last).
+
+    Batches already stored are skipped: Dask re-runs the jobs of a worker that died, including ones
+    that had finished, and a stored simulation must never be paid for twice.
+    """
     task = _task(job.task_spec)
     table = _store(job.store_url).table(job.table, job.fidelity)
-    ok = 0
+    ok = skipped = 0
     seconds = 0.0
     first_reason: str | None = None
     offset = 0
     for start, stop, seed in job.batches:
         theta = job.theta[offset: offset + stop - start]
         offset += stop - start
+        if not table.is_pending(start, stop).any():
+            skipped += stop - start
+            continue
         started = time.perf_counter()
-        x, reasons = _simulate(task, job.fidelity, theta, seed)
+        if job.timeout is None:
+            x, reasons = _simulate(task, job.fidelity, theta, seed)
+        else:
+            x, reasons = _isolated(job, task, theta, seed)
         elapsed = time.perf_counter() - started
         seconds += elapsed
         table.write_batch(start, stop, x, reasons=reasons, elapsed=elapsed)
@@ -99,7 +136,8 @@ def simulate_batch(job: BatchJob) -> BatchResult:
         ok += batch_ok
         if first_reason is None and batch_ok < stop - start:
             first_reason = (reasons[int(np.argmin(good))] if reasons else "") or "non-finite output"
-    return BatchResult(job.num_rows, ok, job.num_rows - ok, seconds, first_reason)
+    simulated = job.num_rows - skipped
+    return BatchResult(simulated, ok, simulated - ok, seconds, first_reason, skipped)
 
 
 @dataclass(frozen=True)

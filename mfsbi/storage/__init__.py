@@ -46,6 +46,7 @@ from .store import FORMAT, FORMAT_VERSION, SimulationStore
 from .table import Batch, HighFidelityBudget, SimulationTable, Status
 from .lock import StoreLock, StoreLockedError, check_unlocked
 from .verify import Problem, verify_store
+from ._util import check_artifact_name, check_task
 
 __all__ = [
     "FORMAT",
@@ -61,6 +62,8 @@ __all__ = [
     "StoreLock",
     "StoreLockedError",
     "StoreMismatchError",
+    "check_artifact_name",
+    "check_task",
     "check_unlocked",
     "verify_store",
 ]

@@ -414,6 +414,17 @@ class SimulationTable:
 
         return self._array("theta")[start:stop], self._array("seed")[start:stop]
 
+    def is_pending(self, start: int, stop: int) -> np.ndarray:
+        """Whether each of rows ``[start, stop)`` still waits for its simulation.
+
+        Workers ask before simulating: a job that Dask runs a second time (its worker died after
+        writing) finds its rows stored and simulates nothing again.
+        """
+
+        self._check_range(start, stop)
+
+        return self._array("status")[start:stop] == Status.PENDING
+
     def _check_range(self, start: int, stop: int) -> None:
         n = self.num_rows
 

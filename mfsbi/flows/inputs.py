@@ -1,0 +1,154 @@
+"""What `mfsbi run` accepts: options, a config file and an observation file, checked before anything runs.
+
+Every refusal is a :class:`UsageError` whose message is the one line the user sees (exit code 2);
+nothing has been written when it is raised.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mfsbi.flows.config_file import ConfigFileError, load_config_file, merge_options, one_line
+
+if TYPE_CHECKING:
+    from mfsbi.flows.config import RunConfig
+
+__all__ = ["UsageError", "build_config", "load_observation"]
+
+
+class UsageError(Exception):
+    """Bad input; its message is the one line the user sees."""
+
+
+def load_observation(path: Path, x_dim: int, label: str = "--observation") -> list[float]:
+    """Reads one observation from a ``.npy`` file (no pickles), shape ``(k,)`` or ``(1, k)``.
+
+    Arguments:
+        path: the file.
+        x_dim: the task's ``k``.
+        label: how messages name the option.
+
+    Returns:
+        The ``k`` finite values.
+
+    Raises:
+        UsageError: one line naming ``label`` and the problem.
+    """
+    import numpy as np
+
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as error:  # a name too long, a NUL in it
+        raise UsageError(f"{label}: cannot read {str(path)!r} ({one_line(error)})") from None
+    if not exists:
+        raise UsageError(f"{label}: file {str(path)!r} does not exist")
+    if not is_file:
+        raise UsageError(f"{label}: {str(path)!r} is not a regular file")
+    try:
+        # Memory-mapped: a header that claims a huge shape is refused below, not allocated.
+        x_o = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise UsageError(f"{label}: {str(path)!r} is not a readable .npy array ({one_line(error)})") from None
+    if not isinstance(x_o, np.ndarray):  # an .npz archive under another name
+        x_o.close()
+        raise UsageError(f"{label}: {str(path)!r} is an .npz archive; save one array with numpy.save")
+    if x_o.dtype.kind not in "fiu":
+        raise UsageError(f"{label}: {str(path)!r} holds {x_o.dtype}, expected numbers")
+    if x_o.ndim == 2 and x_o.shape[0] == 1:
+        x_o = x_o[0]
+    if x_o.shape != (x_dim,):
+        raise UsageError(f"{label}: shape {x_o.shape} does not match the task's x of shape ({x_dim},)")
+    values = np.asarray(x_o, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UsageError(f"{label}: {str(path)!r} holds NaN or inf; give finite values")
+    return [float(v) for v in values]
+
+
+def build_config(*, config_file: Path | None = None, explicit: Collection[str] | None = None,
+                 **options: Any) -> RunConfig:
+    """Validates the options into a RunConfig, checks the task, the observation and the store.
+
+    Arguments:
+        config_file: a TOML, JSON or YAML file of RunConfig fields (``--config``).
+        explicit: the options given on the command line: they override the file; the others only
+            fill in what the file leaves out. Default: every option passed.
+        options: RunConfig fields, and ``observation`` as a ``.npy`` path or None.
+
+    Returns:
+        The config; nothing has been written.
+
+    Raises:
+        UsageError: with one line naming the option (or the file and key) and the problem.
+    """
+    import math
+
+    from pydantic import ValidationError
+
+    from mfsbi.flows.config import RunConfig, describe_validation_error
+    from mfsbi.flows.preflight import PreflightError, check_store, planned_tables
+    from mfsbi.simulators import TaskNotFoundError, get_task
+    from mfsbi.storage import StoreError
+    from mfsbi.storage import check_artifact_name, check_task
+
+    observation_path = options.pop("observation", None)
+    explicit = set(options) if explicit is None else set(explicit)
+    if observation_path is not None:  # --observation FILE.npy wins over the file's list
+        explicit.add("observation")
+    file = None
+    if config_file is not None:
+        try:
+            file = load_config_file(config_file, RunConfig.model_fields)
+        except ConfigFileError as error:
+            raise UsageError(str(error)) from None
+    values, label = merge_options(options, file, explicit)
+
+    for name, value in values.items():
+        # A NaN passes no bound check with a useful message ("should be <= 1 (got nan)").
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{label(name)}: {value} is not a finite number")
+    try:
+        # Strict: a file's `hf_sims = true` or `hf_sims = 1.5` is an error, not 1.
+        config = RunConfig.model_validate(values, strict=True)
+    except ValidationError as error:
+        raise UsageError(label.relabel(describe_validation_error(error))) from None
+    try:
+        task = get_task(config.task)
+    except TaskNotFoundError as error:
+        raise UsageError(f"{label('task')}: {error}") from None
+    except Exception as error:  # noqa: BLE001 -- a user's module or factory that fails is bad input too
+        raise UsageError(f"{label('task')}: {config.task!r} could not be loaded "
+                         f"({type(error).__name__}: {error})") from None
+    try:
+        # Task names become folder names in the store: check them before anything is written.
+        for table, *_ in planned_tables(config, task):
+            check_task(table)
+        check_artifact_name(f"{task.name}/{config.run_name}/summary.json")
+    except StoreError as error:
+        raise UsageError(f"{label('task')}: the task's name cannot name a store folder ({error})") from None
+    if observation_path is not None:
+        config = config.model_copy(update={"observation": load_observation(observation_path, task.x_dim)})
+    elif config.observation is not None and len(config.observation) != task.x_dim:
+        raise UsageError(f"{label('observation')}: {len(config.observation)} values, but the task's x has "
+                         f"{task.x_dim}; give {task.x_dim} numbers")
+    if config.device == "cuda" and not (config.dask_address or os.environ.get("MFSBI_DASK_ADDRESS")):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"{label('device')}: cuda was asked for but no CUDA device is visible here; "
+                             "use auto or cpu, or --dask-address of a cluster with a GPU worker")
+    from mfsbi.storage import check_unlocked
+
+    try:
+        check_store(config, task)
+        # Another live run holding the store is bad input for this one: exit 2, nothing written.
+        check_unlocked(config.store, error=UsageError)
+    except PreflightError as error:
+        raise UsageError(label.relabel(str(error))) from None
+    except (OSError, ValueError, ImportError) as error:
+        # A NUL in the path, a name too long, a URL whose file system is not installed.
+        raise UsageError(f"{label('store')}: {config.store!r} cannot be opened "
+                         f"({type(error).__name__}: {error})") from None
+    return config
