@@ -38,10 +38,11 @@ import numpy as np
 import zarr
 
 TASK = "mfsbi.simulators.faults:ou2"
-AMORTIZED = ["--method", "mf-npe", "--lf-sims", "4000", "--hf-sims", "60", "--max-num-epochs", "30",
-             "--num-nltp-pairs", "20", "--num-test-observations", "2", "--n-workers", "2"]
+# Small runs (training capped at a few epochs): the drills test the bookkeeping, not the posterior.
+AMORTIZED = ["--method", "mf-npe", "--lf-sims", "4000", "--hf-sims", "60", "--max-num-epochs", "8",
+             "--num-nltp-pairs", "20", "--num-test-observations", "1", "--n-workers", "2"]
 SEQUENTIAL = ["--method", "mf-tsnpe", "--rounds", "3", "--lf-sims", "4000", "--hf-sims", "60",
-              "--max-num-epochs", "20", "--num-nltp-pairs", "10", "--num-test-observations", "1", "--n-workers", "2"]
+              "--max-num-epochs", "6", "--num-nltp-pairs", "10", "--num-test-observations", "1", "--n-workers", "2"]
 SLOW = "lf_delay=0.001,hf_delay=0.05"
 KILL_KINDS = ("worker-kill", "flow-kill-lf", "flow-kill-hf", "flow-kill-round")
 # Rates high enough that a few runs inject 20 faults of a kind (held-out rows included).

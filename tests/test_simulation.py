@@ -116,3 +116,37 @@ def test_the_held_out_set_does_not_depend_on_how_many_pairs_are_asked_for(tmp_pa
     theta100, x100 = held_out(tmp_path / "b", 100)
     assert len(x5) == 5 and len(x100) == 100
     assert np.array_equal(theta5, theta100[:5]) and np.array_equal(x5, x100[:5])
+
+
+def test_jobs_are_sized_from_the_cost_of_a_simulation():
+    from mfsbi.flows.simulation import JOB_SECONDS, chunks_per_job
+
+    assert chunks_per_job(None, 1000, 100, 2, 10) == 1  # unknown cost: one chunk per job
+    assert chunks_per_job(1.0, 10, 100, 2, 10) == 1  # 1-s simulations: a chunk is 10 s already
+    assert chunks_per_job(1e-6, 1000, 100, 2, 10) == 25  # microseconds: bounded by 2 jobs per worker
+    assert chunks_per_job(1e-4, 1000, 100, 2, 10) == JOB_SECONDS / (1e-4 * 1000)  # ~JOB_SECONDS per job
+    assert chunks_per_job(1e-9, 100, 10_000, 1, 2**16) == 256 * 2**20 // (8 * 2**16 * 100)  # memory cap
+
+
+def test_cheap_simulations_run_in_few_jobs_with_the_same_results(tmp_path):
+    task = get_task("ou2")
+
+    class Counting(SerialExecutor):
+        jobs = 0
+
+        def map_unordered(self, fn, items, resources=None):
+            Counting.jobs += len(items)
+            return super().map_unordered(fn, items, resources)
+
+    stored = {}
+    for name, hint in (("one-chunk-jobs", 10.0), ("adaptive", 1e-6), ("measured", None)):
+        store = SimulationStore(tmp_path / name)
+        table = _plan(store, task, 400, chunk=10, fidelity="lf")
+        Counting.jobs = 0
+        report = run_pending(Counting(), store.url, "ou2", table, table="ou2", fidelity="lf", seconds_per_row=hint)
+        assert report.simulated == 400
+        stored[name] = (Counting.jobs, table.read("ok")[1])
+    assert stored["one-chunk-jobs"][0] == 40 and stored["adaptive"][0] == 2
+    assert stored["measured"][0] == 1 + 2  # a first wave of one job measures the cost, then 2 jobs
+    np.testing.assert_array_equal(stored["adaptive"][1], stored["one-chunk-jobs"][1])
+    np.testing.assert_array_equal(stored["measured"][1], stored["one-chunk-jobs"][1])

@@ -14,7 +14,7 @@ from mfsbi.flows.executor import BatchExecutor, DaskExecutor
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.simulation import SimulationReport, ensure_rows, run_pending
 from mfsbi.flows.work import TrainJob, TrainResult, train_estimator
-from mfsbi.simulators import Task
+from mfsbi.simulators import Task, get_task
 from mfsbi.storage import SimulationStore
 
 __all__ = ["finish_run", "training_resources", "estimator_dict", "pretrained_on_lf", "resolve_device", "simulate", "test_pairs", "train", "training_dict"]
@@ -75,6 +75,7 @@ def simulate_pending(executor: BatchExecutor, store: SimulationStore, config: Ru
     report = run_pending(
         executor, store.url, config.task, sim_table, table=table, fidelity=fidelity,
         max_failure_fraction=config.max_failure_fraction, timeout=config.simulation_timeout,
+        seconds_per_row=get_task(config.task).cost_seconds.get(fidelity),
         progress=lambda done, total: progress.report(step, done, total),
     )
     get_run_logger().info("%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,

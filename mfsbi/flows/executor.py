@@ -21,6 +21,8 @@ class BatchExecutor(Protocol):
 
     def gpu_workers(self) -> list[str]: ...
 
+    def num_workers(self) -> int: ...
+
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
     ) -> Iterator[R]: ...
@@ -34,6 +36,9 @@ class SerialExecutor:
         import torch
 
         return ["local"] if torch.cuda.is_available() else []
+
+    def num_workers(self) -> int:
+        return 1
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
@@ -64,6 +69,11 @@ class DaskExecutor:
     def gpu_workers(self) -> list:
         """Names of the workers started with ``--resources GPU=1``."""
         return self._workers()[0]
+
+    def num_workers(self) -> int:
+        """Workers that take simulations: the CPU workers when GPU workers are kept for training."""
+        gpu, cpu = self._workers()
+        return max(1, len(cpu) if cpu and gpu else len(gpu) + len(cpu))
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None

@@ -7,6 +7,7 @@ therefore simulates exactly the rows still pending: nothing stored is simulated 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from mfsbi.flows.seeds import derive_seed
 from mfsbi.flows.work import BatchJob, simulate_batch
 from mfsbi.simulators import Task
 
-__all__ = ["SimulationFailureError", "SimulationReport", "ensure_rows", "provenance", "run_pending"]
+__all__ = ["SimulationFailureError", "SimulationReport", "chunks_per_job", "ensure_rows", "provenance", "run_pending"]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -93,17 +94,52 @@ def ensure_rows(store, task: Task, *, table: str, fidelity: str, num_rows: int, 
 
 
 def _by_chunk(batches, chunk_size: int) -> list[list]:
-    """Groups batches (in row order) by chunk: one group is one job, so no chunk has two writers."""
+    """Groups batches (in row order) by chunk: a chunk is never split between two jobs (no two writers)."""
     groups: dict[int, list] = {}
     for batch in batches:
         groups.setdefault(batch.rows[0] // chunk_size, []).append(batch)
     return [groups[chunk] for chunk in sorted(groups)]
 
 
+# A job costs milliseconds to dispatch through Dask and to open the store and write its chunks: it
+# should simulate for about this long, so that the orchestration adds ~1% (docs/performance.md).
+JOB_SECONDS = 2.0
+# A job holds its chunks' x in memory on the worker and in the scheduler's result.
+MAX_JOB_BYTES = 256 * 2**20
+
+
+def chunks_per_job(seconds_per_row: float | None, chunk_size: int, num_chunks: int, workers: int,
+                   x_dim: int) -> int:
+    """How many whole chunks one job simulates (adaptive batching).
+
+    Enough chunks for about :data:`JOB_SECONDS` of simulation; never so many that fewer than two jobs
+    per worker remain (the work must spread over every worker, and a slow worker must not hold the
+    tail); never more than :data:`MAX_JOB_BYTES` of x.
+
+    Arguments:
+        seconds_per_row: measured simulator seconds per row (None: unknown, one chunk per job).
+        chunk_size: rows per chunk; num_chunks: chunks to simulate; workers: workers available.
+        x_dim: the task's output size.
+
+    Returns:
+        Chunks per job, at least 1.
+    """
+    if not seconds_per_row or seconds_per_row <= 0 or num_chunks <= 1:
+        return 1
+    wanted = math.ceil(JOB_SECONDS / (seconds_per_row * chunk_size))
+    spread = math.ceil(num_chunks / (2 * max(workers, 1)))
+    memory = MAX_JOB_BYTES // (8 * x_dim * chunk_size)
+    return max(1, min(wanted, spread, memory))
+
+
 def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_table, *, table: str,
                 fidelity: str, max_failure_fraction: float = 1.0, timeout: float | None = None,
-                progress: ProgressCallback | None = None) -> SimulationReport:
-    """Simulates every pending row of a table, one executor job per batch.
+                seconds_per_row: float | None = None, progress: ProgressCallback | None = None) -> SimulationReport:
+    """Simulates every pending row of a table, in jobs of whole chunks sized from the measured cost.
+
+    LF jobs are sized by :func:`chunks_per_job` from the cost per row: the median of the rows this
+    table already stores, else ``seconds_per_row``, else a first wave of one-chunk jobs (one per
+    worker). HF jobs are one chunk each.
 
     Arguments:
         executor: where the batches run.
@@ -113,6 +149,7 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
         table: the table's name; fidelity: ``"lf"`` or ``"hf"``.
         max_failure_fraction: stop once more than this fraction of simulated rows failed.
         timeout: seconds one simulation may take (each batch then runs in its own process).
+        seconds_per_row: a prior estimate of the simulator's cost (e.g. ``Task.cost_seconds``).
         progress: called with ``(rows done, rows to do)``.
 
     Returns:
@@ -120,31 +157,49 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
     """
     pending_rows = sim_table.rows("pending")
     pending_theta, _ = sim_table.read("pending")
-    jobs = []
-    for chunk_batches in _by_chunk(sim_table.pending_batches(), sim_table.chunk_size):
-        first = int(np.searchsorted(pending_rows, chunk_batches[0].rows[0]))
-        rows = sum(b.rows[1] - b.rows[0] for b in chunk_batches)
-        jobs.append(BatchJob(store_url, task_spec, table, fidelity,
-                             tuple((b.rows[0], b.rows[1], b.seed) for b in chunk_batches),
-                             pending_theta[first: first + rows], timeout))
-    total = sum(job.num_rows for job in jobs)
-    done = simulated = failed = 0
-    seconds = 0.0
-    first_reason: str | None = None
+    groups = _by_chunk(sim_table.pending_batches(), sim_table.chunk_size)
+
+    def job(chunk_groups: list[list]) -> BatchJob:
+        batches = [b for group in chunk_groups for b in group]
+        first = int(np.searchsorted(pending_rows, batches[0].rows[0]))
+        rows = sum(b.rows[1] - b.rows[0] for b in batches)
+        return BatchJob(store_url, task_spec, table, fidelity, tuple((b.rows[0], b.rows[1], b.seed) for b in batches),
+                        pending_theta[first: first + rows], timeout)
+
+    total = sum(b.rows[1] - b.rows[0] for group in groups for b in group)
+    tally = {"done": 0, "simulated": 0, "failed": 0, "seconds": 0.0, "reason": None}
+
+    def run(jobs: list[BatchJob]) -> None:
+        for result in executor.map_unordered(simulate_batch, jobs):
+            tally["done"] += result.rows + result.skipped
+            tally["simulated"] += result.rows
+            tally["failed"] += result.failed
+            tally["seconds"] += result.seconds
+            tally["reason"] = tally["reason"] or result.first_reason
+            if progress:
+                progress(tally["done"], total)
+            failed, simulated = tally["failed"], tally["simulated"]
+            # Judge the rate only after enough rows: one early failure must not stop a large run.
+            if failed and simulated >= min(total, 20) and failed / simulated > max_failure_fraction:
+                raise SimulationFailureError(
+                    f"{failed} of {simulated} {fidelity.upper()} simulations of {table!r} failed "
+                    f"(limit {max_failure_fraction:.0%}); first reason: {tally['reason']}"
+                )
+
     if progress:
         progress(0, total)
-    for result in executor.map_unordered(simulate_batch, jobs):
-        done += result.rows + result.skipped
-        simulated += result.rows
-        failed += result.failed
-        first_reason = first_reason or result.first_reason
-        seconds += result.seconds
-        if progress:
-            progress(done, total)
-        # Judge the rate only after enough rows: one early failure must not stop a large run.
-        if failed and simulated >= min(total, 20) and failed / simulated > max_failure_fraction:
-            raise SimulationFailureError(
-                f"{failed} of {simulated} {fidelity.upper()} simulations of {table!r} failed "
-                f"(limit {max_failure_fraction:.0%}); first reason: {first_reason}"
-            )
-    return SimulationReport(table, fidelity, simulated, failed, seconds, sim_table.counts()["ok"])
+    workers = executor.num_workers()
+    size = 1
+    if fidelity == "lf":
+        # HF jobs stay one chunk: an HF simulation is expensive anyway, a failing HF simulator must be
+        # stopped after few rows of the budget, and small jobs spread over every worker.
+        cost = sim_table.seconds_per_row() or seconds_per_row
+        if cost is None and len(groups) > workers:
+            run([job([group]) for group in groups[:workers]])  # the first wave measures the cost
+            groups = groups[workers:]
+            # A failing simulator's speed says nothing about a working one's.
+            cost = tally["seconds"] / tally["simulated"] if tally["simulated"] and not tally["failed"] else None
+        size = chunks_per_job(cost, sim_table.chunk_size, len(groups), workers, sim_table.x_dim)
+    run([job(groups[i: i + size]) for i in range(0, len(groups), size)])
+    return SimulationReport(table, fidelity, tally["simulated"], tally["failed"], tally["seconds"],
+                            sim_table.counts()["ok"])

@@ -123,6 +123,7 @@ def faulty(base: Task, plan: FaultPlan, log: str | None = None) -> Task:
         low_fidelity=FaultySimulator(base.low_fidelity, "lf", plan, log),
         high_fidelity=FaultySimulator(base.high_fidelity, "hf", plan, log),
         description=f"{base.description} (with injected faults: {plan})",
+        cost_seconds={f: base.cost_seconds.get(f, 0.0) + getattr(plan, f"{f}_delay") for f in ("lf", "hf")},
     )
 
 

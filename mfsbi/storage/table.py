@@ -616,6 +616,20 @@ class SimulationTable:
             "total": int(status.shape[0]),
         }
 
+    def seconds_per_row(self) -> float | None:
+        """The median simulator seconds of a row stored ok, or None before there is one."""
+
+        status = self._array("status")[:]
+        stored = status == Status.OK
+
+        if not stored.any():
+            return None
+
+        elapsed = self._array("elapsed")[: status.shape[0]][stored]
+        elapsed = elapsed[np.isfinite(elapsed)]
+
+        return float(np.median(elapsed)) if elapsed.size else None
+
     def failures(self) -> list[tuple[int, str]]:
         """Returns the failed rows and their reasons."""
 
