@@ -213,7 +213,7 @@ def test_slurm_config_parses():
     slurm = config["jobqueue"]["slurm"]
     assert slurm["cores"] == 1 and slurm["processes"] == 1 and slurm["memory"] and slurm["walltime"]
     with dask.config.set(config):
-        assert dask.config.get("jobqueue.slurm.worker_extra_args") == ["--preload", "mfsbi.simulators.plastic_network"]
+        assert dask.config.get("jobqueue.slurm.worker_extra_args") == ["--preload", "mfsbi.flows.worker_setup"]
     importlib.import_module("mfsbi.simulators.plastic_network")
     compile((ROOT / "deploy" / "slurm_cluster.py").read_text(), "slurm_cluster.py", "exec")
 

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 WORK_POOL = "mfsbi-process"
-PRELOAD = "mfsbi.simulators.plastic_network"
+PRELOAD = "mfsbi.flows.worker_setup"
 
 # deployment name -> (module, flow function, methods it runs, the method when none is given)
 DEPLOYMENTS: dict[str, tuple[str, str, frozenset[str], str]] = {

@@ -138,8 +138,8 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
         dashboard_address="127.0.0.1:0", silence_logs=40,
         # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
         # worker thread: import it at worker start (STACK.md). External workers need the same
-        # `--preload mfsbi.simulators.plastic_network`.
-        preload=["mfsbi.simulators.plastic_network"],
+        # `--preload mfsbi.flows.worker_setup`.
+        preload=["mfsbi.flows.worker_setup"],
     )
     try:
         with Client(cluster) as client:

@@ -156,7 +156,7 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
         What was simulated now.
     """
     pending_rows = sim_table.rows("pending")
-    pending_theta, _ = sim_table.read("pending")
+    pending_theta = sim_table.read_theta("pending")  # not x: GaussianBlob's pending x is GBs of NaN
     groups = _by_chunk(sim_table.pending_batches(), sim_table.chunk_size)
 
     def job(chunk_groups: list[list]) -> BatchJob:

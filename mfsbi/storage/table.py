@@ -604,6 +604,18 @@ class SimulationTable:
 
         return theta.astype(np.float64), x.astype(np.float64)
 
+    def read_theta(self, status: StatusName | None = "pending") -> np.ndarray:
+        """Reads the parameters of the rows with a status (without their x, which may be large).
+
+        Returns:
+            ``theta`` of shape :math:`(n, d)`, float64.
+        """
+
+        status_ = self._array("status")[:]
+        rows = np.flatnonzero(self._mask(status_, status))
+
+        return self._array("theta")[: status_.shape[0]][rows].astype(np.float64)
+
     def counts(self) -> dict[str, int]:
         """Returns the number of rows by status, and the total."""
 
