@@ -98,9 +98,9 @@ def _log(path: Path) -> list[tuple[str, int, int, int]]:
 
 
 def _summary(store: Path) -> dict:
-    root = store / "artifacts"
-    latest = json.loads((root / "latest.json").read_text())
-    return json.loads((root / latest["run"] / "summary.json").read_text())
+    """The run's summary (one run per drill store; sequential runs write no ``latest.json``)."""
+    (path,) = (store / "artifacts").glob("*/*/summary.json")
+    return json.loads(path.read_text())
 
 
 def _stored(store: Path, which) -> int:
@@ -278,7 +278,7 @@ def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
                 outcome = kill_drill(kind, repeat, workdir, references[args[1]], rng)
             else:
                 outcome = simulator_drill(kind, repeat, workdir)
-            print(json.dumps(asdict(outcome)), flush=True)
+            print(json.dumps(asdict(outcome)), flush=True)  # one line each: a crashed session keeps them
             outcomes.append(outcome)
     return outcomes
 
@@ -303,6 +303,8 @@ def main() -> None:
     parser.add_argument("--simulator-repeats", type=int, default=3, help="runs of each simulator-fault kind")
     parser.add_argument("--out", type=Path, default=Path("docs/reliability.json"))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--include", type=Path, nargs="*", default=[],
+                        help="outcome lines (this script's stdout) of earlier invocations to add to the table")
     args = parser.parse_args()
     from mfsbi.flows.services import prefect_api
 
@@ -310,7 +312,9 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.time()
-        outcomes = run_drills(args.kinds, args.repeats, workdir, simulator_repeats=args.simulator_repeats)
+        outcomes = [Outcome(**json.loads(line)) for path in args.include
+                    for line in path.read_text().splitlines() if line.startswith("{")]
+        outcomes += run_drills(args.kinds, args.repeats, workdir, simulator_repeats=args.simulator_repeats)
         result = {"command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),
                   "outcomes": [asdict(o) for o in outcomes], "table": table(outcomes)}
         args.out.write_text(json.dumps(result, indent=1))
