@@ -265,12 +265,12 @@ def reference_run(workdir: Path, args: list[str]) -> dict:
 
 
 def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
-               simulator_repeats: int = 3) -> list[Outcome]:
+               simulator_repeats: int = 3, first: int = 0) -> list[Outcome]:
     rng = np.random.default_rng(seed)
     references: dict[str, dict] = {}
     outcomes = []
     for kind in kinds:
-        for repeat in range(repeats if kind in KILL_KINDS else simulator_repeats):
+        for repeat in range(first, first + (repeats if kind in KILL_KINDS else simulator_repeats)):
             if kind in KILL_KINDS:
                 args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED
                 if args[1] not in references:
@@ -303,6 +303,8 @@ def main() -> None:
     parser.add_argument("--simulator-repeats", type=int, default=3, help="runs of each simulator-fault kind")
     parser.add_argument("--out", type=Path, default=Path("docs/reliability.json"))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--first", type=int, default=0,
+                        help="number of the first drill: simulator drills use it as the run seed (new θ, new faults)")
     parser.add_argument("--include", type=Path, nargs="*", default=[],
                         help="outcome lines (this script's stdout) of earlier invocations to add to the table")
     args = parser.parse_args()
@@ -314,7 +316,8 @@ def main() -> None:
         started = time.time()
         outcomes = [Outcome(**json.loads(line)) for path in args.include
                     for line in path.read_text().splitlines() if line.startswith("{")]
-        outcomes += run_drills(args.kinds, args.repeats, workdir, simulator_repeats=args.simulator_repeats)
+        outcomes += run_drills(args.kinds, args.repeats, workdir, simulator_repeats=args.simulator_repeats,
+                               first=args.first)
         result = {"command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),
                   "outcomes": [asdict(o) for o in outcomes], "table": table(outcomes)}
         args.out.write_text(json.dumps(result, indent=1))
