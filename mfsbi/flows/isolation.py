@@ -84,16 +84,12 @@ def simulate_isolated(task_spec: str, fidelity: str, theta: np.ndarray, seed: in
         try:
             ready, _, _ = select.select([child.stdout], [], [], STARTUP_TIMEOUT)
             if not ready or os.read(child.stdout.fileno(), 1) != READY:
-                child.kill()
-                child.wait()
                 return failed, [f"simulator process did not start ({_tail(stderr)})"[:160]] * n
             output, _ = child.communicate(payload.getvalue(), timeout=timeout)
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
             return failed, [f"timeout: no result within {timeout:g} s (simulation_timeout)"] * n
         finally:
-            if child.poll() is None:
+            if child.poll() is None:  # not started in time, or past its timeout
                 child.kill()
                 child.wait()
         if child.returncode != 0 or not output:
