@@ -65,7 +65,7 @@ def chunk_rows(fidelity: str, spec: str) -> int:
     from mfsbi.flows.config import RunConfig
     from mfsbi.simulators import get_task
 
-    return RunConfig(task=spec).chunk_rows(fidelity, get_task(spec).x_dim)
+    return RunConfig(task=spec).chunk_rows(fidelity, get_task(spec))
 
 
 def whole_chunks(rows: float, chunk: int, workers: int) -> int:

@@ -128,15 +128,16 @@ def test_jobs_are_sized_from_the_cost_of_a_simulation():
     assert chunks_per_job(1e-9, 100, 10_000, 1, 2**16) == 256 * 2**20 // (8 * 2**16 * 100)  # memory cap
 
 
+class Counting(SerialExecutor):
+    jobs = 0
+
+    def map_unordered(self, fn, items, resources=None):
+        Counting.jobs += len(items)
+        return super().map_unordered(fn, items, resources)
+
+
 def test_cheap_simulations_run_in_few_jobs_with_the_same_results(tmp_path):
     task = get_task("ou2")
-
-    class Counting(SerialExecutor):
-        jobs = 0
-
-        def map_unordered(self, fn, items, resources=None):
-            Counting.jobs += len(items)
-            return super().map_unordered(fn, items, resources)
 
     stored = {}
     for name, hint in (("one-chunk-jobs", 10.0), ("adaptive", 1e-6), ("measured", None)):
@@ -150,3 +151,14 @@ def test_cheap_simulations_run_in_few_jobs_with_the_same_results(tmp_path):
     assert stored["measured"][0] == 1 + 2  # a first wave of one job measures the cost, then 2 jobs
     np.testing.assert_array_equal(stored["adaptive"][1], stored["one-chunk-jobs"][1])
     np.testing.assert_array_equal(stored["measured"][1], stored["one-chunk-jobs"][1])
+
+
+@pytest.mark.parametrize(("cost", "jobs"), [(1.0, 20), (1e-6, 2)])
+def test_hf_jobs_are_sized_like_lf_ones(tmp_path, cost, jobs):
+    """Expensive HF simulations go one chunk per job (spread, stopped early); cheap ones are batched."""
+    task = get_task("ou2")
+    store = SimulationStore(tmp_path / "s")
+    table = _plan(store, task, 200, chunk=10, fidelity="hf", budget=200)
+    Counting.jobs = 0
+    report = run_pending(Counting(), store.url, "ou2", table, table="ou2", fidelity="hf", seconds_per_row=cost)
+    assert report.simulated == 200 and Counting.jobs == jobs

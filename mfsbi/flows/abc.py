@@ -58,22 +58,22 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> dict:
     x_o, theta_true = target_observation(executor, store, task_obj, config)
     num = config.abc_proposals or config.lf_sims
     lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf", num_rows=num,
-                  chunk_size=config.chunk_rows("lf", task_obj.x_dim), seed=config.seed, budget=None)
+                  chunk_size=config.chunk_rows("lf", task_obj), seed=config.seed, budget=None)
     theta, x_lf = store.table(task_obj.name, "lf").read("all")
     theta, x_lf = theta[:num], x_lf[:num]  # failed LF rows are NaN: LF rejects
     scale, lf_distances, epsilon, continued, used = _decide(theta, x_lf, x_o, config)
 
     table = f"{task_obj.name}.{config.run_name}"
     hf_table = store.require_table(
-        table, "hf", theta_dim=task_obj.theta_dim, x_dim=task_obj.x_dim, chunk_size=config.chunk_rows("hf", task_obj.x_dim),
-        provenance=provenance(task_obj, "hf", config.simulation_hash("hf", config.chunk_rows("hf", task_obj.x_dim), task_obj.version,
+        table, "hf", theta_dim=task_obj.theta_dim, x_dim=task_obj.x_dim, chunk_size=config.chunk_rows("hf", task_obj),
+        provenance=provenance(task_obj, "hf", config.simulation_hash("hf", config.chunk_rows("hf", task_obj), task_obj.version,
                                                                      config.seed)),
     )
     if hf_table.budget() is None:
         hf_table.set_budget(config.hf_sims)
     chosen = np.flatnonzero(continued)
     if hf_table.num_rows == 0 and len(chosen):
-        chunks = np.arange(len(chosen)) // config.chunk_rows("hf", task_obj.x_dim)
+        chunks = np.arange(len(chosen)) // config.chunk_rows("hf", task_obj)
         seeds = np.array([derive_seed(config.seed, f"sim/{table}", int(c)) for c in chunks], dtype=np.int64)
         hf_table.reserve(theta[chosen], seeds)
     hf = simulate_pending(executor, store, config, hf_table, table=table, fidelity="hf")

@@ -68,7 +68,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
         summary.update(info)
 
     hf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="hf",
-                  num_rows=config.hf_sims, chunk_size=config.chunk_rows("hf", task_obj.x_dim), seed=config.seed, budget=config.hf_sims)
+                  num_rows=config.hf_sims, chunk_size=config.chunk_rows("hf", task_obj), seed=config.seed, budget=config.hf_sims)
     summary["hf"] = dataclasses.asdict(hf)
     summary["hf_budget"] = dataclasses.asdict(store.table(task_obj.name, "hf").budget())
     label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"

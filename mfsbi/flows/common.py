@@ -110,7 +110,7 @@ def pretrained_on_lf(executor: BatchExecutor, store: SimulationStore, task_obj: 
     The checkpoint is shared by every method and rerun with the same task, LF budget and seed.
     """
     lf = simulate(executor, store, task_obj, config, table=task_obj.name, fidelity="lf",
-                  num_rows=config.lf_sims, chunk_size=config.chunk_rows("lf", task_obj.x_dim), seed=config.seed, budget=None)
+                  num_rows=config.lf_sims, chunk_size=config.chunk_rows("lf", task_obj), seed=config.seed, budget=None)
     name = f"{task_obj.name}/pretrained-lf{config.lf_sims}-seed{config.seed}.pt"
     info = {"lf": dataclasses.asdict(lf), "pretrained": f"artifacts/{name}"}
     try:
@@ -133,7 +133,7 @@ def test_pairs(executor: BatchExecutor, store: SimulationStore, task_obj: Task, 
     if num_rows <= 0:
         return np.zeros((0, task_obj.theta_dim)), np.zeros((0, task_obj.x_dim))
     table = f"{task_obj.name}-test"
-    chunk = config.chunk_rows("hf", task_obj.x_dim)
+    chunk = config.chunk_rows("hf", task_obj)
     # Whole chunks: a batch's random stream depends on its rows, so a half-filled chunk would give
     # other observations than a full one, and the held-out set would depend on its requested size.
     simulate(executor, store, task_obj, config, table=table, fidelity="hf", num_rows=-(-num_rows // chunk) * chunk,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from mfsbi.simulators import Task
 
 __all__ = ["AMORTIZED", "ConfigError", "RunConfig", "SEQUENTIAL", "USES_LF", "describe_validation_error"]
 
@@ -20,6 +23,12 @@ Device = Literal["auto", "cpu", "cuda"]
 MAX_SIMULATIONS = 100_000_000
 # A chunk is the unit a worker holds in memory and writes at once: images must not make it huge.
 MAX_CHUNK_BYTES = 64 * 2**20
+# LF rows per chunk unless set, and what decides a larger one for a cheap simulator: a zarr write
+# costs milliseconds whatever its size, so a chunk of a microsecond simulator's outputs should hold
+# megabytes; it also should not hold more than about a second of simulation (docs/decisions.md).
+LF_CHUNK_ROWS = 1000
+CHUNK_BYTES = 8 * 2**20
+CHUNK_SECONDS = 1.0
 
 
 class ConfigError(ValueError):
@@ -43,8 +52,11 @@ class RunConfig(BaseModel):
     device: Device = "auto"
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default: a local cluster")
     n_workers: int | None = Field(None, ge=1, le=512, description="local cluster workers; default: one per core")
-    lf_chunk_size: int = Field(1000, ge=1, le=1_000_000, description="LF rows per zarr chunk and per Dask task")
-    hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk and per Dask task")
+    lf_chunk_size: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="LF rows per zarr chunk; default 1000, more for simulators faster than 1 ms (~8 MiB of x)",
+    )
+    hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk")
     num_test_observations: int = Field(5, ge=0, le=10_000, description="held-out HF observations for C2ST")
     num_nltp_pairs: int = Field(100, ge=0, le=1_000_000, description="held-out HF pairs for NLTP")
     test_seed: int = Field(2026, ge=0, lt=2**63, description="seed of the held-out test set, fixed across run seeds")
@@ -105,16 +117,44 @@ class RunConfig(BaseModel):
             name += f"-{self.observation_tag}"
         return f"{name}-seed{self.seed}"
 
-    def chunk_rows(self, fidelity: str, x_dim: int) -> int:
-        """Rows per chunk of a table: the configured size, capped so that a chunk of x stays ≤ 64 MiB."""
-        requested = self.lf_chunk_size if fidelity == "lf" else self.hf_chunk_size
-        return max(1, min(requested, MAX_CHUNK_BYTES // (8 * x_dim)))
+    def chunk_rows(self, fidelity: str, task: "Task") -> int:
+        """Rows per chunk of a table, capped so that a chunk of x stays ≤ 64 MiB.
+
+        Arguments:
+            fidelity: ``"lf"`` or ``"hf"``.
+            task: the task; its ``x_dim`` and documented cost (``cost_seconds``) decide: without
+                an ``lf_chunk_size``, an LF simulator faster than 1 ms gets chunks of up to
+                :data:`CHUNK_BYTES` of x and :data:`CHUNK_SECONDS` of simulation.
+
+        Returns:
+            The rows per chunk, fixed when the table is created.
+        """
+        x_dim = task.x_dim
+        seconds_per_row = (getattr(task, "cost_seconds", None) or {}).get(fidelity)
+        if fidelity == "hf":
+            requested = self.hf_chunk_size
+        elif self.lf_chunk_size is not None:
+            requested = self.lf_chunk_size
+        else:
+            requested = LF_CHUNK_ROWS
+            if seconds_per_row and seconds_per_row > 0:
+                wide = min(CHUNK_BYTES // (8 * x_dim), int(CHUNK_SECONDS / seconds_per_row))
+                requested = max(requested, _round_down(wide))
+        return max(1, min(requested, MAX_CHUNK_BYTES // (8 * x_dim), 1_000_000))
 
     def simulation_hash(self, fidelity: str, chunk_size: int, task_version: str, seed: int) -> str:
         """Hash of what decides a table's rows: a store is never continued with other settings."""
         payload = {"task": self.task, "version": task_version, "fidelity": fidelity,
                    "seed": seed, "chunk_size": chunk_size}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _round_down(rows: int) -> int:
+    """The largest of 1, 2 and 5 times a power of ten that is at most ``rows`` (readable chunk sizes)."""
+    if rows < 1:
+        return 1
+    power = 10 ** (len(str(rows)) - 1)
+    return max(step * power for step in (1, 2, 5) if step * power <= rows)
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -21,13 +21,13 @@ def planned_tables(config: RunConfig, task: Task) -> list[tuple[str, str, int, i
 
     tables = []
     if config.method in AMORTIZED:
-        tables.append((task.name, "hf", config.chunk_rows("hf", task.x_dim), config.seed))
+        tables.append((task.name, "hf", config.chunk_rows("hf", task), config.seed))
     else:
-        tables.append((f"{task.name}.{config.run_name}", "hf", config.chunk_rows("hf", task.x_dim), config.seed))
+        tables.append((f"{task.name}.{config.run_name}", "hf", config.chunk_rows("hf", task), config.seed))
     if config.uses_lf:
-        tables.append((task.name, "lf", config.chunk_rows("lf", task.x_dim), config.seed))
+        tables.append((task.name, "lf", config.chunk_rows("lf", task), config.seed))
     if max(config.num_test_observations, config.num_nltp_pairs) or config.observation is None:
-        tables.append((f"{task.name}-test", "hf", config.chunk_rows("hf", task.x_dim), config.test_seed))
+        tables.append((f"{task.name}-test", "hf", config.chunk_rows("hf", task), config.test_seed))
     return tables
 
 

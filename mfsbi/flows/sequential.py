@@ -213,8 +213,8 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> dict:
         summary.update(info)
     table = sequential_table(task, config)
     sim_table = store.require_table(
-        table, "hf", theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=config.chunk_rows("hf", task.x_dim),
-        provenance=provenance(task, "hf", config.simulation_hash("hf", config.chunk_rows("hf", task.x_dim), task.version, config.seed)),
+        table, "hf", theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=config.chunk_rows("hf", task),
+        provenance=provenance(task, "hf", config.simulation_hash("hf", config.chunk_rows("hf", task), task.version, config.seed)),
     )
     if sim_table.budget() is None:
         sim_table.set_budget(config.hf_sims)

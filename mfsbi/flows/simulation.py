@@ -137,9 +137,9 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
                 seconds_per_row: float | None = None, progress: ProgressCallback | None = None) -> SimulationReport:
     """Simulates every pending row of a table, in jobs of whole chunks sized from the measured cost.
 
-    LF jobs are sized by :func:`chunks_per_job` from the cost per row: the median of the rows this
+    Jobs are sized by :func:`chunks_per_job` from the cost per row: the median of the rows this
     table already stores, else ``seconds_per_row``, else a first wave of one-chunk jobs (one per
-    worker). HF jobs are one chunk each.
+    worker).
 
     Arguments:
         executor: where the batches run.
@@ -155,13 +155,15 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
     Returns:
         What was simulated now.
     """
-    pending_rows = sim_table.rows("pending")
-    pending_theta = sim_table.read_theta("pending")  # not x: GaussianBlob's pending x is GBs of NaN
-    groups = _by_chunk(sim_table.pending_batches(), sim_table.chunk_size)
+    # One status read; θ but not x (GaussianBlob's pending x would be GBs of NaN).
+    pending, pending_theta = sim_table.pending_work()
+    groups = _by_chunk(pending, sim_table.chunk_size)
+    # Where each batch's θ starts in pending_theta (the batches cover the pending rows in order).
+    offsets = dict(zip((b.rows[0] for b in pending), np.cumsum([0] + [len(b) for b in pending[:-1]])))
 
     def job(chunk_groups: list[list]) -> BatchJob:
         batches = [b for group in chunk_groups for b in group]
-        first = int(np.searchsorted(pending_rows, batches[0].rows[0]))
+        first = int(offsets[batches[0].rows[0]])
         rows = sum(b.rows[1] - b.rows[0] for b in batches)
         return BatchJob(store_url, task_spec, table, fidelity, tuple((b.rows[0], b.rows[1], b.seed) for b in batches),
                         pending_theta[first: first + rows], timeout)
@@ -189,17 +191,15 @@ def run_pending(executor: BatchExecutor, store_url: str, task_spec: str, sim_tab
     if progress:
         progress(0, total)
     workers = executor.num_workers()
-    size = 1
-    if fidelity == "lf":
-        # HF jobs stay one chunk: an HF simulation is expensive anyway, a failing HF simulator must be
-        # stopped after few rows of the budget, and small jobs spread over every worker.
-        cost = sim_table.seconds_per_row() or seconds_per_row
-        if cost is None and len(groups) > workers:
-            run([job([group]) for group in groups[:workers]])  # the first wave measures the cost
-            groups = groups[workers:]
-            # A failing simulator's speed says nothing about a working one's.
-            cost = tally["seconds"] / tally["simulated"] if tally["simulated"] and not tally["failed"] else None
-        size = chunks_per_job(cost, sim_table.chunk_size, len(groups), workers, sim_table.x_dim)
+    # HF jobs are sized like LF ones: an expensive HF simulation fills a job with one chunk, and a
+    # failing simulator is still stopped after about JOB_SECONDS of work per worker.
+    cost = sim_table.seconds_per_row() or seconds_per_row
+    if cost is None and len(groups) > workers:
+        run([job([group]) for group in groups[:workers]])  # the first wave measures the cost
+        groups = groups[workers:]
+        # A failing simulator's speed says nothing about a working one's.
+        cost = tally["seconds"] / tally["simulated"] if tally["simulated"] and not tally["failed"] else None
+    size = chunks_per_job(cost, sim_table.chunk_size, len(groups), workers, sim_table.x_dim)
     run([job(groups[i: i + size]) for i in range(0, len(groups), size)])
     return SimulationReport(table, fidelity, tally["simulated"], tally["failed"], tally["seconds"],
                             sim_table.counts()["ok"])

@@ -15,7 +15,7 @@ import numpy as np
 from mfsbi.flows.isolation import simulate_isolated
 from mfsbi.flows.seeds import derive_seed
 from mfsbi.simulators import Task, get_task
-from mfsbi.storage import SimulationStore
+from mfsbi.storage import BatchOutput, SimulationStore
 
 __all__ = ["BatchJob", "BatchResult", "TrainJob", "TrainResult", "simulate_batch", "train_estimator"]
 
@@ -105,22 +105,41 @@ def _isolated(job: BatchJob, task: Task, theta: np.ndarray, seed: int) -> tuple[
     return x, reasons
 
 
-def simulate_batch(job: BatchJob) -> BatchResult:
-    """Simulates a job's pending batches one after another, writing each to the store (x first, status last).
+def _pending(table, batches: tuple[tuple[int, int, int], ...]) -> list[bool]:
+    """Whether each batch still has a pending row: one status read per run of adjacent batches."""
+    flags: list[bool] = []
+    i = 0
+    while i < len(batches):
+        j = i + 1
+        while j < len(batches) and batches[j][0] == batches[j - 1][1]:
+            j += 1
+        start, stop = batches[i][0], batches[j - 1][1]
+        mask = table.is_pending(start, stop)
+        flags += [bool(mask[a - start: b - start].any()) for a, b, _ in batches[i:j]]
+        i = j
+    return flags
 
-    Batches already stored are skipped: Dask re-runs the jobs of a worker that died, including ones
-    that had finished, and a stored simulation must never be paid for twice.
+
+def simulate_batch(job: BatchJob) -> BatchResult:
+    """Simulates a job's pending batches one after another, then stores them in one write.
+
+    One write of a whole job is a few large zarr writes instead of four small ones per chunk
+    (docs/performance.md); a job is about two seconds of simulation (``chunks_per_job``), which is
+    what a worker killed mid-job loses. Batches already stored are skipped: Dask re-runs the jobs of
+    a worker that died, including ones that had finished, and a stored simulation must never be paid
+    for twice.
     """
     task = _task(job.task_spec)
     table = _store(job.store_url).table(job.table, job.fidelity)
+    outputs: list[BatchOutput] = []
     ok = skipped = 0
     seconds = 0.0
     first_reason: str | None = None
     offset = 0
-    for start, stop, seed in job.batches:
+    for (start, stop, seed), pending in zip(job.batches, _pending(table, job.batches)):
         theta = job.theta[offset: offset + stop - start]
         offset += stop - start
-        if not table.is_pending(start, stop).any():
+        if not pending:
             skipped += stop - start
             continue
         started = time.perf_counter()
@@ -130,12 +149,13 @@ def simulate_batch(job: BatchJob) -> BatchResult:
             x, reasons = _isolated(job, task, theta, seed)
         elapsed = time.perf_counter() - started
         seconds += elapsed
-        table.write_batch(start, stop, x, reasons=reasons, elapsed=elapsed)
+        outputs.append(BatchOutput(start, stop, x, reasons=reasons, elapsed=elapsed))
         good = np.isfinite(x).all(axis=1)
         batch_ok = int(good.sum())
         ok += batch_ok
         if first_reason is None and batch_ok < stop - start:
             first_reason = (reasons[int(np.argmin(good))] if reasons else "") or "non-finite output"
+    table.write_batches(outputs)
     simulated = job.num_rows - skipped
     return BatchResult(simulated, ok, simulated - ok, seconds, first_reason, skipped)
 

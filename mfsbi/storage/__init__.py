@@ -15,7 +15,7 @@ Layout (a local folder by default; any zarr store URL works)::
                                 chunk_size, mfsbi_version, created_at, updated_at (ISO 8601 UTC),
                                 status_codes, budget={"total", "reserved"} (hf, once set)
           theta    float64 (n, d)  parameters                 chunks (chunk_size, d)
-          x        float64 (n, k)  outputs, NaN until stored  chunks (chunk_size, k)
+          x        float64 (n, k)  outputs, NaN until stored  chunks (chunk_size, k), uncompressed
           seed     int64   (n,)    seed of the row's batch    chunks (chunk_size,)
           round    int32   (n,)    inference round
           status   int8    (n,)    0 pending, 1 ok, 2 failed
@@ -43,7 +43,8 @@ Integrity: a run holds ``DIR/.mfsbi.lock`` (:class:`StoreLock`, local folders on
 
 from .errors import BudgetExceededError, StoreError, StoreMismatchError
 from .store import FORMAT, FORMAT_VERSION, SimulationStore
-from .table import Batch, HighFidelityBudget, SimulationTable, Status
+from .layout import Batch, BatchOutput, HighFidelityBudget, Status
+from .table import SimulationTable
 from .lock import StoreLock, StoreLockedError, check_unlocked
 from .verify import Problem, verify_store
 from ._util import check_artifact_name, check_task
@@ -52,6 +53,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Batch",
+    "BatchOutput",
     "BudgetExceededError",
     "HighFidelityBudget",
     "Problem",

@@ -25,7 +25,8 @@ from ._util import (
     utc_now,
 )
 from .errors import StoreError, StoreMismatchError
-from .table import SimulationTable, _create_arrays, table_attrs
+from .layout import create_arrays, table_attrs
+from .table import SimulationTable
 
 __all__ = [
     "FORMAT",
@@ -293,7 +294,7 @@ class SimulationStore:
             self._check_existing(key, group, requested)
 
         # Also completes a table whose creation was interrupted.
-        _create_arrays(group, int(theta_dim), int(x_dim), int(chunk_size))
+        create_arrays(group, int(theta_dim), int(x_dim), int(chunk_size))
 
         table = SimulationTable(group)
 

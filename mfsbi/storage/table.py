@@ -32,17 +32,17 @@ written. The total can only be raised, never below what is already reserved.
 
 from __future__ import annotations
 
-import enum
+import asyncio
 import hashlib
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 try:
@@ -50,8 +50,17 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None
 
-from ._util import mfsbi_version, utc_now
+from ._util import utc_now
 from .errors import BudgetExceededError, StoreError
+from .layout import (
+    ROW_ARRAYS,
+    WRITTEN_ARRAYS,
+    Batch,
+    BatchOutput,
+    HighFidelityBudget,
+    Status,
+    batch_values,
+)
 
 __all__ = [
     "Batch",
@@ -62,91 +71,8 @@ __all__ = [
 
 StatusName = Literal["pending", "ok", "failed", "all"]
 
-
-class Status(enum.IntEnum):
-    """The status of a row, as stored in the ``status`` array (int8)."""
-
-    PENDING = 0
-    OK = 1
-    FAILED = 2
-
-
-@dataclass(frozen=True)
-class Batch:
-    r"""A run of pending rows in one chunk that share a seed: one simulator call.
-
-    Arguments:
-        rows: the half-open row range ``(start, stop)``.
-        seed: the seed of these rows.
-    """
-
-    rows: tuple[int, int]
-    seed: int
-
-    @property
-    def start(self) -> int:
-        return self.rows[0]
-
-    @property
-    def stop(self) -> int:
-        return self.rows[1]
-
-    def __len__(self) -> int:
-        return self.rows[1] - self.rows[0]
-
-
-@dataclass(frozen=True)
-class HighFidelityBudget:
-    r"""The high-fidelity simulation budget of a table.
-
-    Arguments:
-        total: the number of rows that may ever be reserved.
-        reserved: the number of rows reserved so far (pending, ok and failed).
-    """
-
-    total: int
-    reserved: int
-
-    @property
-    def remaining(self) -> int:
-        """The number of rows that may still be reserved."""
-
-        return max(self.total - self.reserved, 0)
-
-
-# name: (dtype, fill value, has a second axis)
-_ARRAYS: dict[str, tuple[Any, Any, bool]] = {
-    "theta": ("float64", np.nan, True),
-    "x": ("float64", np.nan, True),
-    "seed": ("int64", -1, False),
-    "round": ("int32", -1, False),
-    # The fill value is what makes a new row pending: reserve never writes status chunks, which
-    # workers may be writing at the same time.
-    "status": ("int8", int(Status.PENDING), False),
-    # zarr 3's variable-length UTF-8 string ("string" + vlen-utf8 codec): no length limit, no
-    # unstable-spec warning (unlike fixed-width "<U"), and numpy StringDType round trip.
-    "reason": (str, "", False),
-    "elapsed": ("float64", np.nan, False),
-}
-
-# Reserve grows these before status, which is grown last and thereby commits the rows.
-_ROW_ARRAYS = ("theta", "x", "seed", "round", "reason", "elapsed")
-
-
-def _create_arrays(group: zarr.Group, theta_dim: int, x_dim: int, chunk_size: int) -> None:
-    """Creates the missing arrays of a table, empty (a table left half-created is completed)."""
-
-    dims = {"theta": theta_dim, "x": x_dim}
-    existing = set(group.array_keys())
-
-    for name, (dtype, fill, wide) in _ARRAYS.items():
-        if name in existing:
-            continue
-
-        shape = (0, dims[name]) if wide else (0,)
-        chunks = (chunk_size, dims[name]) if wide else (chunk_size,)
-
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
+# Chunks one write locks and writes together, at most: each lock is an open file.
+CHUNKS_PER_WRITE = 64
 
 
 class SimulationTable:
@@ -169,6 +95,11 @@ class SimulationTable:
         self.task: str = attrs["task"]
         self.fidelity: str = attrs["fidelity"]
         self._chunk_size = int(attrs["chunk_size"])
+        # Array widths never change; the row count only grows. Both are cached so that a worker
+        # writing many chunks does not re-read metadata for every one (~1 ms per array opened).
+        self._widths: dict[str, int] = {}
+        self._rows_seen = 0
+        self._writers: dict[str, zarr.Array] = {}
 
     def __repr__(self) -> str:
         return f"SimulationTable({self.key!r}, rows={self.num_rows}, chunk_size={self.chunk_size})"
@@ -197,19 +128,24 @@ class SimulationTable:
     def theta_dim(self) -> int:
         """The number of parameters per row."""
 
-        return int(self._array("theta").shape[1])
+        return self._width("theta")
 
     @property
     def x_dim(self) -> int:
         """The number of outputs per row."""
 
-        return int(self._array("x").shape[1])
+        return self._width("x")
 
     @property
     def num_rows(self) -> int:
         """The number of reserved rows (the length of ``status``)."""
 
         return int(self._array("status").shape[0])
+
+    def _width(self, name: str) -> int:
+        if name not in self._widths:
+            self._widths[name] = int(self._array(name).shape[1])
+        return self._widths[name]
 
     def _fresh_group(self) -> zarr.Group:
         # A Group caches its attributes at open time; another process may have changed them.
@@ -219,6 +155,32 @@ class SimulationTable:
         # Indexing a group reads the array's metadata now: a handle with a stale (shorter) shape
         # would treat the last chunk as complete and overwrite its newer rows with fill values.
         return self._group[name]
+
+    def _chunk_arrays(self, chunk: int) -> dict[str, zarr.Array]:
+        """Handles on the arrays that ``write_batch`` writes, safe for reading and writing ``chunk``.
+
+        A handle whose shape is stale (rows reserved since it was opened) is still exact for any
+        chunk that lies wholly inside that shape: zarr sees the same complete chunk either way.
+        Only a chunk reaching past the shape needs fresh handles, so they are reopened then and
+        reused otherwise.
+
+        ``write_empty_chunks``: zarr otherwise compares every chunk it writes with the fill value,
+        to delete the chunk instead, and for an x chunk of NaN fill that comparison cost a third of
+        the write (docs/performance.md). Rows written are never all fill anyway (status is never
+        written pending); an all-NaN x chunk of failed rows is simply stored.
+        """
+
+        end = (chunk + 1) * self._chunk_size
+        writers = self._writers
+
+        if len(writers) != len(WRITTEN_ARRAYS) or min(a.shape[0] for a in writers.values()) < end:
+            writers = {
+                name: self._array(name).with_config({"write_empty_chunks": True})
+                for name in WRITTEN_ARRAYS
+            }
+            self._writers = writers
+
+        return writers
 
     @contextmanager
     def _chunk_lock(self, chunk: int) -> Iterator[None]:
@@ -351,7 +313,7 @@ class SimulationTable:
         if n == 0:
             return np.arange(start, start, dtype=np.int64)
 
-        arrays = {name: self._array(name) for name in _ROW_ARRAYS}
+        arrays = {name: self._array(name) for name in ROW_ARRAYS}
 
         # Other arrays may be longer than status after a crashed reservation: resize to exactly
         # stop (their rows past status were never committed) and write every new row.
@@ -384,13 +346,30 @@ class SimulationTable:
             spans two chunks.
         """
 
+        return self.pending_work(with_theta=False)[0]
+
+    def pending_work(self, with_theta: bool = True) -> tuple[list[Batch], np.ndarray]:
+        r"""Returns the pending batches and the parameters of their rows, from one status read.
+
+        Arguments:
+            with_theta: whether to read the parameters (else an empty array is returned).
+
+        Returns:
+            The batches as :meth:`pending_batches`, and ``theta`` of their rows in the same order,
+            shape :math:`(n, d)`.
+        """
+
         status = self._array("status")[:]
+        n = status.shape[0]
         rows = np.flatnonzero(status == Status.PENDING)
+        theta = np.zeros((0, self.theta_dim))
 
         if rows.size == 0:
-            return []
+            return [], theta
 
-        seeds = self._array("seed")[: status.shape[0]][rows]
+        seeds = self._array("seed")[:n][rows]
+        if with_theta:
+            theta = self._array("theta")[:n][rows].astype(np.float64)
         chunks = rows // self.chunk_size
 
         cut = (np.diff(rows) != 1) | (np.diff(chunks) != 0) | (np.diff(seeds) != 0)
@@ -398,10 +377,12 @@ class SimulationTable:
         firsts = np.concatenate(([0], cut))
         lasts = np.concatenate((cut, [rows.size])) - 1
 
-        return [
+        batches = [
             Batch(rows=(int(rows[i]), int(rows[j]) + 1), seed=int(seeds[i]))
             for i, j in zip(firsts, lasts)
         ]
+
+        return batches, theta
 
     def theta_rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Reads the parameters and seeds of rows ``[start, stop)`` (what a worker simulates).
@@ -415,21 +396,28 @@ class SimulationTable:
         return self._array("theta")[start:stop], self._array("seed")[start:stop]
 
     def is_pending(self, start: int, stop: int) -> np.ndarray:
-        """Whether each of rows ``[start, stop)`` still waits for its simulation.
+        """Whether each of rows ``[start, stop)`` (any number of chunks) still waits for its simulation.
 
         Workers ask before simulating: a job that Dask runs a second time (its worker died after
         writing) finds its rows stored and simulates nothing again.
         """
 
-        self._check_range(start, stop)
+        self._check_rows(start, stop)
+        status = self._chunk_arrays((stop - 1) // self._chunk_size)["status"]
 
-        return self._array("status")[start:stop] == Status.PENDING
+        return status[start:stop] == Status.PENDING
 
-    def _check_range(self, start: int, stop: int) -> None:
-        n = self.num_rows
+    def _check_rows(self, start: int, stop: int) -> None:
+        if stop > self._rows_seen:  # rows are never removed: a count once seen stays a lower bound
+            self._rows_seen = self.num_rows
+        n = self._rows_seen
 
         if not (0 <= start < stop <= n):
             raise ValueError(f"rows: expected 0 <= start < stop <= {n}, got [{start}, {stop})")
+
+    def _check_range(self, start: int, stop: int) -> None:
+        self._check_rows(start, stop)
+
         if start // self.chunk_size != (stop - 1) // self.chunk_size:
             raise ValueError(
                 f"rows: [{start}, {stop}) spans two chunks of {self.chunk_size} rows; "
@@ -460,94 +448,95 @@ class SimulationTable:
             elapsed: the simulator time of the whole batch in seconds, split evenly over rows.
         """
 
+        self.write_batches([BatchOutput(start, stop, x, ok, reasons, elapsed)])
+
+    def write_batches(self, outputs: Sequence[BatchOutput]) -> None:
+        r"""Stores several batches, each in one chunk, none overlapping: a worker's whole job.
+
+        The same rules as :meth:`write_batch`, in fewer zarr writes: the small arrays of adjacent
+        batches are written as one run of rows, whose chunks zarr writes concurrently. Up to
+        :data:`CHUNKS_PER_WRITE` chunks are locked and written together, payload first and
+        statuses last, so a crash leaves each of their rows pending or stored, never half.
+
+        Arguments:
+            outputs: the batches, in any order.
+        """
+
         self._writable()
-        self._check_range(start, stop)
+        outputs = sorted(outputs, key=lambda o: o.start)
 
-        m = stop - start
-        k = self.x_dim
-        x = np.asarray(x)
-
-        if x.shape != (m, k):
-            raise ValueError(f"x: expected shape ({m}, {k}), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
-            raise ValueError(f"x: expected real numbers, got dtype {x.dtype}")
-
-        x = x.astype(np.float64)
-
-        if ok is None:
-            ok = np.ones(m, dtype=bool)
-        else:
-            ok = np.asarray(ok)
-            if ok.shape != (m,) or ok.dtype != bool:
-                raise ValueError(f"ok: expected booleans of shape ({m},), got {ok.dtype} {ok.shape}")
-        if reasons is not None:
-            reasons = list(reasons)
-            if len(reasons) != m or not all(isinstance(r, str) for r in reasons):
-                raise ValueError(f"reasons: expected {m} strings")
-        if not np.isfinite(elapsed) or elapsed < 0:
-            raise ValueError(f"elapsed: expected a finite non-negative number, got {elapsed!r}")
-
-        finite = np.isfinite(x).all(axis=1)
-        good = ok & finite
-        new_status = np.where(good, Status.OK, Status.FAILED).astype(np.int8)
-        new_reason = []
-
-        for i in range(m):
-            if reasons is not None and reasons[i]:
-                new_reason.append(reasons[i])
-            elif good[i]:
-                new_reason.append("")
-            elif not finite[i]:
-                new_reason.append("non-finite output")
-            else:
-                new_reason.append("simulator reported failure")
-
-        new_reason = np.array(new_reason, dtype=np.dtypes.StringDType())
-        new_elapsed = np.full(m, elapsed / m, dtype=np.float64)
-
-        with self._chunk_lock(start // self.chunk_size):
-            self._write(start, stop, x, new_status, new_reason, new_elapsed)
-
-    def _write(
-        self,
-        start: int,
-        stop: int,
-        x: np.ndarray,
-        new_status: np.ndarray,
-        new_reason: np.ndarray,
-        new_elapsed: np.ndarray,
-    ) -> None:
-        # Fresh handles under the lock: their shapes include every reserved row.
-        arrays = {name: self._array(name) for name in ("x", "reason", "elapsed", "status")}
-        stored = arrays["status"][start:stop]
-        done = stored != Status.PENDING
-
-        if done.any():
-            # Never overwrite a stored simulation; an identical re-write (a task re-run by Dask)
-            # is accepted as a no-op for the rows already stored.
-            same = (
-                np.array_equal(arrays["x"][start:stop][done], x[done], equal_nan=True)
-                and np.array_equal(stored[done], new_status[done])
-                and np.array_equal(arrays["reason"][start:stop][done], new_reason[done])
-            )
-
-            if not same:
-                rows = (np.flatnonzero(done) + start)[:10].tolist()
-                raise StoreError(
-                    f"table '{self.key}': rows {rows} are already stored with other values; "
-                    "a stored simulation is never overwritten"
+        for before, after in zip(outputs, outputs[1:]):
+            if after.start < before.stop:
+                raise ValueError(
+                    f"rows: batches [{before.start}, {before.stop}) and [{after.start}, {after.stop}) overlap"
                 )
-            if done.all():
-                return
 
-            new_elapsed[done] = arrays["elapsed"][start:stop][done]
+        # Every batch is checked before anything is locked or written.
+        batches: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for output in outputs:
+            self._check_range(output.start, output.stop)
+            values = batch_values(output.x, output.stop - output.start, self.x_dim, output.ok,
+                                  output.reasons, output.elapsed)
+            batches.append((output.start, output.stop, *values))
 
-        # The payload first, the status last: a crash in between leaves the rows pending.
-        arrays["x"][start:stop] = x
-        arrays["reason"][start:stop] = new_reason
-        arrays["elapsed"][start:stop] = new_elapsed
+        size = self._chunk_size
+        first = 0
+        while first < len(batches):
+            # The batches of at most CHUNKS_PER_WRITE chunks: each holds a lock file open.
+            limit = batches[first][0] // size + CHUNKS_PER_WRITE
+            last = first
+            while last < len(batches) and batches[last][0] // size < limit:
+                last += 1
+            group = batches[first:last]
+            chunks = sorted({batch[0] // size for batch in group})
 
-        self._commit_status(arrays["status"], start, stop, new_status)
+            with ExitStack() as locks:
+                for chunk in chunks:  # ascending: two writers of overlapping chunks cannot deadlock
+                    locks.enter_context(self._chunk_lock(chunk))
+                self._write(chunks[-1], group)
+            first = last
+
+    def _write(self, last_chunk: int, batches: list[tuple]) -> None:
+        # Under the locks: no other writer of these chunks runs until their statuses are committed.
+        arrays = self._chunk_arrays(last_chunk)
+        runs = []
+
+        for run in _adjacent(batches):
+            start, stop = run[0][0], run[-1][1]
+            new_status, new_reason, new_elapsed = (_joined(run, i) for i in (3, 4, 5))
+            stored = arrays["status"][start:stop]
+            done = stored != Status.PENDING
+
+            if done.any():
+                # Never overwrite a stored simulation; an identical re-write (a task re-run by
+                # Dask) is accepted as a no-op for the rows already stored.
+                same = (
+                    np.array_equal(arrays["x"][start:stop][done], _joined(run, 2)[done], equal_nan=True)
+                    and np.array_equal(stored[done], new_status[done])
+                    and np.array_equal(arrays["reason"][start:stop][done], new_reason[done])
+                )
+
+                if not same:
+                    rows = (np.flatnonzero(done) + start)[:10].tolist()
+                    raise StoreError(
+                        f"table '{self.key}': rows {rows} are already stored with other values; "
+                        "a stored simulation is never overwritten"
+                    )
+                if done.all():
+                    continue
+
+                new_elapsed[done] = arrays["elapsed"][start:stop][done]
+
+            runs.append((run, start, stop, new_status, new_reason, new_elapsed))
+
+        # The payload first, the statuses last: a crash in between leaves the rows pending.
+        sync(_write_by_chunk(arrays["x"].async_array, [b for run in runs for b in run[0]], self._chunk_size))
+        for run, start, stop, _, new_reason, new_elapsed in runs:
+            arrays["reason"][start:stop] = new_reason
+            arrays["elapsed"][start:stop] = new_elapsed
+
+        for _, start, stop, new_status, _, _ in runs:
+            self._commit_status(arrays["status"], start, stop, new_status)
 
     def _commit_status(self, status: zarr.Array, start: int, stop: int, values: np.ndarray) -> None:
         # A separate method so that tests can simulate a crash before the commit.
@@ -656,42 +645,44 @@ class SimulationTable:
         return [(int(r), str(s)) for r, s in zip(rows, reasons)]
 
 
-def table_attrs(
-    task: str,
-    fidelity: str,
-    theta_dim: int,
-    x_dim: int,
-    chunk_size: int,
-    provenance: dict[str, Any],
-) -> dict[str, Any]:
-    """Returns the attributes of a new table."""
+async def _write_by_chunk(array: zarr.AsyncArray, batches: list[tuple], chunk_size: int) -> None:
+    """Writes each batch's x: chunks concurrently, the batches of one chunk one after another.
 
-    now = utc_now()
-    extra = {
-        k: v
-        for k, v in provenance.items()
-        if k not in ("simulator", "simulator_version", "config_hash", "prior")
-    }
+    One zarr write per batch, not per run: a batch that fills its chunk is stored without a copy,
+    while a write of several chunks at once is first copied chunk by chunk into new buffers. The
+    chunks go concurrently (zarr writes files in threads) because one at a time, zarr's thread
+    hand-offs cost as much as the write itself (docs/performance.md).
+    """
 
-    attrs = {
-        "mfsbi_table": 1,
-        "task": task,
-        "fidelity": fidelity,
-        "simulator": str(provenance["simulator"]),
-        "simulator_version": str(provenance["simulator_version"]),
-        "config_hash": str(provenance["config_hash"]),
-        "prior": str(provenance.get("prior", "")),
-        "theta_dim": theta_dim,
-        "x_dim": x_dim,
-        "chunk_size": chunk_size,
-        "mfsbi_version": mfsbi_version(),
-        "created_at": now,
-        "updated_at": now,
-        "status_codes": {s.name.lower(): int(s) for s in Status},
-    }
+    by_chunk: dict[int, list[tuple]] = {}
+    for batch in batches:
+        by_chunk.setdefault(batch[0] // chunk_size, []).append(batch)
 
-    if extra:
-        attrs["provenance"] = extra
+    async def chunk(items: list[tuple]) -> None:
+        for start, stop, x, *_ in items:
+            await array.setitem(slice(start, stop), x)
 
-    return attrs
+    await asyncio.gather(*(chunk(items) for items in by_chunk.values()))
 
+
+def _adjacent(batches: list[tuple]) -> list[list[tuple]]:
+    """Splits batches ``(start, stop, ...)``, sorted by row, into runs without gaps."""
+
+    runs: list[list[tuple]] = []
+
+    for batch in batches:
+        if runs and runs[-1][-1][1] == batch[0]:
+            runs[-1].append(batch)
+        else:
+            runs.append([batch])
+
+    return runs
+
+
+def _joined(run: list[tuple], field: int) -> np.ndarray:
+    """One field of a run's batches as one array (no copy for a run of one batch)."""
+
+    if len(run) == 1:
+        return run[0][field]
+
+    return np.concatenate([batch[field] for batch in run])

@@ -6,7 +6,8 @@ Checked, per table ``<task>/<fidelity>``:
 * the required attributes are present (task, fidelity, simulator, simulator_version,
   config_hash, mfsbi_version, created_at, chunk_size);
 * every array exists, has exactly as many rows as ``status`` (the row count), a first-axis chunk
-  size equal to the table's ``chunk_size``, and ``theta`` / ``x`` the stored widths;
+  size equal to the table's ``chunk_size`` (a multiple of it for ``theta``, ``seed`` and
+  ``round``, which only the reservation writes), and ``theta`` / ``x`` the stored widths;
 * statuses are 0, 1 or 2; ok rows have finite ``x``; failed rows a non-empty reason; pending rows
   NaN ``x``; every reserved row a finite ``theta``, a written ``seed`` (not the fill value -1) and a
   round >= 0;
@@ -36,7 +37,7 @@ import zarr
 from ._util import ARTIFACTS, FIDELITIES, check_artifact_name
 from .lock import read_lock
 from .store import SimulationStore
-from .table import _ARRAYS, Status
+from .layout import ARRAYS, RESERVED_ARRAYS, Status
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]
 
@@ -157,7 +158,7 @@ def _verify_table(key: str, group: zarr.Group, report: VerifyReport) -> None:
 
     arrays: dict[str, zarr.Array] = {}
     present = set(group.array_keys())
-    for name in _ARRAYS:
+    for name in ARRAYS:
         if name not in present:
             add(Problem(key, name, "missing array"))
         else:
@@ -175,8 +176,14 @@ def _verify_table(key: str, group: zarr.Group, report: VerifyReport) -> None:
         elif length > n:
             add(Problem(key, name, f"{length} rows but status has {n} (left by an interrupted "
                         "reservation; the next reservation trims it)", "warning"))
-        if chunk_size is not None and int(array.chunks[0]) != chunk_size:
-            add(Problem(key, name, f"chunk size {array.chunks[0]} != the table's chunk_size {chunk_size}"))
+        if chunk_size is None or chunk_size < 1:
+            continue
+        rows = int(array.chunks[0])
+        # Workers write these chunk by chunk; reserve alone writes the others (layout.py).
+        if name in RESERVED_ARRAYS and rows % chunk_size:
+            add(Problem(key, name, f"chunk size {rows} is not a multiple of the table's chunk_size {chunk_size}"))
+        elif name not in RESERVED_ARRAYS and rows != chunk_size:
+            add(Problem(key, name, f"chunk size {rows} != the table's chunk_size {chunk_size}"))
     for name, attr in (("theta", "theta_dim"), ("x", "x_dim")):
         if name in arrays and attr in attrs and (arrays[name].ndim != 2 or arrays[name].shape[1] != attrs[attr]):
             add(Problem(key, name, f"shape {arrays[name].shape} does not match {attr}={attrs[attr]}"))
