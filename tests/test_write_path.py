@@ -195,3 +195,19 @@ def test_cheap_lf_simulators_get_chunks_of_megabytes_and_others_keep_1000_rows()
 
     assert config.chunk_rows("lf", Unknown()) == 1000
     assert RunConfig(task="ou2", lf_chunk_size=1000).chunk_rows("lf", get_task("ou2")) == 1000
+
+
+def test_two_runs_in_one_chunk_keep_each_others_rows(tmp_path):
+    """Batches of one chunk separated by stored rows: two runs, whose chunk files are shared."""
+    for attempt in range(5):  # concurrent writers of one chunk lose rows only sometimes
+        sim = table(tmp_path / str(attempt))
+        theta = np.arange(30.0).reshape(10, 3)
+        sim.reserve(theta, np.repeat([1, 2, 3], [3, 3, 4]))
+        sim.write_batch(3, 6, toy(theta[3:6], 2), elapsed=3.0)
+        x_a, x_b = toy(theta[:3], 1), toy(theta[6:], 3)
+        x_a[1] = x_b[2] = np.nan
+        sim.write_batches([BatchOutput(0, 3, x_a, reasons=["", "a", ""], elapsed=0.3),
+                           BatchOutput(6, 10, x_b, reasons=["", "", "b", ""], elapsed=0.4)])
+        assert sim.failures() == [(1, "a"), (8, "b")]
+        np.testing.assert_allclose(stored(sim)["elapsed"], [0.1] * 3 + [1.0] * 3 + [0.1] * 4)
+        assert sim.counts() == {"pending": 0, "ok": 8, "failed": 2, "total": 10}

@@ -1,9 +1,16 @@
 """Preloaded by every Dask worker (``dask worker --preload mfsbi.flows.worker_setup``).
 
 Brian2 must be imported in a process's main thread, and Dask runs jobs in a worker thread
-(STACK.md); and the first job of a fresh worker would otherwise pay for importing every simulator
-module and sbi (1-2.5 s measured, docs/performance.md). Both happen here, at worker start.
+(STACK.md). Everything else here is what the first job of a fresh worker would otherwise pay for
+(docs/performance.md): importing every simulator module, torch and sbi (a task's prior is an sbi
+distribution: 2.6 s per worker, profiled), and zarr's first use (its I/O thread and codecs). All of
+it happens at worker start instead, while the flow starts its services and reserves rows.
 """
+
+import numpy as np
+import sbi.utils  # noqa: F401 -- imported by every task's prior at its first get_task
+import zarr
+from zarr.storage import MemoryStore
 
 from mfsbi.flows import work  # noqa: F401 -- the job functions and their imports
 from mfsbi.simulators import available_tasks
@@ -11,4 +18,14 @@ from mfsbi.simulators.plastic_network import dask_setup, preload
 
 __all__ = ["dask_setup", "preload"]
 
-available_tasks()  # imports the built-in simulator modules (and sbi) now
+available_tasks()  # imports the built-in simulator modules now
+
+
+def _warm_zarr() -> None:
+    """One write and read through zarr, in memory: starts its event loop thread, loads the codecs."""
+    array = zarr.create_array(MemoryStore(), shape=(4, 2), chunks=(2, 2), dtype="float64", compressors=None)
+    array[:] = np.ones((4, 2))
+    array[:]
+
+
+_warm_zarr()

@@ -530,10 +530,7 @@ class SimulationTable:
             runs.append((run, start, stop, new_status, new_reason, new_elapsed))
 
         # The payload first, the statuses last: a crash in between leaves the rows pending.
-        sync(_write_by_chunk(arrays["x"].async_array, [b for run in runs for b in run[0]], self._chunk_size))
-        for run, start, stop, _, new_reason, new_elapsed in runs:
-            arrays["reason"][start:stop] = new_reason
-            arrays["elapsed"][start:stop] = new_elapsed
+        sync(_write_payload(arrays, runs, self._chunk_size))
 
         for _, start, stop, new_status, _, _ in runs:
             self._commit_status(arrays["status"], start, stop, new_status)
@@ -645,24 +642,33 @@ class SimulationTable:
         return [(int(r), str(s)) for r, s in zip(rows, reasons)]
 
 
-async def _write_by_chunk(array: zarr.AsyncArray, batches: list[tuple], chunk_size: int) -> None:
-    """Writes each batch's x: chunks concurrently, the batches of one chunk one after another.
+async def _write_payload(arrays: dict[str, zarr.Array], runs: list[tuple], chunk_size: int) -> None:
+    """Writes x, reason and elapsed of the runs, all at once (statuses are written after).
 
-    One zarr write per batch, not per run: a batch that fills its chunk is stored without a copy,
-    while a write of several chunks at once is first copied chunk by chunk into new buffers. The
-    chunks go concurrently (zarr writes files in threads) because one at a time, zarr's thread
-    hand-offs cost as much as the write itself (docs/performance.md).
+    Concurrently, because one write at a time each zarr write costs about a millisecond of thread
+    hand-offs and file creation, as much as the write itself (docs/performance.md); only the
+    batches of one chunk go one after another, as concurrent writers of one chunk lose rows. x is
+    written batch by batch, not run by run: a batch that fills its chunk is stored without a
+    copy, while a write of several chunks at once is first copied into new chunk buffers.
     """
 
+    x = arrays["x"].async_array
     by_chunk: dict[int, list[tuple]] = {}
-    for batch in batches:
-        by_chunk.setdefault(batch[0] // chunk_size, []).append(batch)
+    for run in runs:
+        for batch in run[0]:
+            by_chunk.setdefault(batch[0] // chunk_size, []).append(batch)
 
     async def chunk(items: list[tuple]) -> None:
-        for start, stop, x, *_ in items:
-            await array.setitem(slice(start, stop), x)
+        for start, stop, values, *_ in items:
+            await x.setitem(slice(start, stop), values)
 
-    await asyncio.gather(*(chunk(items) for items in by_chunk.values()))
+    async def column(name: str, field: int) -> None:
+        # Run after run: two runs can share a chunk (a stored row between them).
+        array = arrays[name].async_array
+        for run in runs:
+            await array.setitem(slice(run[1], run[2]), run[field])
+
+    await asyncio.gather(*(chunk(items) for items in by_chunk.values()), column("reason", 4), column("elapsed", 5))
 
 
 def _adjacent(batches: list[tuple]) -> list[list[tuple]]:
