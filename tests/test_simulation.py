@@ -124,7 +124,11 @@ def test_jobs_are_sized_from_the_cost_of_a_simulation():
     assert chunks_per_job(None, 1000, 100, 2, 10) == 1  # unknown cost: one chunk per job
     assert chunks_per_job(1.0, 10, 100, 2, 10) == 1  # 1-s simulations: a chunk is 10 s already
     assert chunks_per_job(1e-6, 1000, 100, 2, 10) == 25  # microseconds: bounded by 2 jobs per worker
-    assert chunks_per_job(1e-4, 1000, 100, 2, 10) == JOB_SECONDS / (1e-4 * 1000)  # ~JOB_SECONDS per job
+    assert chunks_per_job(1e-4, 1000, 100, 1, 10) == JOB_SECONDS / (1e-4 * 1000)  # ~JOB_SECONDS per job
+    # Jobs of 20 on 2 workers would end with one worker alone on a fifth job: 17 gives 6 jobs, 3 each.
+    assert chunks_per_job(1e-4, 1000, 100, 2, 10) == 17
+    assert chunks_per_job(0.158, 10, 10, 2, 4) == 1  # 10 HF chunks on 2 workers: 5 jobs of 2 would be 3 + 2
+    assert chunks_per_job(0.158, 10, 10, 1, 4) == 2
     assert chunks_per_job(1e-9, 100, 10_000, 1, 2**16) == 256 * 2**20 // (8 * 2**16 * 100)  # memory cap
 
 

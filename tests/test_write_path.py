@@ -10,7 +10,7 @@ import mfsbi.storage.table as table_module
 from mfsbi.flows.config import RunConfig
 from mfsbi.simulators import get_task
 from mfsbi.storage import BatchOutput, SimulationStore, SimulationTable, StoreError, verify_store
-from mfsbi.storage.layout import reservation_chunk_rows
+from mfsbi.storage.layout import X_CODEC, reservation_chunk_rows
 
 PROVENANCE = {"simulator": "toy.lf", "simulator_version": "1.0", "config_hash": "abc123"}
 
@@ -156,10 +156,11 @@ def test_a_handle_opened_before_a_reservation_never_loses_the_rows_reserved_afte
     assert reader.counts() == {"pending": 20, "ok": 10, "failed": 0, "total": 30}
 
 
-def test_new_tables_store_x_uncompressed_and_reservations_in_large_chunks(tmp_path):
+def test_new_tables_store_x_with_lz4_and_reservations_in_large_chunks(tmp_path):
     sim = table(tmp_path, chunk_size=10)
     group = zarr.open_group(tmp_path / "toy" / "lf", mode="r")
-    assert group["x"].compressors == () and group["status"].chunks == (10,)
+    (codec,) = group["x"].compressors
+    assert (codec.cname, codec.shuffle) == (X_CODEC.cname, X_CODEC.shuffle) and group["status"].chunks == (10,)
     rows = reservation_chunk_rows(10, 3)
     assert rows % 10 == 0 and rows > 10_000
     assert group["theta"].chunks == (rows, 3) and group["seed"].chunks == (rows,)

@@ -13,11 +13,12 @@ Layout (a local folder by default; any zarr store URL works)::
         lf/ | hf/               group, one table per fidelity; attrs: task, fidelity, simulator,
                                 simulator_version, prior, config_hash, theta_dim, x_dim,
                                 chunk_size, mfsbi_version, created_at, updated_at (ISO 8601 UTC),
-                                status_codes, budget={"total", "reserved"} (hf, once set)
-          theta    float64 (n, d)  parameters                 chunks (chunk_size, d)
-          x        float64 (n, k)  outputs, NaN until stored  chunks (chunk_size, k), uncompressed
-          seed     int64   (n,)    seed of the row's batch    chunks (chunk_size,)
-          round    int32   (n,)    inference round
+                                status_codes, budget={"total", "reserved"} (hf, once set),
+                                mfsbi_table (layout version: 2; 1 before large reservation chunks)
+          theta    float64 (n, d)  parameters                 chunks (R, d)
+          x        float64 (n, k)  outputs, NaN until stored  chunks (chunk_size, k), Blosc LZ4
+          seed     int64   (n,)    seed of the row's batch    chunks (R,)
+          round    int32   (n,)    inference round            chunks (R,)
           status   int8    (n,)    0 pending, 1 ok, 2 failed
           reason   string  (n,)    failure reason ("" if none), variable-length UTF-8
           elapsed  float64 (n,)    simulator seconds per row (batch time / rows), NaN until stored
@@ -27,6 +28,9 @@ arrays may be longer, and their extra rows mean nothing. Read ``status`` before 
 written last. No consolidated metadata (it goes stale on resize) and no sharding (concurrent
 writers lose rows): each chunk is one file, written by one worker at a time (for a local folder
 ``write_batch`` takes a per-chunk ``flock`` under the system temporary folder to ensure it).
+``R`` is a multiple of ``chunk_size`` (up to 65 536 rows or 4 MiB of theta,
+:func:`~mfsbi.storage.layout.reservation_chunk_rows`): those arrays are written only by
+``reserve`` in the flow process; tables of layout 1 have ``R = chunk_size``.
 
 Example:
     >>> store = SimulationStore("runs/gaussian")
