@@ -37,7 +37,6 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 import _perf_helpers as H
 

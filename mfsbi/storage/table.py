@@ -32,23 +32,13 @@ written. The total can only be raised, never below what is already reserved.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
-from zarr.storage import LocalStore
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None
 
 from ._util import utc_now
 from .errors import BudgetExceededError, StoreError
@@ -61,6 +51,7 @@ from .layout import (
     Status,
     batch_values,
 )
+from .payload import adjacent, chunk_lock, joined, write_payload
 
 __all__ = [
     "Batch",
@@ -186,24 +177,8 @@ class SimulationTable:
     def _chunk_lock(self, chunk: int) -> Iterator[None]:
         """Holds an exclusive lock on one chunk of this table (local folders on POSIX only)."""
 
-        store = self._group.store
-
-        if fcntl is None or not isinstance(store, LocalStore):
+        with chunk_lock(self._group.store, self._group.path, chunk):
             yield
-            return
-
-        # Outside the store: a foreign file in the hierarchy makes zarr warn when listing it.
-        where = f"{Path(store.root).resolve()}/{self._group.path}"
-        folder = Path(tempfile.gettempdir()) / "mfsbi-locks" / hashlib.sha1(where.encode()).hexdigest()[:20]
-        folder.mkdir(parents=True, exist_ok=True)
-
-        # flock locks belong to the open file, so threads of one process exclude each other too.
-        with open(folder / f"{chunk}.lock", "a+b") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(file, fcntl.LOCK_UN)
 
     def _writable(self) -> None:
         if self._read_only:
@@ -501,9 +476,9 @@ class SimulationTable:
         arrays = self._chunk_arrays(last_chunk)
         runs = []
 
-        for run in _adjacent(batches):
+        for run in adjacent(batches):
             start, stop = run[0][0], run[-1][1]
-            new_status, new_reason, new_elapsed = (_joined(run, i) for i in (3, 4, 5))
+            new_status, new_reason, new_elapsed = (joined(run, i) for i in (3, 4, 5))
             stored = arrays["status"][start:stop]
             done = stored != Status.PENDING
 
@@ -511,7 +486,7 @@ class SimulationTable:
                 # Never overwrite a stored simulation; an identical re-write (a task re-run by
                 # Dask) is accepted as a no-op for the rows already stored.
                 same = (
-                    np.array_equal(arrays["x"][start:stop][done], _joined(run, 2)[done], equal_nan=True)
+                    np.array_equal(arrays["x"][start:stop][done], joined(run, 2)[done], equal_nan=True)
                     and np.array_equal(stored[done], new_status[done])
                     and np.array_equal(arrays["reason"][start:stop][done], new_reason[done])
                 )
@@ -530,7 +505,7 @@ class SimulationTable:
             runs.append((run, start, stop, new_status, new_reason, new_elapsed))
 
         # The payload first, the statuses last: a crash in between leaves the rows pending.
-        sync(_write_payload(arrays, runs, self._chunk_size))
+        sync(write_payload(arrays, runs, self._chunk_size))
 
         for _, start, stop, new_status, _, _ in runs:
             self._commit_status(arrays["status"], start, stop, new_status)
@@ -640,55 +615,3 @@ class SimulationTable:
         reasons = self._array("reason")[: status.shape[0]][rows]
 
         return [(int(r), str(s)) for r, s in zip(rows, reasons)]
-
-
-async def _write_payload(arrays: dict[str, zarr.Array], runs: list[tuple], chunk_size: int) -> None:
-    """Writes x, reason and elapsed of the runs, all at once (statuses are written after).
-
-    Concurrently, because one write at a time each zarr write costs about a millisecond of thread
-    hand-offs and file creation, as much as the write itself (docs/performance.md); only the
-    batches of one chunk go one after another, as concurrent writers of one chunk lose rows. x is
-    written batch by batch, not run by run: a batch that fills its chunk is stored without a
-    copy, while a write of several chunks at once is first copied into new chunk buffers.
-    """
-
-    x = arrays["x"].async_array
-    by_chunk: dict[int, list[tuple]] = {}
-    for run in runs:
-        for batch in run[0]:
-            by_chunk.setdefault(batch[0] // chunk_size, []).append(batch)
-
-    async def chunk(items: list[tuple]) -> None:
-        for start, stop, values, *_ in items:
-            await x.setitem(slice(start, stop), values)
-
-    async def column(name: str, field: int) -> None:
-        # Run after run: two runs can share a chunk (a stored row between them).
-        array = arrays[name].async_array
-        for run in runs:
-            await array.setitem(slice(run[1], run[2]), run[field])
-
-    await asyncio.gather(*(chunk(items) for items in by_chunk.values()), column("reason", 4), column("elapsed", 5))
-
-
-def _adjacent(batches: list[tuple]) -> list[list[tuple]]:
-    """Splits batches ``(start, stop, ...)``, sorted by row, into runs without gaps."""
-
-    runs: list[list[tuple]] = []
-
-    for batch in batches:
-        if runs and runs[-1][-1][1] == batch[0]:
-            runs[-1].append(batch)
-        else:
-            runs.append([batch])
-
-    return runs
-
-
-def _joined(run: list[tuple], field: int) -> np.ndarray:
-    """One field of a run's batches as one array (no copy for a run of one batch)."""
-
-    if len(run) == 1:
-        return run[0][field]
-
-    return np.concatenate([batch[field] for batch in run])
