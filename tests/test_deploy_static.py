@@ -219,7 +219,7 @@ def test_slurm_config_parses():
 
 
 def test_the_deploy_command_registers_what_prefect_yaml_declares():
-    from mfsbi.flows.service import DEPLOYMENTS
+    from mfsbi.flows.deployments import DEPLOYMENTS
 
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     for deployment in spec["deployments"]:

@@ -291,16 +291,17 @@ def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]
 
 def _print_store_runs(store: str) -> None:
     """The flow runs of this store, from the Prefect API when one is reachable."""
-    from mfsbi.flows import service
+    from mfsbi.flows import deployments
+    from mfsbi.flows import stack as serve_stack
     from mfsbi.flows.services import _healthy
 
-    api_url = service.resolve_api_url()
+    api_url = serve_stack.resolve_api_url()
     if not api_url or not _healthy(api_url):
         console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
         return
-    service.use_api(api_url)
-    runs = [run for run in service.recent_runs(200) if _same_store(run.get("store"), store)]
-    table = Table(title=f"flow runs on this store ({service.ui_url(api_url)})")
+    serve_stack.use_api(api_url)
+    runs = [run for run in deployments.recent_runs(200) if _same_store(run.get("store"), store)]
+    table = Table(title=f"flow runs on this store ({serve_stack.ui_url(api_url)})")
     for column in ("flow run", "state", "start", "duration"):
         table.add_column(column)
     for run in runs:
@@ -317,16 +318,16 @@ def _same_store(a: str | None, b: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# The service: serve, deploy, submit, runs (logic in mfsbi/flows/service.py)
+# The service: serve, deploy, submit, runs (logic in mfsbi/flows/stack.py and deployments.py)
 # --------------------------------------------------------------------------------------------
 
 def _require_api() -> str:
-    from mfsbi.flows import service
+    from mfsbi.flows import stack as serve_stack
 
-    api_url = service.resolve_api_url()
+    api_url = serve_stack.resolve_api_url()
     if not api_url:
         _fail("no Prefect API: start one with `mfsbi serve` (or docker compose) or set PREFECT_API_URL", code=1)
-    service.use_api(api_url)
+    serve_stack.use_api(api_url)
     return api_url
 
 
@@ -346,23 +347,23 @@ def serve(
     """
     import os
 
-    from mfsbi.flows import service
+    from mfsbi.flows import stack as serve_stack
 
     def say(message: str) -> None:
         console.print(message, highlight=False)
 
     try:
-        stack = service.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
+        stack = serve_stack.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
                                     dashboard_port, timeout, say=say)
-    except service.ServeError as error:
+    except serve_stack.ServeError as error:
         _fail(str(error), code=1)
     console.print(f"[bold]Prefect UI[/]   {stack.ui}\n[bold]Prefect API[/]  {stack.prefect_api_url}\n"
                   f"[bold]Dask[/]         {stack.dask_address}  (dashboard {stack.dashboard})\n"
-                  f"[bold]work pool[/]    {service.WORK_POOL}\n"
-                  f"logs in {stack.home / 'logs'}; addresses in {service.serve_file()}\n"
+                  f"[bold]work pool[/]    {serve_stack.WORK_POOL}\n"
+                  f"logs in {stack.home / 'logs'}; addresses in {serve_stack.serve_file()}\n"
                   "next: `mfsbi deploy`, then `mfsbi submit mfsbi-amortized --param task=ou2 --follow`. "
                   "Ctrl-C stops everything.", highlight=False)
-    raise typer.Exit(service.run_until_stopped(stack, say=say))
+    raise typer.Exit(serve_stack.run_until_stopped(stack, say=say))
 
 
 @app.command()
@@ -372,13 +373,14 @@ def deploy(
 ) -> None:
     """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc on the work pool mfsbi-process."""
     api_url = _require_api()
-    from mfsbi.flows import service
+    from mfsbi.flows import deployments
+    from mfsbi.flows import stack as serve_stack
 
     try:
-        registered = service.register_deployments(with_schedule=schedule)
+        registered = deployments.register_deployments(with_schedule=schedule)
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         _fail(f"could not register the deployments on {api_url}: {type(error).__name__}: {error}", code=1)
-    table = Table(title=f"deployments on {api_url} (work pool {service.WORK_POOL})")
+    table = Table(title=f"deployments on {api_url} (work pool {serve_stack.WORK_POOL})")
     table.add_column("deployment")
     table.add_column("id")
     for name, deployment_id in registered:
@@ -394,34 +396,35 @@ def submit(
     timeout: Annotated[Optional[float], typer.Option(min=0, help="--follow: give up waiting after this many seconds")] = None,
 ) -> None:
     """Trigger a run of a deployment through the Prefect API (parameters validated as for `mfsbi run`)."""
-    from mfsbi.flows import service
+    from mfsbi.flows import deployments
+    from mfsbi.flows import stack as serve_stack
 
-    full_name, short_name = service.deployment_full_name(deployment)
+    full_name, short_name = deployments.deployment_full_name(deployment)
     try:
-        config = service.build_submit_config(short_name, service.parse_params(param or []))
-    except service.ParamError as error:
+        config = deployments.build_submit_config(short_name, deployments.parse_params(param or []))
+    except deployments.ParamError as error:
         _fail(str(error))
     api_url = _require_api()
     from prefect.exceptions import ObjectNotFound
 
     try:
-        flow_run = service.submit_run(full_name, config)
+        flow_run = deployments.submit_run(full_name, config)
     except ObjectNotFound:
         _fail(f"DEPLOYMENT: no deployment {full_name!r} on {api_url}; run `mfsbi deploy` first")
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         _fail(f"could not trigger {full_name}: {type(error).__name__}: {error}", code=1)
-    url = f"{service.ui_url(api_url)}/runs/flow-run/{flow_run.id}"
+    url = f"{serve_stack.ui_url(api_url)}/runs/flow-run/{flow_run.id}"
     console.print(f"flow run {flow_run.id} ({flow_run.name})\n{url}", highlight=False)
     if config.dask_address is None:
         console.print("note: no Dask address (MFSBI_DASK_ADDRESS, serve.json): the run starts a local cluster "
                       "where the worker runs it", highlight=False)
     if not follow:
         return
-    final = service.follow_run(flow_run.id, console, timeout=timeout)
+    final = deployments.follow_run(flow_run.id, console, timeout=timeout)
     if final is None:
         _fail(f"the run was not finished after {timeout:.0f} s (it goes on; see {url})", code=1)
     state = final.state
-    if state.type.value != service.FINAL_OK:
+    if state.type.value != deployments.FINAL_OK:
         _fail(f"the run ended {state.name}: {state.message or ''}".rstrip(": "), code=1)
     console.print(f"[bold green]{state.name}[/]", highlight=False)
 
@@ -430,10 +433,10 @@ def submit(
 def runs(limit: Annotated[int, typer.Option(min=1, max=200, help="how many flow runs")] = 20) -> None:
     """List recent flow runs from the Prefect API: name, state, start, duration."""
     api_url = _require_api()
-    from mfsbi.flows import service
+    from mfsbi.flows import deployments
 
     try:
-        rows = service.recent_runs(limit)
+        rows = deployments.recent_runs(limit)
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         _fail(f"could not read the flow runs from {api_url}: {type(error).__name__}: {error}", code=1)
     table = Table(title=f"flow runs on {api_url}")

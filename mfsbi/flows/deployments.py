@@ -1,0 +1,192 @@
+"""``mfsbi deploy``, ``submit`` and ``runs``: the flows as Prefect deployments, and their runs.
+
+The deployments run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.flows.stack`) or of
+``docker-compose.yml``; their entrypoints are module paths of the installed package.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mfsbi.flows.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
+
+__all__ = [
+    "DEPLOYMENTS", "ParamError", "build_submit_config", "deployment_flow", "deployment_full_name", "follow_run",
+    "parse_params", "recent_runs", "register_deployments", "submit_run",
+]
+
+
+# deployment name -> (module, flow function, methods it runs, the method when none is given)
+DEPLOYMENTS: dict[str, tuple[str, str, frozenset[str], str]] = {
+    "mfsbi-amortized": ("mfsbi.flows.amortized", "amortized_flow", frozenset({"npe", "mf-npe"}), "mf-npe"),
+    "mfsbi-sequential": ("mfsbi.flows.sequential", "sequential_flow",
+                         frozenset({"tsnpe", "mf-tsnpe", "a-mf-tsnpe"}), "mf-tsnpe"),
+    "mfsbi-mf-abc": ("mfsbi.flows.abc", "abc_flow", frozenset({"mf-abc"}), "mf-abc"),
+}
+
+
+def deployment_flow(name: str):
+    """The flow object a deployment runs."""
+    import importlib
+
+    module, function, _, _ = DEPLOYMENTS[name]
+    return getattr(importlib.import_module(module), function)
+
+
+def register_deployments(names: list[str] | None = None, with_schedule: bool = True) -> list[tuple[str, str]]:
+    """Registers the deployments on the current API for the process work pool; returns (name, id).
+
+    The entrypoints are module paths (``mfsbi.flows.amortized.amortized_flow``): the worker imports the
+    pip-installed package, so no code storage and no image build is needed.
+    """
+    from prefect.schedules import Cron
+    from prefect.types.entrypoint import EntrypointType
+
+    ensure_work_pool()
+    registered = []
+    for name in names or list(DEPLOYMENTS):
+        flow_obj = deployment_flow(name)
+        schedules = None
+        if with_schedule and name == "mfsbi-amortized":
+            # The example of deploy/prefect.yaml: nightly, inactive until switched on in the UI.
+            schedules = [Cron("0 3 * * *", timezone="UTC", active=False,
+                              parameters={"config": {"task": "ou2", "method": "mf-npe", "lf_sims": 10000,
+                                                     "hf_sims": 100, "store": "mfsbi-store"}})]
+        deployment = flow_obj.to_deployment(
+            name=name, work_pool_name=WORK_POOL, entrypoint_type=EntrypointType.MODULE_PATH,
+            description=(flow_obj.description or "").strip().splitlines()[0] if flow_obj.description else None,
+            tags=["mfsbi"], schedules=schedules,
+        )
+        registered.append((f"{flow_obj.name}/{name}", str(deployment.apply())))
+    return registered
+
+
+# --------------------------------------------------------------------------------------------
+# submit
+# --------------------------------------------------------------------------------------------
+
+class ParamError(ValueError):
+    """A bad ``--param``; its message is the one line the user sees."""
+
+
+def parse_params(params: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs into a dict; ``-`` in keys reads as ``_``; ``[...]``/``{...}``/``null`` as JSON.
+
+    Other values stay strings and are converted by the RunConfig (``300`` → int, ``true`` → bool).
+    """
+    values: dict[str, Any] = {}
+    for item in params:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ParamError(f"--param: {item!r} is not KEY=VALUE (e.g. --param hf_sims=100)")
+        text = value.strip()
+        if text[:1] in "[{" and text or text == "null":
+            try:
+                values[key] = json.loads(text)
+            except ValueError:
+                raise ParamError(f"--{key.replace('_', '-')}: {text!r} is not valid JSON") from None
+        else:
+            values[key] = text
+    return values
+
+
+def deployment_full_name(name: str) -> tuple[str, str]:
+    """``mfsbi-amortized`` or ``FLOW/DEPLOYMENT`` → (full name, short deployment name)."""
+    if "/" in name:
+        return name, name.split("/", 1)[1]
+    return f"{name}/{name}", name
+
+
+def build_submit_config(short_name: str, values: dict[str, Any]):
+    """Validates the params into a RunConfig for ``short_name``; raises ParamError with one line."""
+    from pydantic import ValidationError
+
+    from mfsbi.flows.config import RunConfig, describe_validation_error
+
+    unknown = sorted(set(values) - set(RunConfig.model_fields))
+    if unknown:
+        raise ParamError(f"--param: {unknown[0]!r} is not a run setting (see `mfsbi run --help`; "
+                         f"settings: {', '.join(RunConfig.model_fields)})")
+    if short_name in DEPLOYMENTS:
+        _, _, methods, default = DEPLOYMENTS[short_name]
+        values.setdefault("method", default)
+    else:
+        methods = None
+    if not values.get("dask_address"):
+        values["dask_address"] = resolve_dask_address()
+    try:
+        config = RunConfig(**values)
+    except ValidationError as error:
+        raise ParamError(describe_validation_error(error)) from None
+    if methods is not None and config.method not in methods:
+        raise ParamError(f"--method: {config.method} is not run by {short_name} "
+                         f"(it runs {', '.join(sorted(methods))})")
+    from mfsbi.simulators import TaskNotFoundError, get_task
+
+    try:
+        get_task(config.task)
+    except TaskNotFoundError as error:
+        raise ParamError(f"--task: {error}") from None
+    return config
+
+
+FINAL_OK = "COMPLETED"
+
+
+def submit_run(full_name: str, config) -> Any:
+    """Creates a flow run of the deployment with ``config``; returns the FlowRun (not waited for)."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(name=full_name, parameters={"config": config.model_dump(mode="json")}, timeout=0)
+
+
+def follow_run(flow_run_id, console, timeout: float | None = None, poll: float = 2.0):
+    """Polls a flow run with a spinner until a final state; returns the final FlowRun, or None on timeout."""
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    with get_client(sync_client=True) as client, console.status("waiting for the run") as spinner:
+        last = None
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            state = flow_run.state
+            label = f"{flow_run.name}: {state.name if state else 'Pending'}"
+            elapsed = time.monotonic() - started
+            spinner.update(f"{label} · {elapsed:.0f} s")
+            if label != last:
+                console.print(f"  {time.strftime('%H:%M:%S')}  {label}", highlight=False)
+                last = label
+            if state is not None and state.is_final():
+                return flow_run
+            if timeout is not None and elapsed > timeout:
+                return None
+            time.sleep(poll)
+
+
+def recent_runs(limit: int = 20) -> list[dict]:
+    """The latest flow runs (newest expected start first) with flow and deployment names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit)
+        flow_names = {f.id: f.name for f in client.read_flows(limit=200)}
+        rows = []
+        for run in runs:
+            start, end = run.start_time, run.end_time
+            if start and end:
+                duration = f"{(end - start).total_seconds():.0f} s"
+            elif start:
+                duration = "running"
+            else:
+                duration = "-"
+            config = (run.parameters or {}).get("config")
+            rows.append({"id": str(run.id), "flow": flow_names.get(run.flow_id, "?"), "name": run.name,
+                         "store": config.get("store") if isinstance(config, dict) else None,
+                         "state": run.state.name if run.state else "-",
+                         "start": start.astimezone().strftime("%Y-%m-%d %H:%M:%S") if start else "-",
+                         "duration": duration})
+    return rows
