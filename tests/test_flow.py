@@ -38,6 +38,12 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     assert set(saved["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
     assert all(0.4 <= v <= 1.0 for v in saved["metrics"]["c2st"].values())
     assert np.isfinite(saved["metrics"]["nltp"])
+    # Each training says where it ran and on which CPU kernels (numbers compare only between equals).
+    import torch
+
+    for step in ("pretrain", "train"):
+        assert saved[step]["device"] == "cpu" and saved[step]["worker"]
+        assert saved[step]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     # The run and its metrics artifact are visible through the Prefect API.
     with get_client(sync_client=True) as client:

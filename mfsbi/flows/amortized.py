@@ -76,8 +76,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> dict:
         store.url, config.task, task_obj.name, "hf", config.hf_sims, estimator_dict(task_obj),
         training_dict(config, config.hf_learning_rate, derive_seed(config.seed, "train")), pretrained, device,
     )], label=label)
-    summary["train"] = {"epochs": final.epochs, "seconds": final.seconds, "simulations": final.num_simulations,
-                        "device": final.device, "worker": final.worker}
+    summary["train"] = final.record()
 
     prefix = artifact_prefix(task_obj, config)
     store.write_artifact(f"{prefix}/posterior.pt", final.checkpoint)

@@ -122,8 +122,7 @@ def pretrained_on_lf(executor: BatchExecutor, store: SimulationStore, task_obj: 
         training_dict(config, config.lf_learning_rate, derive_seed(config.seed, "pretrain")), None, device,
     )], label=f"pretrain on {config.lf_sims} LF")
     store.write_artifact(name, result.checkpoint)
-    info["pretrain"] = {"epochs": result.epochs, "seconds": result.seconds, "simulations": result.num_simulations,
-                        "device": result.device, "worker": result.worker}
+    info["pretrain"] = result.record()
     return result.checkpoint, info
 
 

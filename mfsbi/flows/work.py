@@ -188,6 +188,14 @@ class TrainResult:
     num_simulations: int
     device: str
     worker: str = ""
+    # The vector instruction set torch's CPU kernels used (AVX2, AVX512, ...): trained networks are
+    # bit-reproducible only between machines with the same one (docs/decisions.md).
+    cpu_capability: str = ""
+
+    def record(self) -> dict:
+        """What a run summary keeps of a training (everything but the checkpoint)."""
+        return {"epochs": self.epochs, "seconds": self.seconds, "simulations": self.num_simulations,
+                "device": self.device, "worker": self.worker, "cpu_capability": self.cpu_capability}
 
 
 def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +228,8 @@ def train_estimator(job: TrainJob) -> TrainResult:
         trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
                             refit_x_zscore=job.refit_x_zscore)
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
-                       trained.seconds, len(theta), job.device, _worker_name())
+                       trained.seconds, len(theta), job.device, _worker_name(),
+                       torch.backends.cpu.get_cpu_capability())
 
 
 def _worker_name(_: object = None) -> str:
