@@ -68,22 +68,23 @@ def read_serve_file() -> dict | None:
     return info
 
 
+def _from_environment_or_serve(variable: str, key: str) -> str | None:
+    """The environment variable if set, else ``key`` of a running ``mfsbi serve``'s serve.json."""
+    value = os.environ.get(variable)
+    if value:
+        return value
+    info = read_serve_file()
+    return info[key] if info else None
+
+
 def resolve_api_url() -> str | None:
     """``PREFECT_API_URL`` if set, else the API of a running ``mfsbi serve``."""
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return url
-    info = read_serve_file()
-    return info["prefect_api_url"] if info else None
+    return _from_environment_or_serve("PREFECT_API_URL", "prefect_api_url")
 
 
 def resolve_dask_address() -> str | None:
     """``MFSBI_DASK_ADDRESS`` if set, else the scheduler of a running ``mfsbi serve``."""
-    address = os.environ.get("MFSBI_DASK_ADDRESS")
-    if address:
-        return address
-    info = read_serve_file()
-    return info["dask_address"] if info else None
+    return _from_environment_or_serve("MFSBI_DASK_ADDRESS", "dask_address")
 
 
 def ui_url(api_url: str) -> str:
