@@ -14,7 +14,7 @@ pipeline run) and fine-tunes again with other settings, scored exactly as the fl
   ensemble-5-lr-1e-4   both
 
     python benchmarks/ou2_table.py --methods npe mf-npe --hf-budgets 50 100 --mf-npe-lf 10000 \\
-        --observations 8 --seeds 0 1 2 --store /tmp/bar/stores --out docs/ou2-bar
+        --observations 8 --seeds 0 1 2 --store /tmp/bar/stores --out /tmp/bar/ou2-bar
     python benchmarks/ou2_fine_tuning.py --stores /tmp/bar/stores --out docs/ou2-fine-tuning.json
 """
 
