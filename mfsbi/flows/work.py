@@ -188,8 +188,8 @@ class TrainResult:
     num_simulations: int
     device: str
     worker: str = ""
-    # The vector instruction set torch's CPU kernels used (AVX2, AVX512, ...): trained networks are
-    # bit-reproducible only between machines with the same one (docs/decisions.md).
+    # The vector instruction set torch's CPU kernels used (AVX2, AVX512, ...): the same seed trains
+    # slightly different networks on machines with different ones (docs/decisions.md).
     cpu_capability: str = ""
 
     def record(self) -> dict:
