@@ -37,12 +37,10 @@ VARIANTS: dict[str, dict] = {
 
 
 def _variant_posterior(pretrained, theta, x, seed: int, variant: dict):
-    import dataclasses
-
     from mfsbi.inference import TrainingConfig, train_ensemble
 
     # train_ensemble with size 1 is fine_tune with the same seed: member i trains with seed + i.
-    training = dataclasses.replace(TrainingConfig(), seed=seed, learning_rate=variant["learning_rate"])
+    training = TrainingConfig(seed=seed, learning_rate=variant["learning_rate"])
     ensemble = train_ensemble(pretrained, theta, x, size=variant["size"], training=training,
                               refit_x_zscore=variant["refit_x_zscore"])
     return ensemble.posterior() if variant["size"] > 1 else ensemble.members[0].posterior()

@@ -354,7 +354,7 @@ def serve(
 
     try:
         stack = serve_stack.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
-                                    dashboard_port, timeout, say=say)
+                                        dashboard_port, timeout, say=say)
     except serve_stack.ServeError as error:
         _fail(str(error), code=1)
     console.print(f"[bold]Prefect UI[/]   {stack.ui}\n[bold]Prefect API[/]  {stack.prefect_api_url}\n"

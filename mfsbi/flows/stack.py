@@ -34,6 +34,7 @@ __all__ = [
 WORK_POOL = "mfsbi-process"
 PRELOAD = "mfsbi.flows.worker_setup"
 
+
 class ServeError(RuntimeError):
     """A service did not come up, or no service is known; the message is one line."""
 
