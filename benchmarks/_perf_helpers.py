@@ -1,7 +1,7 @@
 """Helpers of benchmarks/performance.py: clusters, one pipeline run, the bare-process limit, timings.
 
 The pipeline is driven exactly as the flows drive it (``ensure_rows`` then ``run_pending`` on a
-``DaskExecutor`` over ``mfsbi.flows.services.dask_client``); only timers and Dask's task stream are
+``DaskExecutor`` over ``mfsbi.runtime.cluster.dask_client``); only timers and Dask's task stream are
 added around it, so the numbers include everything a run pays from the moment the cluster is up.
 """
 
@@ -82,7 +82,7 @@ def environment(**values: str):
 @contextlib.contextmanager
 def cluster(n_workers: int | None = None, **env: str):
     """A local cluster as the flows start it; yields ``(client, startup seconds)``. Closed on exit."""
-    from mfsbi.flows.services import dask_client
+    from mfsbi.runtime.cluster import dask_client
 
     n = n_workers or os.cpu_count() or 1
     saved = dict(os.environ)
@@ -124,7 +124,7 @@ class _Profiled:
 
 def profiled_executor(client, folder: Path):
     """A DaskExecutor whose jobs are profiled on the workers (only with --profile: it slows them)."""
-    from mfsbi.flows.executor import DaskExecutor
+    from mfsbi.runtime.executor import DaskExecutor
 
     class ProfilingExecutor(DaskExecutor):
         def map_unordered(self, fn, items, resources=None):
@@ -175,8 +175,8 @@ def pipeline(client, spec: str, fidelity: str, num_rows: int, chunk_size: int, f
     """One simulation step as the flows run it, timed: ``ensure_rows`` + ``run_pending`` into a new store."""
     from distributed import get_task_stream
 
-    from mfsbi.flows.executor import DaskExecutor
-    from mfsbi.flows.simulation import ensure_rows, run_pending
+    from mfsbi.runtime.executor import DaskExecutor
+    from mfsbi.runtime.simulation import ensure_rows, run_pending
     from mfsbi.simulators import get_task
     from mfsbi.storage import SimulationStore
 
@@ -185,7 +185,7 @@ def pipeline(client, spec: str, fidelity: str, num_rows: int, chunk_size: int, f
     executor = profiled_executor(client, profile / "workers") if profile else DaskExecutor(client)
     flow_profile = cProfile.Profile() if profile else None
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    # As mfsbi.flows.common.simulate_pending calls it: the task's documented cost sizes LF jobs.
+    # As mfsbi.flows.run.Run.simulate_pending calls it: the task's documented cost sizes LF jobs.
     hints = ({"seconds_per_row": getattr(task, "cost_seconds", {}).get(fidelity)}
              if "seconds_per_row" in inspect.signature(run_pending).parameters else {})
     with get_task_stream(client) as stream:

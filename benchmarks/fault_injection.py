@@ -71,7 +71,7 @@ def _env(faults: str, log: Path, home: Path) -> dict[str, str]:
 
 
 def _command(store: Path, args: list[str], extra: list[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "mfsbi.flows.cli", "run", "--task", TASK, "--store", str(store), *args, *extra]
+    return [sys.executable, "-m", "mfsbi.app.cli", "run", "--task", TASK, "--store", str(store), *args, *extra]
 
 
 def _tables(store: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -150,7 +150,7 @@ def _check(kind: str, repeat: int, store: Path, log: Path, before: dict, kill_li
             outcome.budget_overruns += int(len(arrays["status"]) > total or (arrays["status"] != 0).sum() > total)
     if outcome.completed and reference is not None:
         outcome.same_result = _summary(store)["metrics"] == reference["metrics"]
-    verify = subprocess.run([sys.executable, "-m", "mfsbi.flows.cli", "verify", str(store)], capture_output=True, text=True)
+    verify = subprocess.run([sys.executable, "-m", "mfsbi.app.cli", "verify", str(store)], capture_output=True, text=True)
     if verify.returncode != 0:
         outcome.detail += f"verify: {verify.stdout.strip()[-300:]}"
     outcome.seconds = time.perf_counter() - started
@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--include", type=Path, nargs="*", default=[],
                         help="outcome lines (this script's stdout) of earlier invocations to add to the table")
     args = parser.parse_args()
-    from mfsbi.flows.services import prefect_api
+    from mfsbi.app.prefect_server import prefect_api
 
     with tempfile.TemporaryDirectory() as tmp, prefect_api():
         workdir = args.workdir or Path(tmp)

@@ -48,8 +48,9 @@ def main() -> None:
     from mfsbi.flows.amortized import run_amortized
     from mfsbi.flows.config import RunConfig
     from mfsbi.flows.evaluation import sample_posterior
-    from mfsbi.flows.executor import DaskExecutor
-    from mfsbi.flows.services import dask_client, prefect_api
+    from mfsbi.runtime.executor import DaskExecutor
+    from mfsbi.app.prefect_server import prefect_api
+    from mfsbi.runtime.cluster import dask_client
     from mfsbi.inference import estimator_from_bytes
     from mfsbi.simulators import get_task
     from mfsbi.simulators.plastic_network import is_plausible
@@ -66,7 +67,7 @@ def main() -> None:
             config = RunConfig(task=args.task, method=method, lf_sims=args.lf_sims, hf_sims=args.hf_sims,
                                store=args.store, seed=args.seed, num_test_observations=0,
                                num_nltp_pairs=args.test_pairs, hf_chunk_size=2)
-            summary = run_amortized(config, executor)
+            summary = run_amortized(config, executor).to_dict()
             store = SimulationStore(args.store)
             test_theta, test_x = store.table(f"{task.name}-test", "hf").read("ok")
             plausible = np.flatnonzero(is_plausible(test_x))

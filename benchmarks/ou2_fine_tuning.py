@@ -61,7 +61,7 @@ def main() -> None:
 
     from mfsbi.flows.config import RunConfig
     from mfsbi.flows.evaluation import evaluate_posterior
-    from mfsbi.flows.seeds import derive_seed
+    from mfsbi.runtime.seeds import derive_seed
     from mfsbi.inference import estimator_from_bytes
     from mfsbi.simulators import get_task
     from mfsbi.storage import SimulationStore

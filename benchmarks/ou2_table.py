@@ -143,9 +143,10 @@ def main() -> None:
     from prefect import flow
 
     from mfsbi.flows.amortized import run_amortized
-    from mfsbi.flows.executor import DaskExecutor
+    from mfsbi.runtime.executor import DaskExecutor
     from mfsbi.flows.sequential import run_sequential
-    from mfsbi.flows.services import dask_client, prefect_api
+    from mfsbi.app.prefect_server import prefect_api
+    from mfsbi.runtime.cluster import dask_client
 
     out_json, out_png = Path(f"{args.out}.json"), Path(f"{args.out}.png")
     out_json.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def main() -> None:
         for i, run in enumerate(runs, start=1):
             t0 = time.perf_counter()
             config = _config(args, run)
-            summary = (run_amortized if run["obs"] is None else run_sequential)(config, executor)
+            summary = (run_amortized if run["obs"] is None else run_sequential)(config, executor).to_dict()
             results.append({**run, "scores": _scores(run, summary), "seconds": time.perf_counter() - t0})
             table = _table(results, args.hf_budgets)
             protocol = {k: v for k, v in vars(args).items()}

@@ -14,7 +14,7 @@ def prefect_server(tmp_path_factory):
     """One real local Prefect API for the whole session (started as `mfsbi run` does), torn down after."""
     os.environ["MFSBI_HOME"] = str(tmp_path_factory.mktemp("mfsbi-home"))
     os.environ.pop("PREFECT_API_URL", None)
-    from mfsbi.flows.services import prefect_api
+    from mfsbi.app.prefect_server import prefect_api
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -27,7 +27,7 @@ def prefect_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def dask_cluster_client():
     """A local Dask cluster of two single-threaded worker processes, shared by the flow tests."""
-    from mfsbi.flows.services import dask_client
+    from mfsbi.runtime.cluster import dask_client
 
     with dask_client(None, n_workers=2) as client:
         yield client

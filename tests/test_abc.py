@@ -1,4 +1,4 @@
-"""Tests of mfsbi.inference.abc (multifidelity rejection ABC, Prescott & Baker 2020)."""
+"""Tests of mfsbi.inference.mf_abc (multifidelity rejection ABC, Prescott & Baker 2020)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.executor import SerialExecutor
+from mfsbi.flows.run import Run
+from mfsbi.runtime.executor import SerialExecutor
 from mfsbi.flows.sequential import reserve_round_once, round_sizes
-from mfsbi.flows.simulation import run_pending
-from mfsbi.flows.work import BatchJob, simulate_batch
+from mfsbi.runtime.simulation import run_pending
+from mfsbi.runtime.batches import BatchJob, simulate_batch
 from mfsbi.simulators import get_task
 from mfsbi.storage import BudgetExceededError, SimulationStore
 
@@ -35,7 +36,8 @@ def test_hf_budget_is_never_exceeded_and_no_row_is_simulated_twice(data, budget,
 
     with tempfile.TemporaryDirectory() as folder:
         store = SimulationStore(folder)
-        table = store.require_table("ou2.run", "hf", theta_dim=2, x_dim=10, chunk_size=chunk,
+        run = Run(config, config.method_spec, task, store=store)
+        table = store.require_table(run.own_table, "hf", theta_dim=2, x_dim=10, chunk_size=chunk,
                                     provenance={"simulator": "s", "simulator_version": "1", "config_hash": "h"})
         table.set_budget(budget)
         for r, size in enumerate(round_sizes(budget, rounds)):
@@ -47,7 +49,7 @@ def test_hf_budget_is_never_exceeded_and_no_row_is_simulated_twice(data, budget,
 
             # A round is attempted several times (retries, restarts): rows are reserved once.
             for _ in range(1 + data.draw(st.integers(0, 3), label=f"retries of round {r}")):
-                reserve_round_once(store, table, "ou2.run", "ou2/run", config, r, propose)
+                reserve_round_once(run, table, r, propose)
             assert proposals["n"] == 1
             # A crash after some batches: the pending ones are simulated by the rerun, once.
             batches = table.pending_batches()
@@ -57,11 +59,11 @@ def test_hf_budget_is_never_exceeded_and_no_row_is_simulated_twice(data, budget,
             for batch in batches[:done_before_crash]:
                 start, stop = batch.rows
                 simulated_rows.extend(range(start, stop))
-                simulate_batch(BatchJob(store.url, "ou2", "ou2.run", "hf", ((start, stop, batch.seed),),
+                simulate_batch(BatchJob(store.url, "ou2", run.own_table, "hf", ((start, stop, batch.seed),),
                                         theta_pending[offset: offset + stop - start]))
                 offset += stop - start
             for _ in range(1 + data.draw(st.integers(0, 2), label=f"reruns of round {r}")):
-                run_pending(CountingExecutor(), store.url, "ou2", table, table="ou2.run", fidelity="hf")
+                run_pending(CountingExecutor(), store.url, "ou2", table, table=run.own_table, fidelity="hf")
         # Spending beyond the budget is refused and writes nothing.
         try:
             table.reserve(task.sample_prior(1, seed=99), np.zeros(1, dtype=np.int64), round=rounds)

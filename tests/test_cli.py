@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mfsbi.flows.cli import app
+from mfsbi.app.cli import app
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_bad_observations_are_refused(tmp_path, store, content, expected):
 
 def test_a_store_made_with_another_seed_is_refused_before_anything_is_written(tmp_path, store):
     from mfsbi.flows.config import RunConfig
-    from mfsbi.flows.simulation import ensure_rows
+    from mfsbi.runtime.simulation import ensure_rows
     from mfsbi.simulators import get_task
     from mfsbi.storage import SimulationStore
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 # In the default suite on purpose (~70 s): it is the one test of the real service path.
-MFSBI = [sys.executable, "-m", "mfsbi.flows.cli"]
+MFSBI = [sys.executable, "-m", "mfsbi.app.cli"]
 
 
 def _free_port() -> int:

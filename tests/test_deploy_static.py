@@ -71,7 +71,7 @@ def check_subcommand(argv: list[str]) -> None:
     from typer.testing import CliRunner
 
     if argv[0] == "mfsbi":
-        from mfsbi.flows.cli import app
+        from mfsbi.app.cli import app
 
         result = CliRunner().invoke(app, [*argv[1:2], "--help"])
         assert result.exit_code == 0, result.output
@@ -213,18 +213,22 @@ def test_slurm_config_parses():
     slurm = config["jobqueue"]["slurm"]
     assert slurm["cores"] == 1 and slurm["processes"] == 1 and slurm["memory"] and slurm["walltime"]
     with dask.config.set(config):
-        assert dask.config.get("jobqueue.slurm.worker_extra_args") == ["--preload", "mfsbi.flows.worker_setup"]
+        assert dask.config.get("jobqueue.slurm.worker_extra_args") == ["--preload", "mfsbi.runtime.worker_setup"]
     importlib.import_module("mfsbi.simulators.plastic_network")
     compile((ROOT / "deploy" / "slurm_cluster.py").read_text(), "slurm_cluster.py", "exec")
 
 
 def test_the_deploy_command_registers_what_prefect_yaml_declares():
-    from mfsbi.flows.deployments import DEPLOYMENTS
+    from mfsbi.app.deployments import deployment_families
 
     spec = yaml.safe_load(PREFECT_YAML.read_text())
+    families = deployment_families()
+    assert sorted(d["name"] for d in spec["deployments"]) == sorted(families)
     for deployment in spec["deployments"]:
-        module, function, _, _ = DEPLOYMENTS[deployment["name"]]
+        family = families[deployment["name"]]
+        module, function = family.entrypoint.split(":")
         assert deployment["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"
+        assert deployment["description"] == family.description
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1, Debian) is not installed")

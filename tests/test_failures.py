@@ -5,11 +5,12 @@ import time
 import numpy as np
 import pytest
 
-from mfsbi.flows import work
-from mfsbi.flows.executor import SerialExecutor
-from mfsbi.flows.isolation import simulate_isolated
-from mfsbi.flows.simulation import SimulationFailureError, ensure_rows, run_pending
-from mfsbi.flows.work import BatchJob, read_training_data, simulate_batch
+from mfsbi.runtime.executor import SerialExecutor
+from mfsbi.runtime.isolation import simulate_isolated
+from mfsbi.runtime.simulation import SimulationFailureError, ensure_rows, run_pending
+from mfsbi.runtime.batches import BatchJob, simulate_batch
+from mfsbi.runtime.training_jobs import read_training_data
+from mfsbi.runtime.worker_cache import task_for
 from mfsbi.simulators import get_task
 from mfsbi.simulators.faults import FaultPlan, FaultySimulator
 from mfsbi.storage import SimulationStore
@@ -25,7 +26,7 @@ def faults(monkeypatch, tmp_path):
 
     def plan(text: str):
         monkeypatch.setenv("MFSBI_FAULTS", text)
-        work._task.cache_clear()  # workers resolve a task once per process; here the plan changes
+        task_for.cache_clear()  # workers resolve a task once per process; here the plan changes
         return get_task(SPEC)
 
     plan.log = log

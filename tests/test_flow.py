@@ -23,7 +23,7 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     from mfsbi.flows.amortized import amortized_flow
 
     config = _tiny(tmp_path)
-    summary = amortized_flow(config)
+    summary = amortized_flow(config).to_dict()
 
     # Every simulation is in the store, readable with plain zarr.
     root = zarr.open_group(str(tmp_path / "store"), mode="r")
@@ -58,7 +58,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster
     from prefect import flow
 
     from mfsbi.flows.amortized import run_amortized
-    from mfsbi.flows.executor import DaskExecutor
+    from mfsbi.runtime.executor import DaskExecutor
 
     @flow
     def twice():
@@ -67,7 +67,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster
         return a, b
 
     a, b = twice()
-    assert a["metrics"] == b["metrics"]
+    assert a.metrics == b.metrics
     xa = zarr.open_group(str(tmp_path / "a" / "store"), mode="r")["ou2/hf/x"]
     xb = zarr.open_group(str(tmp_path / "b" / "store"), mode="r")["ou2/hf/x"]
     assert np.array_equal(np.asarray(xa), np.asarray(xb))

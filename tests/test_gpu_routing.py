@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from mfsbi.flows.common import resolve_device, training_resources
-from mfsbi.flows.executor import DaskExecutor
+from mfsbi.flows.run import resolve_device, training_resources
+from mfsbi.runtime.executor import DaskExecutor
 # From the installed package: an external worker process cannot import this test module.
-from mfsbi.flows.work import _worker_name
+from mfsbi.runtime.training_jobs import worker_name
 
 
 @pytest.fixture
@@ -36,9 +36,9 @@ def test_training_goes_to_the_gpu_worker_and_simulations_stay_off_it(cluster_wit
     assert resolve_device("auto", executor) == "cuda"
     resources = training_resources("cuda", executor)
     assert resources == {"GPU": 1}
-    trained_on = list(executor.map_unordered(_worker_name, range(6), resources))
+    trained_on = list(executor.map_unordered(worker_name, range(6), resources))
     assert set(trained_on) == {"gpu"}
-    simulated_on = list(executor.map_unordered(_worker_name, range(40)))
+    simulated_on = list(executor.map_unordered(worker_name, range(40)))
     assert "gpu" not in simulated_on and len(simulated_on) == 40
 
 

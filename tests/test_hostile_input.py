@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from typer.testing import CliRunner
 
-from mfsbi.flows import cli
+from mfsbi.app import cli
 from mfsbi.flows.config import MAX_SIMULATIONS, RunConfig
 from mfsbi.simulators import available_tasks, get_task
 from mfsbi.simulators import registry
@@ -379,7 +379,7 @@ def test_the_example_config_builds(tmp_path):
 
 def _make_store(path: Path, task_name: str = "ou2", table: str = "ou2", seed: int = 1) -> None:
     """A tiny real store, as `mfsbi run --task ou2 --seed SEED --method npe` would begin it."""
-    from mfsbi.flows.simulation import ensure_rows
+    from mfsbi.runtime.simulation import ensure_rows
 
     task = get_task(task_name)
     config = RunConfig(task="ou2", seed=seed)
@@ -573,7 +573,7 @@ def test_a_users_task_with_a_hostile_name_is_refused_before_anything_is_written(
 @given(st.sampled_from(["npe", "mf-tsnpe", "mf-abc"]),
        NAMES | st.text(st.sampled_from("ab.-_"), min_size=150, max_size=200))
 def test_whatever_the_store_refuses_as_a_task_name_the_cli_refuses_first(method, name):
-    from mfsbi.storage._util import check_task
+    from mfsbi.storage.names import check_task
 
     code, _ = _run_user_task(method, name)
     with contextlib.suppress(StoreError):

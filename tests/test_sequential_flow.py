@@ -5,7 +5,7 @@ import pytest
 from prefect import flow
 
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.executor import SerialExecutor
+from mfsbi.runtime.executor import SerialExecutor
 from mfsbi.storage import SimulationStore
 
 
@@ -21,7 +21,7 @@ def _config(tmp_path, method, **overrides):
 def _sequential(config):
     from mfsbi.flows.sequential import run_sequential
 
-    return run_sequential(config, SerialExecutor())
+    return run_sequential(config, SerialExecutor()).to_dict()
 
 
 @pytest.mark.parametrize("method", ["tsnpe", "mf-tsnpe", "a-mf-tsnpe"])
@@ -48,26 +48,24 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
 
 
 def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_path, prefect_server, monkeypatch):
-    import mfsbi.flows.sequential as sequential
+    import mfsbi.flows.run as run_module
 
     reference = _sequential(_config(tmp_path / "a", "mf-tsnpe"))
 
-    real_train = sequential.train
-    calls = {"n": 0}
+    real_train = run_module.train_jobs
 
-    def crash_in_round_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:  # round 2's training, after its rows were simulated and stored
+    def crash_in_round_two(executor, jobs, label):
+        if "round 2/" in label:  # round 2's training, after its rows were simulated and stored
             raise RuntimeError("simulated crash")
-        return real_train(*args, **kwargs)
+        return real_train(executor, jobs, label=label)
 
-    monkeypatch.setattr(sequential, "train", crash_in_round_two)
+    monkeypatch.setattr(run_module, "train_jobs", crash_in_round_two)
     crashed = _config(tmp_path / "b", "mf-tsnpe")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _sequential(crashed)
     table = SimulationStore(crashed.store).table(f"ou2.{crashed.run_name}", "hf")
     assert table.counts()["ok"] == 16  # rounds 1 and 2 stored before the crash
-    monkeypatch.setattr(sequential, "train", real_train)
+    monkeypatch.setattr(run_module, "train_jobs", real_train)
 
     resumed = _sequential(crashed.model_copy(update={"resume": True}))
     assert [row["simulated_now"] for row in resumed["rounds"]] == [0, 0, 8]
@@ -80,9 +78,9 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
 
 @flow
 def _abc(config):
-    from mfsbi.flows.abc import run_abc
+    from mfsbi.flows.mf_abc import run_abc
 
-    return run_abc(config, SerialExecutor())
+    return run_abc(config, SerialExecutor()).to_dict()
 
 
 @pytest.mark.parametrize("budget", [20, 40])
@@ -100,7 +98,7 @@ def test_mf_abc_runs_within_its_hf_budget(tmp_path, prefect_server, budget):
 
 
 def test_mf_abc_without_any_acceptance_stops_with_a_clear_message(tmp_path, prefect_server):
-    from mfsbi.flows.abc import ABCNoAcceptanceError
+    from mfsbi.flows.mf_abc import ABCNoAcceptanceError
 
     config = _config(tmp_path, "mf-abc", lf_sims=2000, hf_sims=1, abc_quantile=0.001)
     with pytest.raises(ABCNoAcceptanceError, match="raise --hf-sims"):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from mfsbi.flows.executor import DaskExecutor, SerialExecutor
-from mfsbi.flows.seeds import derive_seed
-from mfsbi.flows.simulation import SimulationFailureError, ensure_rows, run_pending
+from mfsbi.runtime.executor import DaskExecutor, SerialExecutor
+from mfsbi.runtime.seeds import derive_seed
+from mfsbi.runtime.simulation import SimulationFailureError, ensure_rows, run_pending
 from mfsbi.simulators import get_task
 from mfsbi.storage import BudgetExceededError, SimulationStore
 
@@ -51,7 +51,7 @@ def test_rerun_simulates_only_pending_rows(tmp_path):
     executor = SerialExecutor()
     # Simulate the first two batches only, as if the process died afterwards.
     first_two = SimulationStore(tmp_path / "s").table("ou2", "hf").pending_batches()[:2]
-    from mfsbi.flows.work import BatchJob, simulate_batch
+    from mfsbi.runtime.batches import BatchJob, simulate_batch
 
     theta, _ = table.read("pending")
     for batch in first_two:
@@ -85,11 +85,11 @@ class _Broken:
 def test_failing_simulator_stops_the_run_with_its_reason(tmp_path, monkeypatch):
     import dataclasses
 
-    import mfsbi.flows.work as work
+    import mfsbi.runtime.batches as batches
 
     task = get_task("ou2")
     broken = dataclasses.replace(task, high_fidelity=_Broken())
-    monkeypatch.setattr(work, "_task", lambda spec: broken)
+    monkeypatch.setattr(batches, "task_for", lambda spec: broken)
     store = SimulationStore(tmp_path / "s")
     table = _plan(store, task, 40)
     with pytest.raises(SimulationFailureError, match="solver diverged"):
@@ -102,15 +102,13 @@ def test_failing_simulator_stops_the_run_with_its_reason(tmp_path, monkeypatch):
 def test_the_held_out_set_does_not_depend_on_how_many_pairs_are_asked_for(tmp_path, prefect_server):
     from prefect import flow
 
-    from mfsbi.flows.common import test_pairs
     from mfsbi.flows.config import RunConfig
-
-    task = get_task("ou2")
+    from mfsbi.flows.run import Run
 
     @flow
     def held_out(store, n):
-        return test_pairs(SerialExecutor(), SimulationStore(store), task,
-                          RunConfig(task="ou2", store=str(store), hf_chunk_size=10), n)
+        return Run.start(RunConfig(task="ou2", store=str(store), hf_chunk_size=10), SerialExecutor(),
+                         device="cpu").test_pairs(n)
 
     theta5, x5 = held_out(tmp_path / "a", 5)
     theta100, x100 = held_out(tmp_path / "b", 100)
@@ -119,7 +117,7 @@ def test_the_held_out_set_does_not_depend_on_how_many_pairs_are_asked_for(tmp_pa
 
 
 def test_jobs_are_sized_from_the_cost_of_a_simulation():
-    from mfsbi.flows.simulation import JOB_SECONDS, chunks_per_job
+    from mfsbi.runtime.simulation import JOB_SECONDS, chunks_per_job
 
     assert chunks_per_job(None, 1000, 100, 2, 10) == 1  # unknown cost: one chunk per job
     assert chunks_per_job(1.0, 10, 100, 2, 10) == 1  # 1-s simulations: a chunk is 10 s already

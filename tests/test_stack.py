@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mfsbi.flows.stack import read_serve_file, resolve_api_url, resolve_dask_address, ui_url
+from mfsbi.app.stack import read_serve_file, resolve_api_url, resolve_dask_address, ui_url
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from mfsbi.flows.cli import app
+from mfsbi.app.cli import app
 from mfsbi.storage import SimulationStore, StoreLock, StoreLockedError, check_unlocked, verify_store
 from mfsbi.storage.lock import LOCK_NAME, read_lock
 

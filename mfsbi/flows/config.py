@@ -1,26 +1,20 @@
-"""The run configuration shared by the CLI, the flows and (later) the deployments."""
+"""The run configuration shared by the CLI, config files, the flows and the deployments."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError, field_validator
+
+from mfsbi.flows.methods import SEQUENTIAL, Method, MethodNotFoundError, get_method
+from mfsbi.flows.options import MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions, SequentialOptions
 
 if TYPE_CHECKING:
     from mfsbi.simulators import Task
 
-__all__ = ["AMORTIZED", "ConfigError", "RunConfig", "SEQUENTIAL", "USES_LF", "describe_validation_error"]
-
-Method = Literal["npe", "mf-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
-AMORTIZED = frozenset({"npe", "mf-npe"})
-SEQUENTIAL = frozenset({"tsnpe", "mf-tsnpe", "a-mf-tsnpe"})
-USES_LF = frozenset({"mf-npe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"})
-Device = Literal["auto", "cpu", "cuda"]
-
-# A budget above this is almost surely a typo, and would allocate more than memory holds.
-MAX_SIMULATIONS = 100_000_000
+__all__ = ["ConfigError", "MAX_SIMULATIONS", "RunConfig", "describe_validation_error"]
 # A chunk is the unit a worker holds in memory and writes at once: images must not make it huge.
 MAX_CHUNK_BYTES = 64 * 2**20
 # LF rows per chunk unless set, and what decides a larger one for a cheap simulator: a zarr write
@@ -35,68 +29,32 @@ class ConfigError(ValueError):
     """Bad user input: one line naming the field and the fix."""
 
 
-class RunConfig(BaseModel):
-    """Everything that defines one amortised run (NPE or MF-NPE).
+class RunConfig(ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
+    """Everything that defines one run: the common settings and those of every family's methods.
 
-    The same config and seed give the same simulations and the same numbers.
+    The same config and seed give the same simulations and the same numbers. Which fields a method
+    reads is its options model (:attr:`~mfsbi.flows.methods.Method.option_groups`).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = Field(description="registry name (see `mfsbi tasks`) or package.module:attribute")
-    method: Method = "mf-npe"
-    lf_sims: int = Field(10_000, ge=1, le=MAX_SIMULATIONS, description="low-fidelity simulations")
-    hf_sims: int = Field(100, ge=1, le=MAX_SIMULATIONS, description="high-fidelity budget")
-    store: str = Field("mfsbi-store", description="zarr store: a folder or a zarr store URL")
-    seed: int = Field(0, ge=0, lt=2**63)
-    device: Device = "auto"
-    dask_address: str | None = Field(None, description="an existing Dask scheduler; default: a local cluster")
-    n_workers: int | None = Field(None, ge=1, le=512, description="local cluster workers; default: one per core")
-    lf_chunk_size: int | None = Field(
-        None, ge=1, le=1_000_000,
-        description="LF rows per zarr chunk; default 1000, more for simulators faster than 1 ms (~8 MiB of x)",
-    )
-    hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk")
-    num_test_observations: int = Field(5, ge=0, le=10_000, description="held-out HF observations for C2ST")
-    num_nltp_pairs: int = Field(100, ge=0, le=1_000_000, description="held-out HF pairs for NLTP")
-    test_seed: int = Field(2026, ge=0, lt=2**63, description="seed of the held-out test set, fixed across run seeds")
-    posterior_samples: int = Field(1000, ge=10, le=10_000_000)
-    max_num_epochs: int = Field(2**31 - 1, ge=1, description="cap on epochs (early stopping ends training before)")
-    lf_learning_rate: float = Field(5e-4, gt=0, lt=1)
-    hf_learning_rate: float = Field(5e-4, gt=0, lt=1)
-    max_failure_fraction: float = Field(0.2, ge=0, le=1, description="stop when more simulations fail")
-    simulation_timeout: float | None = Field(
-        None, gt=0, le=7 * 24 * 3600,
-        description="seconds one simulation may take; batches then run in their own process, killed on overrun",
-    )
-    observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
-    observation_index: int = Field(0, ge=0, le=100_000,
-                                   description="sequential methods without --observation: this held-out test observation")
-    resume: bool = Field(False, description="continue a sequential run whose rounds are already in the store")
-    # Sequential methods (PAPER.md defaults).
-    rounds: int = Field(5, ge=1, le=1000, description="rounds R of the sequential methods")
-    truncation_quantile: float = Field(1e-6, gt=0, lt=1, description="ε of the highest-probability region")
-    ensemble_size: int = Field(5, ge=2, le=100, description="members E of the A-MF-TSNPE ensemble")
-    acquisition_fraction: float = Field(0.2, ge=0, le=1, description="share B of a round's budget chosen by acquisition")
-    acquisition: Literal["log-variance", "density-variance"] = "log-variance"
-    pool_size: int | None = Field(None, ge=1, le=10_000_000, description="acquisition pool; default by budget (PAPER.md)")
-    evaluate_rounds: bool = Field(True, description="C2ST after every round (when the task has a reference)")
-    # MF-ABC (Prescott & Baker 2020).
-    abc_proposals: int | None = Field(None, ge=1, le=MAX_SIMULATIONS, description="MF-ABC LF proposals; default --lf-sims")
-    abc_quantile: float = Field(0.05, gt=0, le=1, description="MF-ABC ε as a quantile of the LF distances")
-    abc_eta_accept: float = Field(1.0, gt=0, le=1, description="MF-ABC continuation probability when LF accepts")
-    abc_eta_reject: float = Field(0.1, gt=0, le=1, description="MF-ABC continuation probability when LF rejects")
-
-    @field_validator("observation")
+    @field_validator("method")
     @classmethod
-    def _finite(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and not all(v == v and abs(v) != float("inf") for v in value):
-            raise ValueError("observation holds NaN or inf; give finite values")
+    def _registered(cls, value: str) -> str:
+        try:
+            get_method(value)
+        except MethodNotFoundError as error:
+            raise ValueError(str(error)) from None
         return value
 
     @property
+    def method_spec(self) -> Method:
+        """The registered :class:`~mfsbi.flows.methods.Method` this config names."""
+        return get_method(self.method)
+
+    @property
     def uses_lf(self) -> bool:
-        return self.method in USES_LF
+        return self.method_spec.uses_lf
 
     @property
     def observation_tag(self) -> str:
@@ -111,9 +69,10 @@ class RunConfig(BaseModel):
         """A readable, deterministic name used for artifacts, tables and the Prefect flow run."""
         lf = f"lf{self.lf_sims}-" if self.uses_lf else ""
         name = f"{self.method}-{lf}hf{self.hf_sims}"
-        if self.method in SEQUENTIAL:
+        family = self.method_spec.family
+        if family is SEQUENTIAL:
             name += f"-r{self.rounds}-{self.observation_tag}"
-        elif self.method == "mf-abc":
+        elif family.at_observation:
             name += f"-{self.observation_tag}"
         return f"{name}-seed{self.seed}"
 

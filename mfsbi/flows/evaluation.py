@@ -1,43 +1,18 @@
-"""Evaluating a trained posterior on held-out high-fidelity observations."""
+"""Evaluating a posterior: one metrics function for every family, samples, and the pair plot."""
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from mfsbi.flows.seeds import derive_seed
+from mfsbi.flows.summary import Metrics
+from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
-__all__ = ["Evaluation", "evaluate_posterior", "pair_plot_png", "sample_posterior"]
-
-
-@dataclass
-class Evaluation:
-    """Metrics of one posterior; C2ST per reference, averaged over the test observations."""
-
-    c2st: dict[str, float] = field(default_factory=dict)
-    c2st_per_observation: dict[str, list[float]] = field(default_factory=dict)
-    mmd: dict[str, float] = field(default_factory=dict)
-    nltp: float | None = None
-    nrmse: float | None = None
-    num_c2st_observations: int = 0
-    num_nltp_pairs: int = 0
-
-    def as_rows(self) -> list[tuple[str, str]]:
-        """(metric, value) rows for tables: CLI, Prefect artifacts."""
-        rows = []
-        for name, value in self.c2st.items():
-            rows.append((f"C2ST vs {name} reference (mean of {self.num_c2st_observations} obs.)", f"{value:.3f}"))
-        for name, value in self.mmd.items():
-            rows.append((f"MMD² vs {name} reference", f"{value:.4f}"))
-        if self.nltp is not None:
-            rows.append((f"NLTP ({self.num_nltp_pairs} held-out pairs)", f"{self.nltp:.3f}"))
-        if self.nrmse is not None:
-            rows.append(("NRMSE", f"{self.nrmse:.3f}"))
-        return rows
+__all__ = ["evaluate_posterior", "pair_plot_png", "posterior_metrics", "sample_posterior"]
 
 
 def sample_posterior(posterior, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
@@ -49,40 +24,77 @@ def sample_posterior(posterior, x_o: np.ndarray, num_samples: int, seed: int) ->
     return samples.detach().cpu().double().numpy()
 
 
+def posterior_metrics(task: Task, samples: Sequence[np.ndarray], x_o: Sequence[np.ndarray], *, num_samples: int,
+                      reference_seed: Callable[[str, int], int], c2st_seed: Callable[[int], int],
+                      theta_true: Sequence[np.ndarray] | None = None,
+                      nrmse_samples: Sequence[np.ndarray] | None = None, nltp: float | None = None,
+                      num_nltp_pairs: int = 0, per_observation: bool = True) -> Metrics:
+    """The metrics of every family: C2ST and MMD against each exact reference, NRMSE, and NLTP.
+
+    Arguments:
+        task: the task (its references and prior bounds).
+        samples: posterior samples at each observation (an estimator's, or ABC's weighted draws).
+        x_o: the observations.
+        num_samples: reference samples per observation.
+        reference_seed: ``(reference name, observation index) -> seed`` of the reference samples.
+        c2st_seed: ``observation index -> seed`` of the C2ST classifier.
+        theta_true: the true parameters of the observations, when known (NRMSE).
+        nrmse_samples: other samples for NRMSE (default ``samples``).
+        nltp: the NLTP, computed by the caller on its held-out pairs; num_nltp_pairs: how many.
+        per_observation: also record each observation's C2ST.
+
+    Returns:
+        The metrics; a task without references gets no C2ST or MMD.
+    """
+    from mfsbi.inference import c2st, mmd_squared, nrmse
+
+    metrics = Metrics(num_c2st_observations=len(samples), num_nltp_pairs=num_nltp_pairs, nltp=nltp,
+                      c2st_per_observation={} if per_observation else None)
+    if theta_true is not None and len(samples):
+        low, high = task.parameter_ranges()
+        own = samples if nrmse_samples is None else nrmse_samples
+        metrics.nrmse = float(np.mean([nrmse(own[i], theta_true[i], low, high) for i in range(len(own))]))
+    for name, reference in task.references.items():
+        scores, mmds = [], []
+        for i, drawn in enumerate(samples):
+            ref = reference(x_o[i], num_samples, reference_seed(name, i))
+            scores.append(c2st(drawn, ref, seed=c2st_seed(i)))
+            mmds.append(mmd_squared(drawn, ref))
+        if scores:
+            if per_observation:
+                metrics.c2st_per_observation[name] = [float(s) for s in scores]
+            metrics.c2st[name] = float(np.mean(scores))
+            metrics.mmd[name] = float(np.mean(mmds))
+    return metrics
+
+
 def evaluate_posterior(posterior, task: Task, test_theta: np.ndarray, test_x: np.ndarray, *,
-                       num_c2st: int, num_samples: int, seed: int) -> Evaluation:
-    """C2ST and MMD against each exact reference (when the task has one), NLTP and NRMSE.
+                       num_c2st: int, num_samples: int, seed: int) -> Metrics:
+    """An amortised posterior on held-out HF pairs: the first ``num_c2st`` for C2ST and NRMSE, all for NLTP.
 
     Arguments:
         posterior: an sbi posterior (``.sample``, ``.log_prob``).
-        task: the task (its references and prior bounds).
-        test_theta, test_x: held-out HF pairs; the first ``num_c2st`` serve C2ST and NRMSE, all NLTP.
+        task: the task.
+        test_theta, test_x: held-out HF pairs.
         num_c2st: observations used for C2ST.
         num_samples: posterior and reference samples per observation.
         seed: the evaluation seed (fixed across run seeds, so runs are compared on equal terms).
     """
-    from mfsbi.inference import c2st, mmd_squared, nltp, nrmse
+    from mfsbi.inference import nltp
 
-    result = Evaluation(num_c2st_observations=min(num_c2st, len(test_x)), num_nltp_pairs=len(test_x))
-    low, high = task.parameter_ranges()
+    count = min(num_c2st, len(test_x))
     samples = [sample_posterior(posterior, test_x[i], num_samples, derive_seed(seed, "posterior", i))
-               for i in range(result.num_c2st_observations)]
-    if samples:
-        result.nrmse = float(np.mean([nrmse(samples[i], test_theta[i], low, high) for i in range(len(samples))]))
-    for name, reference in task.references.items():
-        scores, mmds = [], []
-        for i, own in enumerate(samples):
-            ref = reference(test_x[i], num_samples, derive_seed(seed, f"reference/{name}", i))
-            scores.append(c2st(own, ref, seed=derive_seed(seed, "c2st", i) % 2**31))
-            mmds.append(mmd_squared(own, ref))
-        if scores:
-            result.c2st_per_observation[name] = [float(s) for s in scores]
-            result.c2st[name] = float(np.mean(scores))
-            result.mmd[name] = float(np.mean(mmds))
+               for i in range(count)]
+    value = None
     if len(test_x):
-        result.nltp = float(nltp(posterior, torch.as_tensor(test_theta, dtype=torch.float32),
-                                 torch.as_tensor(test_x, dtype=torch.float32)))
-    return result
+        value = float(nltp(posterior, torch.as_tensor(test_theta, dtype=torch.float32),
+                           torch.as_tensor(test_x, dtype=torch.float32)))
+    return posterior_metrics(
+        task, samples, test_x, num_samples=num_samples,
+        reference_seed=lambda name, i: derive_seed(seed, f"reference/{name}", i),
+        c2st_seed=lambda i: derive_seed(seed, "c2st", i) % 2**31,
+        theta_true=test_theta, nltp=value, num_nltp_pairs=len(test_x),
+    )
 
 
 def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, title: str) -> bytes:

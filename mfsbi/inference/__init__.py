@@ -46,7 +46,7 @@ from .acquisition import (
     select_top,
     train_ensemble,
 )
-from .abc import (
+from .mf_abc import (
     ABCResult,
     DEFAULT_ETA1,
     DEFAULT_ETA2,

@@ -1,7 +1,13 @@
 """Pure simulators: tasks with a prior, a low- and a high-fidelity simulator. No Prefect, no storage."""
 
 from mfsbi.simulators.base import Fidelity, ReferencePosterior, Simulator, Task, check_theta_batch
-from mfsbi.simulators.registry import TaskNotFoundError, available_tasks, get_task, register_task
+from mfsbi.simulators.registry import (
+    TaskNotFoundError,
+    available_tasks,
+    get_task,
+    import_task_modules,
+    register_task,
+)
 
 __all__ = [
     "Fidelity",
@@ -12,5 +18,6 @@ __all__ = [
     "available_tasks",
     "check_theta_batch",
     "get_task",
+    "import_task_modules",
     "register_task",
 ]

@@ -28,7 +28,6 @@ import numpy as np
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
-from mfsbi.simulators.registry import register_task
 
 __all__ = [
     "GAMMA_HIGH",
@@ -264,6 +263,3 @@ def gaussian_blob(image_size: int = PAPER_SIZE, lf_size: int = PAPER_LF_SIZE) ->
         embedding="cnn",
         cost_seconds=dict(_COST_SECONDS) if paper else {},
     )
-
-
-register_task("gaussian-blob", gaussian_blob)

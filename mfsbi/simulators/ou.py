@@ -24,7 +24,6 @@ from scipy.optimize import minimize
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
-from mfsbi.simulators.registry import register_task
 
 __all__ = [
     "DT",
@@ -432,8 +431,3 @@ def ou4() -> Task:
         The task.
     """
     return _task(4, "Ornstein-Uhlenbeck process, (mu, sigma, gamma, mu_offset); LF: i.i.d. N(mu, sigma^2)")
-
-
-register_task("ou2", ou2)
-register_task("ou3", ou3)
-register_task("ou4", ou4)

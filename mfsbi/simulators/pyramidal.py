@@ -26,7 +26,6 @@ from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task
 from mfsbi.simulators.neuron_cell import Discretization, demo_pyramid_path, get_cell, simulation_lock
-from mfsbi.simulators.registry import register_task
 
 __all__ = [
     "DT",
@@ -307,6 +306,3 @@ def pyramidal(
         description="HH multicompartment pyramidal cell (NEURON), (gNa, gK); LF: 1 segment per section",
         cost_seconds=dict(COST_SECONDS),
     )
-
-
-register_task("pyramidal", pyramidal)

@@ -32,7 +32,6 @@ from scipy.special import expit
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
-from mfsbi.simulators.registry import register_task
 
 __all__ = [
     "DAYS",
@@ -316,6 +315,3 @@ def sir(lf: LowFidelityModel = "si") -> Task:
         description=description,
         cost_seconds={"lf": _COST_SECONDS[lf], "hf": _COST_SECONDS["hf"]},
     )
-
-
-register_task("sir", sir)

@@ -20,7 +20,6 @@ import numpy as np
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
-from mfsbi.simulators.registry import register_task
 
 __all__ = [
     "NUM_DRAWS",
@@ -293,6 +292,3 @@ def slcp() -> Task:
         # Measured, docs/tasks-benchmark.md: both fidelities cost the same.
         cost_seconds={"lf": 1.8e-7, "hf": 1.8e-7},
     )
-
-
-register_task("slcp", slcp)

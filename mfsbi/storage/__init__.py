@@ -51,7 +51,7 @@ from .layout import Batch, BatchOutput, HighFidelityBudget, Status
 from .table import SimulationTable
 from .lock import StoreLock, StoreLockedError, check_unlocked
 from .verify import Problem, verify_store
-from ._util import check_artifact_name, check_task
+from .names import check_artifact_name, check_task
 
 __all__ = [
     "FORMAT",

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from ._util import mfsbi_version, utc_now
+from .stamps import mfsbi_version, utc_now
 
 __all__ = [
     "ARRAYS",

@@ -39,9 +39,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._util import utc_now
 from .errors import StoreError
-from .store import SimulationStore, _local_path
+from .stamps import utc_now
+from .store import SimulationStore, local_path
 
 try:
     import fcntl
@@ -92,7 +92,7 @@ class LockInfo:
 
 
 def _lock_path(store: str | os.PathLike) -> Path | None:
-    folder = _local_path(store)
+    folder = local_path(store)
     return None if folder is None else folder / LOCK_NAME
 
 

@@ -15,23 +15,17 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from ._util import (
-    ARTIFACTS,
-    FIDELITIES,
-    check_artifact_name,
-    check_fidelity,
-    check_task,
-    mfsbi_version,
-    utc_now,
-)
 from .errors import StoreError, StoreMismatchError
 from .layout import create_arrays, table_attrs
+from .names import ARTIFACTS, FIDELITIES, check_artifact_name, check_fidelity, check_task
+from .stamps import mfsbi_version, utc_now
 from .table import SimulationTable
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "SimulationStore",
+    "local_path",
 ]
 
 FORMAT = "mfsbi-store"
@@ -41,7 +35,7 @@ FORMAT_VERSION = 1
 _CHECKED = ("simulator", "simulator_version", "config_hash")
 
 
-def _local_path(url: str | os.PathLike) -> Path | None:
+def local_path(url: str | os.PathLike) -> Path | None:
     """Returns the local folder of a path or ``file://`` URL, or None for other URLs."""
 
     if isinstance(url, os.PathLike):
@@ -75,7 +69,7 @@ class SimulationStore:
 
         self._url = url
         self._mode = mode
-        self._path = _local_path(url)
+        self._path = local_path(url)
 
         if self._path is not None:
             store: Any = self._open_local(self._path, mode)

@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._util import ARTIFACTS, FIDELITIES, check_artifact_name
 from .lock import read_lock
+from .names import ARTIFACTS, FIDELITIES, check_artifact_name
 from .store import SimulationStore
 from .layout import ARRAYS, RESERVED_ARRAYS, Status
 

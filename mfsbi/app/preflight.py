@@ -5,30 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from mfsbi.flows.config import RunConfig
+from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL
+from mfsbi.flows.plan import RunPlan
+from mfsbi.runtime.simulation import provenance
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore, StoreError
 
-__all__ = ["PreflightError", "check_store", "planned_tables"]
+__all__ = ["PreflightError", "check_store"]
 
 
 class PreflightError(ValueError):
     """The store cannot take this run; the message names the option and the fix."""
-
-
-def planned_tables(config: RunConfig, task: Task) -> list[tuple[str, str, int, int]]:
-    """The tables a run writes, as ``(table, fidelity, chunk_size, seed)``."""
-    from mfsbi.flows.config import AMORTIZED
-
-    tables = []
-    if config.method in AMORTIZED:
-        tables.append((task.name, "hf", config.chunk_rows("hf", task), config.seed))
-    else:
-        tables.append((f"{task.name}.{config.run_name}", "hf", config.chunk_rows("hf", task), config.seed))
-    if config.uses_lf:
-        tables.append((task.name, "lf", config.chunk_rows("lf", task), config.seed))
-    if max(config.num_test_observations, config.num_nltp_pairs) or config.observation is None:
-        tables.append((f"{task.name}-test", "hf", config.chunk_rows("hf", task), config.test_seed))
-    return tables
 
 
 def check_store(config: RunConfig, task: Task) -> None:
@@ -36,10 +23,8 @@ def check_store(config: RunConfig, task: Task) -> None:
 
     Opens the store read-only: a store that does not exist yet is fine and is not created here.
     """
-    from mfsbi.flows.config import AMORTIZED
-    from mfsbi.flows.simulation import provenance
-
-    if config.method in ("tsnpe", "mf-tsnpe", "a-mf-tsnpe") and config.hf_sims < config.rounds:
+    run = RunPlan.of(config, task)
+    if run.method.family is SEQUENTIAL and config.hf_sims < config.rounds:
         raise PreflightError(f"--hf-sims: {config.hf_sims} cannot fill {config.rounds} rounds; use --hf-sims >= --rounds")
 
     local = Path(config.store)
@@ -49,7 +34,8 @@ def check_store(config: RunConfig, task: Task) -> None:
         store = SimulationStore(config.store, mode="r")
     except (StoreError, FileNotFoundError) as error:
         raise PreflightError(f"--store: {error}") from None
-    for table, fidelity, chunk_size, seed in planned_tables(config, task):
+    for planned in run.planned_tables():
+        table, fidelity, chunk_size, seed = planned.table, planned.fidelity, planned.chunk_size, planned.seed
         try:
             exists = store.check_table(
                 table, fidelity, theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=chunk_size,
@@ -60,7 +46,7 @@ def check_store(config: RunConfig, task: Task) -> None:
                 f"--store: {config.store!r} cannot continue this run ({error}); "
                 "use another --store, or the --seed, --task and chunk sizes it was made with"
             ) from None
-        own_run = config.method not in AMORTIZED and table != task.name and not table.endswith("-test")
+        own_run = run.method.family is not AMORTIZED and table == run.own_table
         if own_run and exists and store.table(table, fidelity).num_rows and not config.resume:
             raise PreflightError(
                 f"--resume: {config.store!r} already holds rounds of {config.run_name}; "

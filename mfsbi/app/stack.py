@@ -23,8 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfsbi.flows.isolation import die_with_parent
-from mfsbi.flows.services import OFFLINE_SETTINGS, _healthy, mfsbi_home
+from mfsbi.app.prefect_server import OFFLINE_SETTINGS, healthy, mfsbi_home
+from mfsbi.runtime.cluster import WORKER_PRELOAD
+from mfsbi.runtime.processes import die_with_parent
 
 __all__ = [
     "WORK_POOL", "ServeError", "Stack", "ensure_work_pool", "read_serve_file", "resolve_api_url",
@@ -32,7 +33,6 @@ __all__ = [
 ]
 
 WORK_POOL = "mfsbi-process"
-PRELOAD = "mfsbi.flows.worker_setup"
 
 
 class ServeError(RuntimeError):
@@ -283,9 +283,9 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
             stack.start(f"dask-worker-{index}",
                         [*_python_tool("dask"), "worker", stack.dask_address, "--host", "127.0.0.1",
                          "--nthreads", "1", "--no-dashboard", "--name", f"mfsbi-worker-{index}",
-                         "--local-directory", str(home / "dask-worker-space"), "--preload", PRELOAD],
+                         "--local-directory", str(home / "dask-worker-space"), "--preload", WORKER_PRELOAD],
                         worker_env)
-        _wait(lambda: _healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
+        _wait(lambda: healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
         use_api(stack.prefect_api_url)
         ensure_work_pool()
         say(f"starting a Prefect worker on the work pool {WORK_POOL!r}")

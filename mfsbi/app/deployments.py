@@ -1,6 +1,8 @@
 """``mfsbi deploy``, ``submit`` and ``runs``: the flows as Prefect deployments, and their runs.
 
-The deployments run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.flows.stack`) or of
+One deployment per family of methods (:data:`mfsbi.flows.methods.FAMILIES`): its name, flow,
+description and default method come from the method registry, as do the methods it accepts. They
+run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.app.stack`) or of
 ``docker-compose.yml``; their entrypoints are module paths of the installed package.
 """
 
@@ -10,29 +12,23 @@ import json
 import time
 from typing import Any
 
-from mfsbi.flows.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
+from mfsbi.app.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
+from mfsbi.flows.methods import FAMILIES, Family, methods_of
 
 __all__ = [
-    "DEPLOYMENTS", "ParamError", "build_submit_config", "deployment_flow", "deployment_full_name", "follow_run",
+    "ParamError", "build_submit_config", "deployment_families", "deployment_flow", "deployment_full_name", "follow_run",
     "parse_params", "recent_runs", "register_deployments", "submit_run",
 ]
 
 
-# deployment name -> (module, flow function, methods it runs, the method when none is given)
-DEPLOYMENTS: dict[str, tuple[str, str, frozenset[str], str]] = {
-    "mfsbi-amortized": ("mfsbi.flows.amortized", "amortized_flow", frozenset({"npe", "mf-npe"}), "mf-npe"),
-    "mfsbi-sequential": ("mfsbi.flows.sequential", "sequential_flow",
-                         frozenset({"tsnpe", "mf-tsnpe", "a-mf-tsnpe"}), "mf-tsnpe"),
-    "mfsbi-mf-abc": ("mfsbi.flows.abc", "abc_flow", frozenset({"mf-abc"}), "mf-abc"),
-}
+def deployment_families() -> dict[str, Family]:
+    """Deployment name -> the family of methods it runs."""
+    return {family.deployment: family for family in FAMILIES}
 
 
 def deployment_flow(name: str):
     """The flow object a deployment runs."""
-    import importlib
-
-    module, function, _, _ = DEPLOYMENTS[name]
-    return getattr(importlib.import_module(module), function)
+    return deployment_families()[name].load_flow()
 
 
 def register_deployments(names: list[str] | None = None, with_schedule: bool = True) -> list[tuple[str, str]]:
@@ -40,14 +36,19 @@ def register_deployments(names: list[str] | None = None, with_schedule: bool = T
 
     The entrypoints are module paths (``mfsbi.flows.amortized.amortized_flow``): the worker imports the
     pip-installed package, so no code storage and no image build is needed.
+
+    Arguments:
+        names: deployment names (default: one per family).
+        with_schedule: add the example nightly schedule (inactive) to ``mfsbi-amortized``.
     """
     from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
     ensure_work_pool()
     registered = []
-    for name in names or list(DEPLOYMENTS):
-        flow_obj = deployment_flow(name)
+    families = deployment_families()
+    for name in names or list(families):
+        flow_obj = families[name].load_flow()
         schedules = None
         if with_schedule and name == "mfsbi-amortized":
             # The example of deploy/prefect.yaml: nightly, inactive until switched on in the UI.
@@ -56,7 +57,7 @@ def register_deployments(names: list[str] | None = None, with_schedule: bool = T
                                                      "hf_sims": 100, "store": "mfsbi-store"}})]
         deployment = flow_obj.to_deployment(
             name=name, work_pool_name=WORK_POOL, entrypoint_type=EntrypointType.MODULE_PATH,
-            description=(flow_obj.description or "").strip().splitlines()[0] if flow_obj.description else None,
+            description=families[name].description,
             tags=["mfsbi"], schedules=schedules,
         )
         registered.append((f"{flow_obj.name}/{name}", str(deployment.apply())))
@@ -110,11 +111,11 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
     if unknown:
         raise ParamError(f"--param: {unknown[0]!r} is not a run setting (see `mfsbi run --help`; "
                          f"settings: {', '.join(RunConfig.model_fields)})")
-    if short_name in DEPLOYMENTS:
-        _, _, methods, default = DEPLOYMENTS[short_name]
-        values.setdefault("method", default)
-    else:
-        methods = None
+    family = deployment_families().get(short_name)
+    methods = None
+    if family is not None:
+        values.setdefault("method", family.default_method)
+        methods = methods_of(family)
     if not values.get("dask_address"):
         values["dask_address"] = resolve_dask_address()
     try:

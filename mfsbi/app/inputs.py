@@ -11,7 +11,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mfsbi.flows.config_file import ConfigFileError, load_config_file, merge_options, one_line
+from mfsbi.app.config_file import ConfigFileError, load_config_file, merge_options, one_line
 
 if TYPE_CHECKING:
     from mfsbi.flows.config import RunConfig
@@ -87,8 +87,9 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
 
     from pydantic import ValidationError
 
+    from mfsbi.app.preflight import PreflightError, check_store
     from mfsbi.flows.config import RunConfig, describe_validation_error
-    from mfsbi.flows.preflight import PreflightError, check_store, planned_tables
+    from mfsbi.flows.plan import RunPlan
     from mfsbi.simulators import TaskNotFoundError, get_task
     from mfsbi.storage import StoreError
     from mfsbi.storage import check_artifact_name, check_task
@@ -123,9 +124,10 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
                          f"({type(error).__name__}: {error})") from None
     try:
         # Task names become folder names in the store: check them before anything is written.
-        for table, *_ in planned_tables(config, task):
-            check_task(table)
-        check_artifact_name(f"{task.name}/{config.run_name}/summary.json")
+        plan = RunPlan.of(config, task)
+        for planned in plan.planned_tables():
+            check_task(planned.table)
+        check_artifact_name(f"{plan.prefix}/summary.json")
     except StoreError as error:
         raise UsageError(f"{label('task')}: the task's name cannot name a store folder ({error})") from None
     if observation_path is not None:

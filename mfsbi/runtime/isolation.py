@@ -6,7 +6,7 @@ cannot be interrupted, and a segfault in NEURON takes its whole process down. Wi
 when it overruns and records the rows as failed with the reason. Data travel as ``.npy``/``.npz``
 bytes over pipes, never as pickles.
 
-Protocol of the child (``python -m mfsbi.flows.isolation SPEC FIDELITY SEED``): after its imports it
+Protocol of the child (``python -m mfsbi.runtime.isolation SPEC FIDELITY SEED``): after its imports it
 writes one byte ``R`` (so that import time never counts against the timeout), reads θ as ``.npy``
 from stdin, and writes ``.npz`` with ``x`` and ``reasons`` to its stdout. Anything the simulator
 prints goes to stderr.
@@ -14,33 +14,24 @@ prints goes to stderr.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import select
-import signal
 import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
-__all__ = ["die_with_parent", "simulate_isolated"]
+from mfsbi.runtime.processes import die_with_parent
+from mfsbi.runtime.simulator_calls import call_simulator
+from mfsbi.runtime.worker_cache import task_for
+
+__all__ = ["simulate_isolated"]
 
 READY = b"R"
 # Imports (torch, NEURON, Brian2) may take a while on a loaded machine; they never count as a hang.
 STARTUP_TIMEOUT = 300.0
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` that makes a child process receive SIGKILL when its parent dies (Linux).
-
-    Hand-written because no maintained library offers it: a SIGKILLed flow or Dask worker must not
-    leave a Prefect server or a simulation running as an orphan. Elsewhere this does nothing.
-    """
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _child_environment() -> dict[str, str]:
@@ -77,7 +68,7 @@ def simulate_isolated(task_spec: str, fidelity: str, theta: np.ndarray, seed: in
     failed = np.full((n, x_dim), np.nan)
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(
-            [sys.executable, "-m", "mfsbi.flows.isolation", task_spec, fidelity, str(int(seed))],
+            [sys.executable, "-m", "mfsbi.runtime.isolation", task_spec, fidelity, str(int(seed))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
             env=_child_environment(), preexec_fn=die_with_parent,
         )
@@ -102,14 +93,12 @@ def simulate_isolated(task_spec: str, fidelity: str, theta: np.ndarray, seed: in
 def _child(task_spec: str, fidelity: str, seed: int) -> None:
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever the simulator prints must not corrupt the protocol stream
-    from mfsbi.flows.work import _simulate, _task
-
-    task = _task(task_spec)
+    task = task_for(task_spec)
     task.simulator(fidelity)  # resolve (and import) before the clock starts
     protocol.write(READY)
     protocol.flush()
     theta = np.load(io.BytesIO(sys.stdin.buffer.read()), allow_pickle=False)
-    x, reasons = _simulate(task, fidelity, theta, seed)
+    x, reasons = call_simulator(task, fidelity, theta, seed)
     buffer = io.BytesIO()
     np.savez(buffer, x=x, reasons=np.array(reasons if reasons is not None else [""] * len(theta), dtype=str))
     protocol.write(buffer.getvalue())

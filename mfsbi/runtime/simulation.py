@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mfsbi import __version__
-from mfsbi.flows.executor import BatchExecutor
-from mfsbi.flows.seeds import derive_seed
-from mfsbi.flows.work import BatchJob, simulate_batch
+from mfsbi.runtime.batches import BatchJob, simulate_batch
+from mfsbi.runtime.executor import BatchExecutor
+from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
 __all__ = ["SimulationFailureError", "SimulationReport", "chunks_per_job", "ensure_rows", "provenance", "run_pending"]

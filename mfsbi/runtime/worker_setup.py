@@ -1,4 +1,4 @@
-"""Preloaded by every Dask worker (``dask worker --preload mfsbi.flows.worker_setup``).
+"""Preloaded by every Dask worker (``dask worker --preload mfsbi.runtime.worker_setup``).
 
 Brian2 must be imported in a process's main thread, and Dask runs jobs in a worker thread
 (STACK.md). Everything else here is what the first job of a fresh worker would otherwise pay for
@@ -12,13 +12,13 @@ import sbi.utils  # noqa: F401 -- imported by every task's prior at its first ge
 import zarr
 from zarr.storage import MemoryStore
 
-from mfsbi.flows import work  # noqa: F401 -- the job functions and their imports
-from mfsbi.simulators import available_tasks
+from mfsbi.runtime import batches, training_jobs  # noqa: F401 -- the job functions and their imports
+from mfsbi.simulators import import_task_modules
 from mfsbi.simulators.plastic_network import dask_setup, preload
 
 __all__ = ["dask_setup", "preload"]
 
-available_tasks()  # imports the built-in simulator modules now
+import_task_modules()  # imports every registered task's simulator module now
 
 
 def _warm_zarr() -> None:

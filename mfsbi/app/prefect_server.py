@@ -1,4 +1,4 @@
-"""The embedded defaults: a local Prefect API and a local Dask cluster, started and torn down per run.
+"""The embedded Prefect API of a run: a local Prefect server, started and torn down per run.
 
 Prefect's ephemeral mode is not enough here (../shared/STACK.md): every process that talks to the
 API without a server starts a temporary one of its own. So unless ``PREFECT_API_URL`` points at a
@@ -10,9 +10,7 @@ real server, :func:`prefect_api` starts ``prefect server start`` on 127.0.0.1 wi
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,9 +19,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from mfsbi.flows.isolation import die_with_parent
+from mfsbi.runtime.processes import die_with_parent
 
-__all__ = ["ServiceError", "dask_client", "mfsbi_home", "prefect_api", "quiet_prefect_environment"]
+__all__ = ["OFFLINE_SETTINGS", "ServiceError", "healthy", "mfsbi_home", "prefect_api", "quiet_prefect_environment"]
 
 OFFLINE_SETTINGS = {
     "DO_NOT_TRACK": "1",
@@ -54,7 +52,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return response.status == 200
@@ -92,7 +90,7 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
         )
     try:
         deadline = time.monotonic() + timeout
-        while not _healthy(url):
+        while not healthy(url):
             if server.poll() is not None:
                 raise ServiceError(f"the local Prefect server exited with {server.returncode}; see {log_path}")
             if time.monotonic() > deadline:
@@ -108,60 +106,3 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-@contextlib.contextmanager
-def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator["object"]:
-    """Yields a ``distributed.Client``: to ``address`` (or ``$MFSBI_DASK_ADDRESS``), else to a local cluster.
-
-    The local cluster runs one single-threaded worker process per core: NEURON and torch each want
-    one thread per process, and a simulation batch is the unit of parallelism.
-
-    Arguments:
-        address: an existing scheduler, e.g. ``tcp://10.0.0.5:8786``.
-        n_workers: local workers; default one per core.
-    """
-    from distributed import Client, LocalCluster
-
-    # `mfsbi serve` and docker-compose give their Prefect workers the scheduler's address.
-    address = address or os.environ.get("MFSBI_DASK_ADDRESS") or None
-    if address:
-        with Client(address, timeout="30s") as client:
-            yield client
-        return
-    workers = n_workers or max(1, os.cpu_count() or 1)
-    # Prefect's logging setup lets the in-process scheduler's INFO chatter through; keep warnings.
-    quiet = max(logging.WARNING, logging.getLogger("distributed").getEffectiveLevel())
-    logging.getLogger("distributed").setLevel(quiet)
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0", silence_logs=40,
-        # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
-        # worker thread: import it at worker start (STACK.md). External workers need the same
-        # `--preload mfsbi.flows.worker_setup`.
-        preload=["mfsbi.flows.worker_setup"],
-    )
-    try:
-        with Client(cluster) as client:
-            logging.getLogger("distributed").setLevel(quiet)
-            yield client
-    finally:
-        _close_cluster(cluster)
-
-
-# Seen here: after a worker was SIGKILLed and restarted by its nanny, LocalCluster.close() waited
-# forever on one worker (about one run in two of the fault drills). A finished run must still exit.
-CLUSTER_CLOSE_TIMEOUT = 60.0
-
-
-def _close_cluster(cluster: object) -> None:
-    """Closes a local cluster; kills its worker processes if they do not stop in time."""
-    pids = [nanny.pid for nanny in list(getattr(cluster, "workers", {}).values()) if getattr(nanny, "pid", None)]
-    try:
-        cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT)
-    except Exception as error:  # noqa: BLE001 -- logged; the processes are then killed below
-        logging.getLogger("mfsbi").warning("local Dask cluster did not close (%s); killing its workers %s",
-                                           type(error).__name__, pids)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)

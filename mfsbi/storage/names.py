@@ -1,11 +1,9 @@
-"""Small helpers shared by the store modules: names, version, time."""
+"""Names in a store: tasks, fidelities and artifacts, and the checks that keep them safe path components."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 
 from .errors import StoreError
 
@@ -17,8 +15,6 @@ __all__ = [
     "check_artifact_name",
     "check_fidelity",
     "check_task",
-    "mfsbi_version",
-    "utc_now",
 ]
 
 ARTIFACTS = "artifacts"
@@ -45,21 +41,6 @@ _ZARR_FOLDED = frozenset(n.casefold() for n in _ZARR_NAMES)
 
 def _reserved(part: str) -> bool:
     return part.casefold() in _ZARR_FOLDED
-
-
-def mfsbi_version() -> str:
-    """Returns the installed mfsbi version, or ``"unknown"``."""
-
-    try:
-        return version("mfsbi")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def utc_now() -> str:
-    """Returns the current time in ISO 8601, UTC, to the second."""
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def check_task(task: str) -> str:

@@ -1,0 +1,241 @@
+"""The ``mfsbi`` command line: run, sample, tasks, status, verify, and the service commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mfsbi.app import service_cli
+from mfsbi.app.console import OneLineCommand, console, fail
+from mfsbi.app.inputs import UsageError, build_config, load_observation
+from mfsbi.app.prefect_server import quiet_prefect_environment
+from mfsbi.app.report import print_summary
+from mfsbi.app.service_cli import print_store_runs
+from mfsbi.flows.methods import FAMILIES, methods_of
+
+if TYPE_CHECKING:
+    from mfsbi.flows.summary import RunSummary
+
+__all__ = ["UsageError", "app", "build_config", "load_observation", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multifidelity simulation-based inference, orchestrated by Prefect and Dask.")
+
+# The registered methods, by family, for `--method`'s help (from the registry: a new method shows).
+METHODS_HELP = "; ".join(f"{', '.join(methods_of(family))} ({family.name})" for family in FAMILIES
+                         if methods_of(family))
+
+
+@app.command(cls=OneLineCommand)
+def run(
+    ctx: typer.Context,
+    config_file: Annotated[Optional[Path], typer.Option(
+        "--config", help="a .toml, .json or .yaml file of RunConfig fields; options given here win")] = None,
+    task: Annotated[str, typer.Option(help="task name (see `mfsbi tasks`) or package.module:attribute")] = "ou2",
+    method: Annotated[str, typer.Option(help=f"one of {METHODS_HELP}")] = "mf-npe",
+    lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations (mf-npe)")] = 10_000,
+    hf_sims: Annotated[int, typer.Option(help="high-fidelity simulation budget")] = 100,
+    store: Annotated[str, typer.Option(help="zarr store: a folder or a zarr store URL")] = "mfsbi-store",
+    seed: Annotated[int, typer.Option(help="run seed: same seed, same simulations and numbers")] = 0,
+    observation: Annotated[Optional[Path], typer.Option(help="x_o as a .npy file")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
+    n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
+    num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
+    max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
+    rounds: Annotated[int, typer.Option(help="sequential methods: rounds R")] = 5,
+    observation_index: Annotated[int, typer.Option(help="sequential methods without --observation: held-out test observation")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a sequential run already in the store")] = False,
+    truncation_quantile: Annotated[float, typer.Option(help="ε of the truncated region (TSNPE)")] = 1e-6,
+    ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
+    acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
+    pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
+    max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
+    simulation_timeout: Annotated[Optional[float], typer.Option(help="seconds one simulation may take (hangs are killed, rows failed)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+) -> None:
+    """Run a method end to end: simulate, store, train, evaluate.
+
+    Methods: amortised (npe, mf-npe), sequential at one observation (tsnpe, mf-tsnpe, a-mf-tsnpe),
+    and multifidelity rejection ABC (mf-abc); `--method` lists every registered one.
+    """
+    options = dict(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
+                   seed=seed, observation=observation, dask_address=dask_address,
+                   n_workers=n_workers, device=device, num_test_observations=num_test_observations,
+                   num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
+                   observation_index=observation_index, resume=resume,
+                   truncation_quantile=truncation_quantile, ensemble_size=ensemble_size,
+                   acquisition_fraction=acquisition_fraction, pool_size=pool_size,
+                   max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout)
+    # Given on the command line (or by environment): these override --config; defaults do not.
+    explicit = {name for name in options
+                if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
+    try:
+        config = build_config(config_file=config_file, explicit=explicit, **options)
+    except UsageError as error:
+        fail(str(error))
+    summary = _run_with_services(config, verbose)
+    print_summary(summary)
+
+
+def _run_with_services(config, verbose: bool) -> RunSummary:
+    import logging
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from mfsbi.app.prefect_server import ServiceError, prefect_api
+    from mfsbi.runtime import progress as progress_events
+
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    try:
+        with prefect_api() as api_url:
+            console.print(f"Prefect API: {api_url}", highlight=False)
+            flow_function = config.method_spec.family.load_flow()
+
+            if not verbose:
+                logging.getLogger("distributed").setLevel(logging.ERROR)
+            with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console, transient=False) as bars:
+                ids: dict[str, object] = {}
+
+                def listener(step: str, done: int, total: int) -> None:
+                    if step not in ids:
+                        ids[step] = bars.add_task(step, total=total)
+                    bars.update(ids[step], completed=done, total=total)
+
+                progress_events.listen(listener)
+                try:
+                    return flow_function(config)
+                finally:
+                    progress_events.listen(None)
+    except ServiceError as error:
+        fail(str(error), code=1)
+    except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
+        fail(f"the run failed: {type(error).__name__}: {error}", code=1)
+
+
+@app.command()
+def sample(
+    store: Annotated[str, typer.Option(help="the store a run wrote")],
+    observation: Annotated[Path, typer.Option(help="x_o as a .npy file")],
+    num_samples: Annotated[int, typer.Option("--num-samples", "-n", min=1, max=10_000_000)] = 1000,
+    out: Annotated[Path, typer.Option(help="where to write the samples (.npy)")] = Path("samples.npy"),
+    run_name: Annotated[Optional[str], typer.Option("--run", help="TASK/RUN inside artifacts/ (default: latest)")] = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+) -> None:
+    """Draw posterior samples at an observation from a stored posterior."""
+    import numpy as np
+
+    from mfsbi.flows.evaluation import sample_posterior
+    from mfsbi.inference import estimator_from_bytes
+    from mfsbi.simulators import TaskNotFoundError, get_task
+    from mfsbi.storage import SimulationStore, StoreError
+
+    try:
+        handle = SimulationStore(store, mode="r")
+        latest = json.loads(handle.read_artifact("latest.json"))
+        prefix = run_name or latest["run"]
+        task_obj = get_task(latest["task"] if run_name is None else _run_task(handle, prefix))
+        x_o = np.asarray(load_observation(observation, task_obj.x_dim))
+        checkpoint = handle.read_artifact(f"{prefix}/posterior.pt")
+    except (StoreError, KeyError, FileNotFoundError) as error:
+        fail(f"--store: {store!r} holds no trained posterior ({error})")
+    except (UsageError, TaskNotFoundError) as error:
+        fail(str(error))
+    if out.suffix != ".npy":
+        fail(f"--out: {str(out)!r} must end in .npy")
+    posterior = estimator_from_bytes(checkpoint, task_obj.prior).posterior()
+    samples = sample_posterior(posterior, x_o, num_samples, seed)
+    np.save(out, samples, allow_pickle=False)
+    console.print(f"wrote {num_samples} samples of {prefix} to {out}")
+
+
+def _run_task(handle, prefix: str) -> str:
+    return json.loads(handle.read_artifact(f"{prefix}/summary.json"))["config"]["task"]
+
+
+@app.command()
+def tasks() -> None:
+    """List the available tasks."""
+    from mfsbi.simulators import available_tasks, get_task
+
+    table = Table(title="mfsbi tasks (costs: seconds per simulation measured on 2 cores, see docs/)")
+    for column in ("task", "θ", "x size", "LF uses", "references", "LF s/sim", "HF s/sim"):
+        table.add_column(column, overflow="fold")
+    for name in available_tasks():
+        task_obj = get_task(name)
+        lf_uses = ", ".join(task_obj.parameter_names[i] for i in task_obj.low_fidelity_parameters)
+        costs = [task_obj.cost_seconds.get(f) for f in ("lf", "hf")]
+        table.add_row(name, str(task_obj.theta_dim), str(task_obj.x_dim),
+                      lf_uses if len(lf_uses) < 30 else f"{len(task_obj.low_fidelity_parameters)} of {task_obj.theta_dim}",
+                      ", ".join(task_obj.references) or "-", *("-" if c is None else f"{c:.2g}" for c in costs))
+    console.print(table)
+
+
+@app.command()
+def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
+    """Show what a store holds: rows by status, HF budget, runs."""
+    from mfsbi.storage import SimulationStore, StoreError
+
+    try:
+        handle = SimulationStore(store, mode="r")
+    except (StoreError, FileNotFoundError) as error:
+        fail(f"STORE: {error}")
+    table = Table(title=f"store {store}")
+    for column in ("task", "fidelity", "ok", "failed", "pending", "HF budget used / total"):
+        table.add_column(column, justify="right" if column not in ("task", "fidelity") else "left")
+    for task_name, fidelity in handle.tables():
+        sim_table = handle.table(task_name, fidelity)
+        counts = sim_table.counts()
+        budget = sim_table.budget()
+        table.add_row(task_name, fidelity, str(counts["ok"]), str(counts["failed"]), str(counts["pending"]),
+                      f"{budget.reserved} / {budget.total}" if budget else "-")
+    console.print(table)
+    print_store_runs(store)
+
+
+# serve, deploy, submit, runs: mfsbi/app/service_cli.py (registered here, in the order `--help` lists them).
+for _command in (service_cli.serve, service_cli.deploy, service_cli.submit, service_cli.runs):
+    app.command()(_command)
+
+
+@app.command()
+def verify(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
+    """Check a store's consistency without changing it: shapes, statuses, budget, attributes, lock.
+
+    Exit code 0: consistent; 1: problems found (listed); 2: not a store.
+    """
+    from mfsbi.storage import StoreError, verify_store
+
+    try:
+        report = verify_store(store)
+    except (StoreError, FileNotFoundError) as error:
+        fail(f"STORE: {error}")
+    if report.ok:
+        console.print(f"store OK: {report.tables} tables, {report.rows} rows", highlight=False)
+        return
+    table = Table(title=f"store {store}: {len(report)} problems ({report.tables} tables, {report.rows} rows)")
+    for column in ("table", "field", "severity", "problem"):
+        table.add_column(column, overflow="fold")
+    for problem in report:
+        table.add_row(problem.table, problem.field, problem.severity, problem.message)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``mfsbi`` console script."""
+    quiet_prefect_environment()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

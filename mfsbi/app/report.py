@@ -1,0 +1,49 @@
+"""A finished run's summary on the terminal: the rounds table of a sequential run, then the results."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from mfsbi.app.console import console
+from mfsbi.flows.summary import RunSummary
+
+__all__ = ["print_summary"]
+
+
+def _print_rounds(summary: RunSummary) -> None:
+    table = Table(title=f"{summary.task} · {summary.run} · rounds")
+    references = sorted({name for row in summary.rounds for name in row.c2st})
+    for column in ("round", "HF this round", "HF total", "truncated-prior acceptance", "acquired",
+                   *(f"C2ST vs {r}" for r in references)):
+        table.add_column(column, justify="right")
+    for row in summary.rounds:
+        rate = row.acceptance_rate
+        table.add_row(str(row.round + 1), str(row.new_simulations), str(row.total_simulations),
+                      "-" if rate is None else f"{rate:.3f}", str(row.acquired or 0),
+                      *(f"{row.c2st[r]:.3f}" for r in references))
+    console.print(table)
+
+
+def print_summary(summary: RunSummary) -> None:
+    """Prints what a run gave: metrics, simulations stored, where the posterior and the plot are."""
+    if summary.rounds is not None:
+        _print_rounds(summary)
+    metrics = summary.metrics
+    table = Table(title=f"{summary.task} · {summary.run} · {summary.wall_seconds:.0f} s")
+    table.add_column("result")
+    table.add_column("value", justify="right")
+    where = f"{metrics.num_c2st_observations} held-out obs." if summary.rounds is None else "at x_o"
+    for name, value in metrics.c2st.items():
+        table.add_row(f"C2ST vs {name} reference ({where})", f"{value:.3f}")
+    if metrics.nltp is not None:
+        table.add_row(f"NLTP ({metrics.num_nltp_pairs} held-out pairs)", f"{metrics.nltp:.3f}")
+    if metrics.nrmse is not None:
+        table.add_row("NRMSE", f"{metrics.nrmse:.3f}")
+    if summary.lf is not None:
+        table.add_row("LF simulations stored ok", str(summary.lf["stored_ok"]))
+    table.add_row("HF simulations stored ok", str(summary.hf_stored_ok))
+    table.add_row("training device", summary.device)
+    posterior = summary.posterior
+    table.add_row("posterior", posterior if isinstance(posterior, str) else f"{posterior[0]} (+{len(posterior) - 1})")
+    table.add_row("pair plot", summary.pair_plot or "-")
+    console.print(table)

@@ -1,0 +1,168 @@
+"""The service commands: ``serve``, ``deploy``, ``submit``, ``runs``, and the flow runs ``status`` shows.
+
+The logic lives in :mod:`mfsbi.app.stack` (the local processes of ``mfsbi serve``, where the API is)
+and :mod:`mfsbi.app.deployments`; these functions are the commands' options and output. They are
+registered on the ``mfsbi`` app by :mod:`mfsbi.app.cli`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mfsbi.app.console import console, fail
+
+__all__ = ["deploy", "print_store_runs", "require_api", "runs", "serve", "submit"]
+
+
+def print_store_runs(store: str) -> None:
+    """The flow runs of this store, from the Prefect API when one is reachable."""
+    from mfsbi.app import deployments
+    from mfsbi.app import stack as serve_stack
+    from mfsbi.app.prefect_server import healthy
+
+    api_url = serve_stack.resolve_api_url()
+    if not api_url or not healthy(api_url):
+        console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
+        return
+    serve_stack.use_api(api_url)
+    runs = [run for run in deployments.recent_runs(200) if _same_store(run.get("store"), store)]
+    table = Table(title=f"flow runs on this store ({serve_stack.ui_url(api_url)})")
+    for column in ("flow run", "state", "start", "duration"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(run["name"], run["state"], run["start"], run["duration"])
+    console.print(table if runs else "no flow run of this store in the Prefect API")
+
+
+def _same_store(a: str | None, b: str) -> bool:
+    if not a:
+        return False
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def require_api() -> str:
+    from mfsbi.app import stack as serve_stack
+
+    api_url = serve_stack.resolve_api_url()
+    if not api_url:
+        fail("no Prefect API: start one with `mfsbi serve` (or docker compose) or set PREFECT_API_URL", code=1)
+    serve_stack.use_api(api_url)
+    return api_url
+
+
+def serve(
+    workers: Annotated[Optional[int], typer.Option(min=1, max=512, help="Dask workers (default: one per core)")] = None,
+    prefect_port: Annotated[int, typer.Option(min=0, max=65535, help="Prefect API/UI port (0: any free)")] = 4200,
+    dask_port: Annotated[int, typer.Option(min=0, max=65535, help="Dask scheduler port (0: any free)")] = 8786,
+    dashboard_port: Annotated[int, typer.Option(min=0, max=65535, help="Dask dashboard port (0: any free)")] = 8787,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for each service")] = 180.0,
+) -> None:
+    """Start a single-machine stack as local processes on 127.0.0.1, until Ctrl-C.
+
+    A Prefect server (SQLite under $MFSBI_HOME/prefect, or PostgreSQL when
+    PREFECT_API_DATABASE_CONNECTION_URL is set), a Dask scheduler and workers, the process work pool
+    mfsbi-process and a Prefect worker on it. Addresses go to $MFSBI_HOME/serve.json.
+    """
+    import os
+
+    from mfsbi.app import stack as serve_stack
+
+    def say(message: str) -> None:
+        console.print(message, highlight=False)
+
+    try:
+        stack = serve_stack.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
+                                        dashboard_port, timeout, say=say)
+    except serve_stack.ServeError as error:
+        fail(str(error), code=1)
+    console.print(f"[bold]Prefect UI[/]   {stack.ui}\n[bold]Prefect API[/]  {stack.prefect_api_url}\n"
+                  f"[bold]Dask[/]         {stack.dask_address}  (dashboard {stack.dashboard})\n"
+                  f"[bold]work pool[/]    {serve_stack.WORK_POOL}\n"
+                  f"logs in {stack.home / 'logs'}; addresses in {serve_stack.serve_file()}\n"
+                  "next: `mfsbi deploy`, then `mfsbi submit mfsbi-amortized --param task=ou2 --follow`. "
+                  "Ctrl-C stops everything.", highlight=False)
+    raise typer.Exit(serve_stack.run_until_stopped(stack, say=say))
+
+
+def deploy(
+    schedule: Annotated[bool, typer.Option("--schedule/--no-schedule",
+                                           help="add the example nightly cron (inactive) to mfsbi-amortized")] = True,
+) -> None:
+    """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc on the work pool mfsbi-process."""
+    api_url = require_api()
+    from mfsbi.app import deployments
+    from mfsbi.app import stack as serve_stack
+
+    try:
+        registered = deployments.register_deployments(with_schedule=schedule)
+    except Exception as error:  # noqa: BLE001 -- one line, exit 1
+        fail(f"could not register the deployments on {api_url}: {type(error).__name__}: {error}", code=1)
+    table = Table(title=f"deployments on {api_url} (work pool {serve_stack.WORK_POOL})")
+    table.add_column("deployment")
+    table.add_column("id")
+    for name, deployment_id in registered:
+        table.add_row(name, deployment_id)
+    console.print(table)
+
+
+def submit(
+    deployment: Annotated[str, typer.Argument(help="mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc or FLOW/DEPLOYMENT")],
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="a RunConfig field: KEY=VALUE (repeat)")] = None,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="wait for a final state, showing progress")] = False,
+    timeout: Annotated[Optional[float], typer.Option(min=0, help="--follow: give up waiting after this many seconds")] = None,
+) -> None:
+    """Trigger a run of a deployment through the Prefect API (parameters validated as for `mfsbi run`)."""
+    from mfsbi.app import deployments
+    from mfsbi.app import stack as serve_stack
+
+    full_name, short_name = deployments.deployment_full_name(deployment)
+    try:
+        config = deployments.build_submit_config(short_name, deployments.parse_params(param or []))
+    except deployments.ParamError as error:
+        fail(str(error))
+    api_url = require_api()
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        flow_run = deployments.submit_run(full_name, config)
+    except ObjectNotFound:
+        fail(f"DEPLOYMENT: no deployment {full_name!r} on {api_url}; run `mfsbi deploy` first")
+    except Exception as error:  # noqa: BLE001 -- one line, exit 1
+        fail(f"could not trigger {full_name}: {type(error).__name__}: {error}", code=1)
+    url = f"{serve_stack.ui_url(api_url)}/runs/flow-run/{flow_run.id}"
+    console.print(f"flow run {flow_run.id} ({flow_run.name})\n{url}", highlight=False)
+    if config.dask_address is None:
+        console.print("note: no Dask address (MFSBI_DASK_ADDRESS, serve.json): the run starts a local cluster "
+                      "where the worker runs it", highlight=False)
+    if not follow:
+        return
+    final = deployments.follow_run(flow_run.id, console, timeout=timeout)
+    if final is None:
+        fail(f"the run was not finished after {timeout:.0f} s (it goes on; see {url})", code=1)
+    state = final.state
+    if state.type.value != deployments.FINAL_OK:
+        fail(f"the run ended {state.name}: {state.message or ''}".rstrip(": "), code=1)
+    console.print(f"[bold green]{state.name}[/]", highlight=False)
+
+
+def runs(limit: Annotated[int, typer.Option(min=1, max=200, help="how many flow runs")] = 20) -> None:
+    """List recent flow runs from the Prefect API: name, state, start, duration."""
+    api_url = require_api()
+    from mfsbi.app import deployments
+
+    try:
+        rows = deployments.recent_runs(limit)
+    except Exception as error:  # noqa: BLE001 -- one line, exit 1
+        fail(f"could not read the flow runs from {api_url}: {type(error).__name__}: {error}", code=1)
+    table = Table(title=f"flow runs on {api_url}")
+    for column in ("flow", "name", "state", "start", "duration", "id"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["flow"], row["name"], row["state"], row["start"], row["duration"], row["id"])
+    console.print(table)

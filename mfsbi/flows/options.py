@@ -1,0 +1,94 @@
+"""The settings of a run, in groups: those every method reads, and those of one family of methods.
+
+Each :class:`~mfsbi.flows.methods.Method` names the groups it reads (its options model);
+:class:`~mfsbi.flows.config.RunConfig` is their union, one flat, frozen model, so that a run's
+settings validate the same way from the command line, a config file and a deployment's parameters,
+and serialise to the same flat ``config`` of ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "ABCOptions", "AcquisitionOptions", "CommonOptions", "Device", "MAX_SIMULATIONS", "SequentialOptions",
+]
+
+Device = Literal["auto", "cpu", "cuda"]
+
+# A budget above this is almost surely a typo, and would allocate more than memory holds.
+MAX_SIMULATIONS = 100_000_000
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CommonOptions(_Options):
+    """What every method reads: the task, budgets, store, seeds, where it runs, evaluation."""
+
+    task: str = Field(description="registry name (see `mfsbi tasks`) or package.module:attribute")
+    method: str = Field("mf-npe", description="a registered method (see `mfsbi run --help`)")
+    lf_sims: int = Field(10_000, ge=1, le=MAX_SIMULATIONS, description="low-fidelity simulations")
+    hf_sims: int = Field(100, ge=1, le=MAX_SIMULATIONS, description="high-fidelity budget")
+    store: str = Field("mfsbi-store", description="zarr store: a folder or a zarr store URL")
+    seed: int = Field(0, ge=0, lt=2**63)
+    device: Device = "auto"
+    dask_address: str | None = Field(None, description="an existing Dask scheduler; default: a local cluster")
+    n_workers: int | None = Field(None, ge=1, le=512, description="local cluster workers; default: one per core")
+    lf_chunk_size: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="LF rows per zarr chunk; default 1000, more for simulators faster than 1 ms (~8 MiB of x)",
+    )
+    hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk")
+    num_test_observations: int = Field(5, ge=0, le=10_000, description="held-out HF observations for C2ST")
+    num_nltp_pairs: int = Field(100, ge=0, le=1_000_000, description="held-out HF pairs for NLTP")
+    test_seed: int = Field(2026, ge=0, lt=2**63, description="seed of the held-out test set, fixed across run seeds")
+    posterior_samples: int = Field(1000, ge=10, le=10_000_000)
+    max_num_epochs: int = Field(2**31 - 1, ge=1, description="cap on epochs (early stopping ends training before)")
+    lf_learning_rate: float = Field(5e-4, gt=0, lt=1)
+    hf_learning_rate: float = Field(5e-4, gt=0, lt=1)
+    max_failure_fraction: float = Field(0.2, ge=0, le=1, description="stop when more simulations fail")
+    simulation_timeout: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600,
+        description="seconds one simulation may take; batches then run in their own process, killed on overrun",
+    )
+    observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
+    observation_index: int = Field(0, ge=0, le=100_000,
+                                   description="methods at one observation, without --observation: this held-out test observation")
+    resume: bool = Field(False, description="continue a sequential run whose rounds are already in the store")
+
+    @field_validator("observation")
+    @classmethod
+    def _finite(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(v == v and abs(v) != float("inf") for v in value):
+            raise ValueError("observation holds NaN or inf; give finite values")
+        return value
+
+
+class SequentialOptions(_Options):
+    """Truncated sequential rounds at one observation (PAPER.md defaults)."""
+
+    rounds: int = Field(5, ge=1, le=1000, description="rounds R of the sequential methods")
+    truncation_quantile: float = Field(1e-6, gt=0, lt=1, description="ε of the highest-probability region")
+    evaluate_rounds: bool = Field(True, description="C2ST after every round (when the task has a reference)")
+
+
+class AcquisitionOptions(_Options):
+    """An ensemble of estimators and the acquisition of part of each round's parameters (A-MF-TSNPE)."""
+
+    ensemble_size: int = Field(5, ge=2, le=100, description="members E of the A-MF-TSNPE ensemble")
+    acquisition_fraction: float = Field(0.2, ge=0, le=1, description="share B of a round's budget chosen by acquisition")
+    acquisition: Literal["log-variance", "density-variance"] = "log-variance"
+    pool_size: int | None = Field(None, ge=1, le=10_000_000, description="acquisition pool; default by budget (PAPER.md)")
+
+
+class ABCOptions(_Options):
+    """Multifidelity rejection ABC (Prescott & Baker 2020)."""
+
+    abc_proposals: int | None = Field(None, ge=1, le=MAX_SIMULATIONS, description="MF-ABC LF proposals; default --lf-sims")
+    abc_quantile: float = Field(0.05, gt=0, le=1, description="MF-ABC ε as a quantile of the LF distances")
+    abc_eta_accept: float = Field(1.0, gt=0, le=1, description="MF-ABC continuation probability when LF accepts")
+    abc_eta_reject: float = Field(0.1, gt=0, le=1, description="MF-ABC continuation probability when LF rejects")

@@ -1,0 +1,256 @@
+"""A run: its names, its seeds, and the steps every flow composes (simulate, train, finish).
+
+A :class:`Run` is made once per flow run from the validated config. It owns what used to be
+passed around by hand as ``(executor, store, task, config)``: where the run's rows and files live
+(``prefix``, the tables) and the seeds derived from the run seed (both from its
+:class:`~mfsbi.flows.plan.RunPlan`), and the coarse Prefect tasks that simulate on and train on the
+executor.
+
+Caching is off on every task: the store is the cache. Rows already stored are never simulated
+again whatever Prefect remembers, and Prefect's own caching mis-handles killed Dask workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+
+from mfsbi import __version__
+from mfsbi.flows.config import RunConfig
+from mfsbi.flows.evaluation import pair_plot_png
+from mfsbi.flows.methods import AMORTIZED
+from mfsbi.flows.plan import RunPlan
+from mfsbi.flows.summary import RunSummary
+from mfsbi.runtime import progress
+from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
+from mfsbi.runtime.simulation import SimulationReport, ensure_rows, provenance, run_pending
+from mfsbi.runtime.training_jobs import TrainJob, TrainResult, train_estimator
+from mfsbi.storage import SimulationStore
+
+__all__ = ["Run", "resolve_device", "training_resources"]
+
+
+def resolve_device(device: str, executor: BatchExecutor) -> str:
+    """``auto`` → ``cuda`` when a worker of the executor has a GPU, else ``cpu`` (and says so)."""
+    if device != "auto":
+        return device
+    if executor.gpu_workers():
+        return "cuda"
+    get_run_logger().info("device auto: no GPU worker found, training on CPU")
+    return "cpu"
+
+
+def training_resources(device: str, executor: BatchExecutor) -> dict[str, float] | None:
+    """Dask resources of a training job: CUDA training goes to a worker advertising ``GPU``."""
+    if device == "cuda" and isinstance(executor, DaskExecutor) and executor.gpu_workers():
+        return {"GPU": 1}
+    return None
+
+
+@dataclass
+class Run(RunPlan):
+    """One run of one method on one task, in progress: its plan, its store, where its jobs run.
+
+    Arguments:
+        store: the simulation store; executor: where jobs run; device: where training runs.
+    """
+
+    store: SimulationStore | None = None
+    executor: BatchExecutor | None = None
+    device: str = "cpu"
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, config: RunConfig, executor: BatchExecutor, *, device: str | None = None) -> Run:
+        """Opens the store and resolves the device: the run begins (its wall clock too).
+
+        Arguments:
+            device: a device already chosen (ABC trains nothing: ``cpu``); default from the config.
+        """
+        run = cls.of(config)
+        run.store = SimulationStore(config.store)
+        run.executor = executor
+        run.device = device or resolve_device(config.device, executor)
+        return run
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def new_summary(self) -> RunSummary:
+        """The summary's header; the flow fills in the rest."""
+        return RunSummary(task=self.task.name, method=self.config.method, run=self.name, seed=self.config.seed,
+                          device=self.device, mfsbi_version=__version__)
+
+    def simulate(self, *, table: str, fidelity: str, num_rows: int, seed: int,
+                 budget: int | None) -> SimulationReport:
+        """Reserves prior draws until ``table`` holds ``num_rows``, then simulates the pending ones."""
+        return simulate_table(self, table=table, fidelity=fidelity, num_rows=num_rows,
+                              chunk_size=self.config.chunk_rows(fidelity, self.task), seed=seed, budget=budget)
+
+    def simulate_pending(self, sim_table, *, table: str, fidelity: str) -> SimulationReport:
+        """Simulates a table's pending rows on the executor, in jobs of whole chunks."""
+        step = f"simulate {fidelity.upper()} ({table})"
+        report = run_pending(
+            self.executor, self.store.url, self.config.task, sim_table, table=table, fidelity=fidelity,
+            max_failure_fraction=self.config.max_failure_fraction, timeout=self.config.simulation_timeout,
+            seconds_per_row=self.task.cost_seconds.get(fidelity),
+            progress=lambda done, total: progress.report(step, done, total),
+        )
+        get_run_logger().info("%s/%s: simulated %d now (%d failed), %d ok in the store", table, fidelity,
+                              report.simulated, report.failed, report.stored_ok)
+        return report
+
+    def require_own_table(self):
+        """The run's own HF table (runs at one observation), created with the run's HF budget."""
+        chunk = self.config.chunk_rows("hf", self.task)
+        sim_table = self.store.require_table(
+            self.own_table, "hf", theta_dim=self.task.theta_dim, x_dim=self.task.x_dim, chunk_size=chunk,
+            provenance=provenance(self.task, "hf", self.config_hash("hf", chunk, self.config.seed)),
+        )
+        if sim_table.budget() is None:
+            sim_table.set_budget(self.config.hf_sims)
+        return sim_table
+
+    def train_job(self, *, table: str, fidelity: str, limit: int, learning_rate: float, seed: int,
+                  pretrained: bytes | None, refit_x_zscore: bool = True) -> TrainJob:
+        """A training job on the first ``limit`` rows of a table, with the paper's estimator."""
+        from mfsbi.inference import EstimatorConfig, TrainingConfig
+
+        task = self.task
+        if task.embedding:  # a CNN for images, its input z-scored as one block
+            estimator = EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured")
+        else:
+            estimator = EstimatorConfig()
+        training = TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed)
+        return TrainJob(self.store.url, self.config.task, table, fidelity, limit, estimator.to_dict(),
+                        training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore)
+
+    def train(self, jobs: list[TrainJob], label: str) -> list[TrainResult]:
+        """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
+        return train_jobs(self.executor, jobs, label=label)
+
+    def pretrained_on_lf(self, summary: RunSummary) -> bytes:
+        """The LF-pretrained estimator: simulate the LF table, pretrain, keep the checkpoint in the store.
+
+        The checkpoint is shared by every method and rerun with the same task, LF budget and seed.
+        Records the LF table, the checkpoint and (when trained now) its training in ``summary``.
+        """
+        config = self.config
+        summary.lf = dataclasses.asdict(self.simulate(table=self.shared_table, fidelity="lf", num_rows=config.lf_sims,
+                                                      seed=config.seed, budget=None))
+        name = f"{self.task.name}/pretrained-lf{config.lf_sims}-seed{config.seed}.pt"
+        summary.pretrained = f"artifacts/{name}"
+        try:
+            return self.store.read_artifact(name)
+        except FileNotFoundError:
+            pass
+        (result,) = self.train([self.train_job(
+            table=self.shared_table, fidelity="lf", limit=config.lf_sims, learning_rate=config.lf_learning_rate,
+            seed=self.seed("pretrain"), pretrained=None,
+        )], label=f"pretrain on {config.lf_sims} LF")
+        self.store.write_artifact(name, result.checkpoint)
+        summary.pretrain = result.record()
+        return result.checkpoint
+
+    def test_pairs(self, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The held-out HF test pairs (fixed by ``test_seed``, shared by every run; not part of any budget)."""
+        task = self.task
+        if num_rows <= 0:
+            return np.zeros((0, task.theta_dim)), np.zeros((0, task.x_dim))
+        chunk = self.config.chunk_rows("hf", task)
+        # Whole chunks: a batch's random stream depends on its rows, so a half-filled chunk would give
+        # other observations than a full one, and the held-out set would depend on its requested size.
+        self.simulate(table=self.test_table, fidelity="hf", num_rows=-(-num_rows // chunk) * chunk,
+                      seed=self.config.test_seed, budget=None)
+        sim_table = self.store.table(self.test_table, "hf")
+        rows = sim_table.rows("ok")
+        theta, x = sim_table.read("ok")
+        keep = rows < num_rows
+        return theta[keep], x[keep]
+
+    def target_observation(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """x_o of a run at one observation and, for a held-out test observation, its true θ."""
+        config = self.config
+        if config.observation is not None:
+            return np.asarray(config.observation, dtype=np.float64), None
+        theta, x = self.test_pairs(config.observation_index + 1)
+        if len(x) <= config.observation_index:
+            raise RuntimeError(f"held-out observation {config.observation_index} failed to simulate; pick another index")
+        return x[config.observation_index], theta[config.observation_index]
+
+    def read_artifact(self, name: str) -> bytes | None:
+        """A file of this run, or ``None`` when it is not stored (yet)."""
+        try:
+            return self.store.read_artifact(f"{self.prefix}/{name}")
+        except FileNotFoundError:
+            return None
+
+    def write_artifact(self, name: str, data: bytes) -> str:
+        """Stores a file of this run; returns its path as summaries name it."""
+        self.store.write_artifact(f"{self.prefix}/{name}", data)
+        return self.artifact(name)
+
+    def finish(self, summary: RunSummary, samples: np.ndarray | None, truth: np.ndarray | None,
+               where: str) -> None:
+        """Saves the run's outputs: samples, pair plot, ``summary.json``, and ``latest.json``.
+
+        Arguments:
+            summary: completed in place with the artifact locations, wall time and config.
+            samples: posterior samples at the run's observation (``None``: no plot).
+            truth: the true θ to mark in the plot, when known.
+            where: what the samples condition on, for the plot's title.
+        """
+        config = self.config
+        if samples is not None:
+            if config.observation is not None or self.method.family is not AMORTIZED:
+                buffer = io.BytesIO()
+                np.save(buffer, samples, allow_pickle=False)
+                summary.samples = self.write_artifact("samples.npy", buffer.getvalue())
+            title = f"{self.task.name} {self.name}: {where}"
+            summary.pair_plot = self.write_artifact("pairplot.png", pair_plot_png(samples, self.task, truth, title))
+        summary.wall_seconds = round(time.perf_counter() - self.started, 2)
+        summary.finished_at = datetime.now(timezone.utc).isoformat()
+        summary.config = config.model_dump()
+        self.write_artifact("summary.json", json.dumps(summary.to_dict(), indent=2).encode())
+        if isinstance(summary.posterior, str) and summary.posterior.endswith(".pt"):
+            # `mfsbi sample` loads the latest run that saved an estimator.
+            self.store.write_artifact("latest.json", json.dumps({"task": config.task, "run": self.prefix}).encode())
+
+
+# Internal objects (the run's executor, store and task) are passed through: no validation of them.
+@task(name="simulate", cache_policy=NO_CACHE, task_run_name="simulate {fidelity} ×{num_rows} ({table})")
+def simulate_table(run: Run, *, table: str, fidelity: str, num_rows: int, chunk_size: int, seed: int,
+                   budget: int | None) -> SimulationReport:
+    """Reserves rows drawn from the prior until the table holds ``num_rows``, then simulates the pending ones."""
+    sim_table = ensure_rows(
+        run.store, run.task, table=table, fidelity=fidelity, num_rows=num_rows, chunk_size=chunk_size,
+        seed=seed, config_hash=run.config_hash(fidelity, chunk_size, seed), budget=budget,
+    )
+    return run.simulate_pending(sim_table, table=table, fidelity=fidelity)
+
+
+@task(name="train", cache_policy=NO_CACHE, task_run_name="{label}")
+def train_jobs(executor: BatchExecutor, jobs: list[TrainJob], label: str) -> list[TrainResult]:
+    """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
+    progress.report(label, 0, len(jobs))
+    indexed = [(i, job) for i, job in enumerate(jobs)]
+    results: dict[int, TrainResult] = {}
+    resources = training_resources(jobs[0].device, executor) if jobs else None
+    for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed, resources), start=1):
+        results[i] = result
+        progress.report(label, done, len(jobs))
+    for result in results.values():
+        get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s (worker %s)", label,
+                              result.num_simulations, result.epochs, result.seconds, result.device, result.worker)
+    return [results[i] for i in range(len(jobs))]
+
+
+def _train_indexed(item: tuple[int, TrainJob]) -> tuple[int, TrainResult]:
+    return item[0], train_estimator(item[1])

@@ -1,0 +1,141 @@
+"""A run's typed summary: what ``summary.json`` holds, built by the flows, read by the CLI.
+
+Dataclasses instead of a dict filled in several places: each family sets the fields it has, and
+:meth:`RunSummary.to_dict` writes the same ``summary.json`` as before (fields left ``None`` are
+omitted, so every family's file keeps exactly its keys).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["HFState", "Metrics", "RoundRecord", "RunSummary"]
+
+
+@dataclass
+class Metrics:
+    """Metrics of one posterior; C2ST and MMD per reference, averaged over the observations used.
+
+    ``c2st_per_observation`` is recorded when there are several observations (amortised runs).
+    """
+
+    c2st: dict[str, float] = field(default_factory=dict)
+    c2st_per_observation: dict[str, list[float]] | None = None
+    mmd: dict[str, float] = field(default_factory=dict)
+    nltp: float | None = None
+    nrmse: float | None = None
+    num_c2st_observations: int = 0
+    num_nltp_pairs: int = 0
+
+    def as_rows(self) -> list[tuple[str, str]]:
+        """(metric, value) rows for tables: CLI, Prefect artifacts."""
+        rows = []
+        for name, value in self.c2st.items():
+            rows.append((f"C2ST vs {name} reference (mean of {self.num_c2st_observations} obs.)", f"{value:.3f}"))
+        for name, value in self.mmd.items():
+            rows.append((f"MMD² vs {name} reference", f"{value:.4f}"))
+        if self.nltp is not None:
+            rows.append((f"NLTP ({self.num_nltp_pairs} held-out pairs)", f"{self.nltp:.3f}"))
+        if self.nrmse is not None:
+            rows.append(("NRMSE", f"{self.nrmse:.3f}"))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.c2st_per_observation is None:
+            del out["c2st_per_observation"]
+        return out
+
+
+@dataclass
+class RoundRecord:
+    """One sequential round, as its artifact, the CLI's table and ``summary.json`` show it."""
+
+    round: int
+    new_simulations: int
+    total_simulations: int
+    failed: int
+    simulated_now: int
+    acceptance_rate: float | None
+    acquired: int
+    selected_scores: dict | None
+    pool_scores: dict | None
+    # C2ST at x_o after this round, by reference ("c2st_<name>" in the files).
+    c2st: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("c2st", "seconds")}
+        out.update({f"c2st_{name}": value for name, value in self.c2st.items()})
+        out["seconds"] = self.seconds
+        return out
+
+
+@dataclass
+class HFState:
+    """The HF table of a run at its end (sequential and ABC runs; amortised ones record the report)."""
+
+    stored_ok: int
+    failed: int
+    budget: dict[str, Any]
+    simulated_now: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.simulated_now is None:
+            del out["simulated_now"]
+        return out
+
+
+@dataclass
+class RunSummary:
+    """Everything a run reports. Paths are inside the store (``artifacts/...``)."""
+
+    task: str
+    method: str
+    run: str
+    seed: int
+    device: str
+    mfsbi_version: str
+    lf: dict[str, Any] | None = None              # the LF table's SimulationReport
+    pretrained: str | None = None                 # the shared LF-pretrained checkpoint
+    pretrain: dict[str, Any] | None = None        # its training, when this run trained it
+    rounds: list[RoundRecord] | None = None
+    hf: dict[str, Any] | HFState | None = None    # amortised: the SimulationReport; else HFState
+    hf_budget: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    abc: dict[str, Any] | None = None
+    posterior: str | list[str] | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    budget_plot: str | None = None
+    samples: str | None = None
+    pair_plot: str | None = None
+    wall_seconds: float | None = None
+    finished_at: str | None = None
+    config: dict[str, Any] | None = None
+
+    @property
+    def hf_stored_ok(self) -> int:
+        return self.hf["stored_ok"] if isinstance(self.hf, dict) else self.hf.stored_ok
+
+    @property
+    def hf_budget_used(self) -> tuple[int, int]:
+        """(reserved, total) of the HF budget."""
+        budget = self.hf_budget if self.hf_budget is not None else self.hf.budget
+        return budget["reserved"], budget["total"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``summary.json`` document."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "rounds":
+                value = [row.to_dict() for row in value]
+            elif hasattr(value, "to_dict"):
+                value = value.to_dict()
+            out[f.name] = value
+        return out
