@@ -86,7 +86,10 @@ def main() -> None:
             }
             print(method, results["methods"][method], flush=True)
 
-    with prefect_api(), dask_client(None, None) as client:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect read its settings at import: point it at the server explicitly (tests/conftest.py).
+    with prefect_api() as url, temporary_settings(updates={PREFECT_API_URL: url}), dask_client(None, None) as client:
         benchmark(DaskExecutor(client))
     results["wall_seconds"] = time.perf_counter() - started
     Path(f"{args.out}.json").write_text(json.dumps(results, indent=1))

@@ -9,13 +9,17 @@ pipeline run) and fine-tunes again with other settings, scored exactly as the fl
   default              what `mfsbi run --method mf-npe` does (refit x z-score, lr 5e-4, one network);
                        must reproduce the pipeline's own numbers (a consistency check)
   keep-lf-zscore       the x z-scoring of the LF pretraining kept instead of refitted on HF data
-  lr-1e-4              fine-tuning learning rate 1e-4 (the authors' code pretrains at 1e-4)
-  ensemble-5           five members fine-tuned from the same checkpoint (seeds differ), mixture
-  ensemble-5-lr-1e-4   both
+  lr-1e-3, lr-2e-4, lr-1e-4   other fine-tuning learning rates (the authors' code pretrains at 1e-4)
+  ensemble-N[-lr-...]  N members fine-tuned from the same checkpoint with the seeds
+                       `mfsbi run --ensemble N` uses (member 0 is the single network), mixture
+
+With --method npe the same variants train from scratch on the same HF rows (NPE's learning rate).
 
     python benchmarks/ou2_table.py --methods npe mf-npe --hf-budgets 50 100 --mf-npe-lf 10000 \\
         --observations 8 --seeds 0 1 2 --store /tmp/bar/stores --out /tmp/bar/ou2-bar
     python benchmarks/ou2_fine_tuning.py --stores /tmp/bar/stores --out docs/ou2-fine-tuning.json
+    python benchmarks/ou2_fine_tuning.py --method npe --stores /tmp/bar/stores --out docs/ou2-npe-lr.json \\
+        --variants default lr-1e-3 lr-2e-4 lr-1e-4 ensemble-5
 """
 
 from __future__ import annotations
@@ -30,20 +34,35 @@ import numpy as np
 VARIANTS: dict[str, dict] = {
     "default": {"refit_x_zscore": True, "learning_rate": 5e-4, "size": 1},
     "keep-lf-zscore": {"refit_x_zscore": False, "learning_rate": 5e-4, "size": 1},
+    "lr-1e-3": {"refit_x_zscore": True, "learning_rate": 1e-3, "size": 1},
+    "lr-2e-4": {"refit_x_zscore": True, "learning_rate": 2e-4, "size": 1},
     "lr-1e-4": {"refit_x_zscore": True, "learning_rate": 1e-4, "size": 1},
     "ensemble-5": {"refit_x_zscore": True, "learning_rate": 5e-4, "size": 5},
+    "ensemble-5-lr-2e-4": {"refit_x_zscore": True, "learning_rate": 2e-4, "size": 5},
     "ensemble-5-lr-1e-4": {"refit_x_zscore": True, "learning_rate": 1e-4, "size": 5},
+    "ensemble-10-lr-1e-4": {"refit_x_zscore": True, "learning_rate": 1e-4, "size": 10},
 }
 
 
-def _variant_posterior(pretrained, theta, x, seed: int, variant: dict):
-    from mfsbi.inference import TrainingConfig, train_ensemble
+def _member_seeds(seed: int, size: int) -> list[int]:
+    """The seeds `mfsbi run --ensemble N` trains its members with (flows/amortized.py)."""
+    from mfsbi.runtime.seeds import derive_seed
 
-    # train_ensemble with size 1 is fine_tune with the same seed: member i trains with seed + i.
-    training = TrainingConfig(seed=seed, learning_rate=variant["learning_rate"])
-    ensemble = train_ensemble(pretrained, theta, x, size=variant["size"], training=training,
-                              refit_x_zscore=variant["refit_x_zscore"])
-    return ensemble.posterior() if variant["size"] > 1 else ensemble.members[0].posterior()
+    return [derive_seed(seed, "train")] + [derive_seed(seed, "train", e) for e in range(1, size)]
+
+
+def _variant_posterior(pretrained, prior, theta, x, seed: int, variant: dict):
+    """MF-NPE (fine-tune ``pretrained``) or NPE (``pretrained`` None: from scratch) with a variant's settings."""
+    from mfsbi.inference import Ensemble, TrainingConfig, fine_tune, train_npe
+
+    members = []
+    for member_seed in _member_seeds(seed, variant["size"]):
+        training = TrainingConfig(seed=member_seed, learning_rate=variant["learning_rate"])
+        if pretrained is None:
+            members.append(train_npe(prior, theta, x, training=training))
+        else:
+            members.append(fine_tune(pretrained, theta, x, training=training, refit_x_zscore=variant["refit_x_zscore"]))
+    return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
 
 
 def main() -> None:
@@ -54,6 +73,8 @@ def main() -> None:
     parser.add_argument("--lf-sims", type=int, default=10_000)
     parser.add_argument("--observations", type=int, default=8)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--method", choices=["mf-npe", "npe"], default="mf-npe",
+                        help="npe: train from scratch on the same HF rows (no pretrained checkpoint)")
     parser.add_argument("--out", type=Path, default=Path("docs/ou2-fine-tuning.json"))
     args = parser.parse_args()
 
@@ -61,7 +82,6 @@ def main() -> None:
 
     from mfsbi.flows.config import RunConfig
     from mfsbi.flows.evaluation import evaluate_posterior
-    from mfsbi.runtime.seeds import derive_seed
     from mfsbi.inference import estimator_from_bytes
     from mfsbi.simulators import get_task
     from mfsbi.storage import SimulationStore
@@ -73,7 +93,7 @@ def main() -> None:
     started = time.perf_counter()
     for seed in args.seeds:
         store = SimulationStore(str(args.stores / f"seed{seed}"))
-        pretrained = estimator_from_bytes(
+        pretrained = None if args.method == "npe" else estimator_from_bytes(
             store.read_artifact(f"ou2/pretrained-lf{args.lf_sims}-seed{seed}.pt"), task.prior)
         test_theta, test_x = store.table("ou2-test", "hf").read("ok")
         test_theta, test_x = test_theta[: args.observations], test_x[: args.observations]
@@ -85,7 +105,7 @@ def main() -> None:
             x = torch.as_tensor(x_all[keep], dtype=torch.float32)
             for name in args.variants:
                 t0 = time.perf_counter()
-                posterior = _variant_posterior(pretrained, theta, x, derive_seed(seed, "train"), VARIANTS[name])
+                posterior = _variant_posterior(pretrained, task.prior, theta, x, seed, VARIANTS[name])
                 evaluation = evaluate_posterior(posterior, task, test_theta, test_x, num_c2st=args.observations,
                                                 num_samples=1000, seed=test_seed)
                 runs.append({"variant": name, "seed": seed, "hf": budget, "c2st": evaluation.c2st,

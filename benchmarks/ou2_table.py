@@ -171,7 +171,12 @@ def main() -> None:
             print(f"[{i}/{len(runs)}] {name} hf={run['hf']} seed={run['seed']} obs={run['obs']}: "
                   f"C2ST(paper) {c2st:.3f} in {results[-1]['seconds']:.0f} s", flush=True)
 
-    with prefect_api(), dask_client(None, args.workers) as client:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # Prefect read its settings when imported above: point this process at the server explicitly,
+    # or the flow would start an ephemeral server of its own (as tests/conftest.py does).
+    with prefect_api() as url, temporary_settings(updates={PREFECT_API_URL: url}), \
+            dask_client(None, args.workers) as client:
         benchmark(DaskExecutor(client))
     _plot(_table(results, args.hf_budgets), out_png)
     print(f"done: {len(runs)} runs in {time.perf_counter() - started:.0f} s; wrote {out_json} and {out_png}")

@@ -11,7 +11,9 @@ Then ``mfsbi serve`` (a subprocess) starts the Prefect server on that database, 
 Dask worker, the process work pool and a Prefect worker, all on 127.0.0.1. ``mfsbi deploy`` registers
 the deployments, ``mfsbi submit ... --follow`` runs a small OU2 MF-NPE to Completed; the Prefect API
 must show the flow run Completed with its markdown metrics artifact, and the store the 20 HF
-simulations. Everything is stopped with SIGTERM and no process of the test may be left.
+simulations. A submit without ``store`` keeps its store in the submitter's folder (not in the worker's
+temporary one), a flow run handed a relative store fails saying so, and the registered schedule names
+an absolute store. Everything is stopped with SIGTERM and no process of the test may be left.
 """
 
 from __future__ import annotations
@@ -186,6 +188,39 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         assert submit.returncode == 0, submit.stdout + submit.stderr + (home / "logs" / "prefect-worker.log").read_text()[-3000:]
         flow_run_id = submit.stdout.split("flow run ", 1)[1].split()[0]
 
+        # No `store`: the default is taken from the submitter's folder, and outlives the flow run.
+        submitter = tmp_path / "submitter"
+        submitter.mkdir()
+        default = subprocess.run(
+            [*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "method=npe",
+             "--param", "hf_sims=20", "--param", "max_num_epochs=5", "--param", "num_test_observations=1",
+             "--param", "num_nltp_pairs=5", "--follow", "--timeout", "600"],
+            env=env, cwd=submitter, capture_output=True, text=True, timeout=700)
+        seen |= _descendants(serve.pid)
+        assert default.returncode == 0, default.stdout + default.stderr
+        assert f"store: {submitter / 'mfsbi-store'}" in default.stdout, default.stdout
+
+        # A relative store reaching a deployment run (not through `mfsbi submit`) fails the run, saying why.
+        relative = subprocess.run([sys.executable, "-c", f"""
+import json, time
+from prefect.client.orchestration import get_client
+from mfsbi.app.deployments import submit_run
+from mfsbi.flows.config import RunConfig
+config = RunConfig(task="ou2", method="npe", hf_sims=20, store="relative-store", dask_address={info["dask_address"]!r})
+flow_run = submit_run("mfsbi-amortized/mfsbi-amortized", config)
+with get_client(sync_client=True) as client:
+    for _ in range(300):
+        flow_run = client.read_flow_run(flow_run.id)
+        if flow_run.state is not None and flow_run.state.is_final():
+            break
+        time.sleep(1)
+print(json.dumps({{"state": flow_run.state.type.value, "message": flow_run.state.message}}))
+"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"]}, capture_output=True, text=True, timeout=400)
+        seen |= _descendants(serve.pid)
+        assert relative.returncode == 0, relative.stderr
+        refused = json.loads(relative.stdout.strip().splitlines()[-1])
+        assert refused["state"] == "FAILED" and "store: 'relative-store' is relative" in refused["message"], refused
+
         listing = subprocess.run([*MFSBI, "runs"], env=env, capture_output=True, text=True, timeout=120)
         assert listing.returncode == 0 and "Completed" in listing.stdout, listing.stdout + listing.stderr
         # `mfsbi status` shows the store's rows and budget beside its flow runs from the API.
@@ -204,7 +239,8 @@ with get_client(sync_client=True) as client:
     deployment = client.read_deployment(run.deployment_id)
     artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     print(json.dumps({{"state": run.state.type.value, "name": run.name, "deployment": deployment.name,
-                      "artifacts": [[a.type, a.key, a.data] for a in artifacts]}}))
+                      "artifacts": [[a.type, a.key, a.data] for a in artifacts],
+                      "schedules": [[s.active, s.parameters] for s in deployment.schedules]}}))
 """], env={**env, "PREFECT_API_URL": info["prefect_api_url"]}, capture_output=True, text=True, timeout=120)
         assert check.returncode == 0, check.stderr
         facts = json.loads(check.stdout.strip().splitlines()[-1])
@@ -212,6 +248,9 @@ with get_client(sync_client=True) as client:
         assert facts["name"].startswith("ou2 mf-npe lf=300 hf=20")
         markdown = [data for kind, key, data in facts["artifacts"] if kind == "markdown" and key.startswith("metrics-")]
         assert markdown and "| metric | value |" in markdown[0]
+        # The example nightly schedule (inactive) names an absolute store under $MFSBI_HOME.
+        ((active, parameters),) = facts["schedules"]
+        assert active is False and parameters["config"]["store"] == str(home / "stores" / "ou2")
 
         # Through the store: the simulations are there.
         from mfsbi.storage import SimulationStore
@@ -219,6 +258,8 @@ with get_client(sync_client=True) as client:
         handle = SimulationStore(str(store), mode="r")
         assert handle.table("ou2", "hf").counts()["ok"] == 20
         assert handle.table("ou2", "lf").counts()["ok"] == 300
+        kept = SimulationStore(str(submitter / "mfsbi-store"), mode="r")
+        assert kept.table("ou2", "hf").counts()["ok"] == 20
     finally:
         seen |= _descendants(serve.pid)
         if serve.poll() is None:

@@ -125,8 +125,20 @@ def test_no_secret_literal_is_committed():
             if re.search(r"PASSWORD|SECRET|TOKEN|KEY", key):
                 assert str(value).startswith("${"), f"{name}: {key} must come from .env"
     # Credentials inside URLs come from variables too.
-    for user, password in re.findall(r"://([^:/@\s]+):([^@\s]+)@", text):
+    # (a ${VAR:?message} may hold spaces: a substitution counts as one piece)
+    credentials = re.findall(r"://([^:/@\s]+):(\$\{[^}]*\}|[^@\s]+)@", text)
+    assert credentials, "the database URL takes its credentials from variables"
+    for user, password in credentials:
         assert user.startswith("${") and password.startswith("${"), f"a credential literal in a URL: {user}"
+
+
+def test_compose_refuses_an_empty_database_password():
+    text = COMPOSE.read_text()
+    uses = re.findall(r"(?<!\$)\$\{POSTGRES_PASSWORD([^}]*)\}", text)
+    assert len(uses) >= 2, "the postgres service and the Prefect server's database URL"
+    for rest in uses:
+        assert rest.startswith(":?") and "POSTGRES_PASSWORD" in rest, f"${{POSTGRES_PASSWORD{rest}}}: no :? check"
+    assert not re.search(r"(?<![${])\$POSTGRES_PASSWORD", text), "an unbraced $POSTGRES_PASSWORD has no :? check"
 
 
 def test_env_example_defines_every_variable_the_compose_file_uses():
@@ -135,7 +147,8 @@ def test_env_example_defines_every_variable_the_compose_file_uses():
                    if line.strip() and not line.startswith("#"))
     assert used, "the compose file takes its settings from .env"
     assert used <= set(example), f"missing from .env.example: {sorted(used - set(example))}"
-    assert example["POSTGRES_PASSWORD"] in ("change-me", ""), "only a placeholder password is committed"
+    # Empty, so that `cp .env.example .env` without editing refuses to start (the :? checks).
+    assert example["POSTGRES_PASSWORD"] == "", "no password is committed, not even a placeholder"
 
 
 def test_every_compose_command_exists():
@@ -235,6 +248,12 @@ def test_the_deploy_command_registers_what_prefect_yaml_declares():
 def test_docker_compose_validates_the_file():
     import subprocess
 
-    result = subprocess.run(["docker-compose", "--env-file", ".env.example", "--profile", "gpu", "config", "-q"],
-                            cwd=ROOT, capture_output=True, text=True)
+    argv = ["docker-compose", "--env-file", ".env.example", "--profile", "gpu", "config", "-q"]
+    env = {key: value for key, value in os.environ.items() if key != "POSTGRES_PASSWORD"}
+    # .env.example's password is empty on purpose: compose refuses it...
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "set POSTGRES_PASSWORD in .env" in refused.stderr, refused.stderr
+    # ...and accepts the file once one is set (the shell's environment wins over --env-file).
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "POSTGRES_PASSWORD": "test-only-password"})
     assert result.returncode == 0, result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -10,13 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from mfsbi.app import service_cli
-from mfsbi.app.console import OneLineCommand, console, fail
+from mfsbi import __version__
+from mfsbi.app import listings, service_cli
+from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
+from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation
 from mfsbi.app.prefect_server import quiet_prefect_environment
 from mfsbi.app.report import print_summary
 from mfsbi.app.service_cli import print_store_runs
-from mfsbi.flows.methods import FAMILIES, methods_of
+from mfsbi.flows.methods import FAMILIES, available_methods, methods_of
+from mfsbi.flows.options import Device
 
 if TYPE_CHECKING:
     from mfsbi.flows.summary import RunSummary
@@ -26,9 +28,31 @@ __all__ = ["UsageError", "app", "build_config", "load_observation", "main"]
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multifidelity simulation-based inference, orchestrated by Prefect and Dask.")
 
-# The registered methods, by family, for `--method`'s help (from the registry: a new method shows).
-METHODS_HELP = "; ".join(f"{', '.join(methods_of(family))} ({family.name})" for family in FAMILIES
-                         if methods_of(family))
+
+def _methods_help() -> str:
+    """The registered methods, by family (a method of a family outside FAMILIES last)."""
+    groups = [f"{', '.join(methods_of(family))} ({family.name})" for family in FAMILIES if methods_of(family)]
+    listed = {name for family in FAMILIES for name in methods_of(family)}
+    others = [name for name in available_methods() if name not in listed]
+    return "one of " + "; ".join(groups + ([", ".join(others)] if others else []))
+
+
+# Read from the registry when the command line is parsed: a method registered after import counts.
+METHODS = Choices(available_methods, describe=_methods_help)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mfsbi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """The options of ``mfsbi`` itself, before a command (the app's help is the Typer's)."""
 
 
 @app.command(cls=OneLineCommand)
@@ -37,7 +61,7 @@ def run(
     config_file: Annotated[Optional[Path], typer.Option(
         "--config", help="a .toml, .json or .yaml file of RunConfig fields; options given here win")] = None,
     task: Annotated[str, typer.Option(help="task name (see `mfsbi tasks`) or package.module:attribute")] = "ou2",
-    method: Annotated[str, typer.Option(help=f"one of {METHODS_HELP}")] = "mf-npe",
+    method: Annotated[str, typer.Option(callback=METHODS.check, help=_methods_help())] = "mf-npe",
     lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations (mf-npe)")] = 10_000,
     hf_sims: Annotated[int, typer.Option(help="high-fidelity simulation budget")] = 100,
     store: Annotated[str, typer.Option(help="zarr store: a folder or a zarr store URL")] = "mfsbi-store",
@@ -45,7 +69,7 @@ def run(
     observation: Annotated[Optional[Path], typer.Option(help="x_o as a .npy file")] = None,
     dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
     n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Annotated[Device, typer.Option(help="where to train (auto: cuda when visible)")] = "auto",
     num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
     num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
     max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
@@ -53,12 +77,16 @@ def run(
     observation_index: Annotated[int, typer.Option(help="sequential methods without --observation: held-out test observation")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="continue a sequential run already in the store")] = False,
     truncation_quantile: Annotated[float, typer.Option(help="ε of the truncated region (TSNPE)")] = 1e-6,
+    ensemble: Annotated[int, typer.Option(help="NPE / MF-NPE: train N estimators (seeds differ) and use their "
+                                               "mixture, sbi's EnsemblePosterior; 1: one estimator")] = 1,
     ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
     simulation_timeout: Annotated[Optional[float], typer.Option(help="seconds one simulation may take (hangs are killed, rows failed)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the run's summary as one JSON document on stdout (progress, notes: stderr)")] = False,
 ) -> None:
     """Run a method end to end: simulate, store, train, evaluate.
 
@@ -70,7 +98,7 @@ def run(
                    n_workers=n_workers, device=device, num_test_observations=num_test_observations,
                    num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
                    observation_index=observation_index, resume=resume,
-                   truncation_quantile=truncation_quantile, ensemble_size=ensemble_size,
+                   truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
                    acquisition_fraction=acquisition_fraction, pool_size=pool_size,
                    max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout)
     # Given on the command line (or by environment): these override --config; defaults do not.
@@ -80,8 +108,12 @@ def run(
         config = build_config(config_file=config_file, explicit=explicit, **options)
     except UsageError as error:
         fail(str(error))
-    summary = _run_with_services(config, verbose)
-    print_summary(summary)
+    if not as_json:
+        print_summary(_run_with_services(config, verbose))
+        return
+    with stdout_to_stderr():  # the progress, the notes, what workers print
+        summary = _run_with_services(config, verbose)
+    print_json(summary.to_dict())
 
 
 def _run_with_services(config, verbose: bool) -> RunSummary:
@@ -91,6 +123,7 @@ def _run_with_services(config, verbose: bool) -> RunSummary:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from mfsbi.app.prefect_server import ServiceError, prefect_api
+    from mfsbi.flows.training_progress import describe_epoch
     from mfsbi.runtime import progress as progress_events
 
     if not verbose:
@@ -103,19 +136,26 @@ def _run_with_services(config, verbose: bool) -> RunSummary:
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
             with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=False) as bars:
+                          TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
+                          transient=False) as bars:
                 ids: dict[str, object] = {}
 
                 def listener(step: str, done: int, total: int) -> None:
                     if step not in ids:
-                        ids[step] = bars.add_task(step, total=total)
+                        ids[step] = bars.add_task(step, total=total, detail="")
                     bars.update(ids[step], completed=done, total=total)
 
+                def epochs(event: dict) -> None:  # a training's epoch: shown beside its bar
+                    if event.get("label") in ids:
+                        bars.update(ids[event["label"]], detail=describe_epoch(event))
+
                 progress_events.listen(listener)
+                progress_events.listen_epochs(epochs)
                 try:
                     return flow_function(config)
                 finally:
                     progress_events.listen(None)
+                    progress_events.listen_epochs(epochs, on=False)
     except ServiceError as error:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
@@ -130,58 +170,50 @@ def sample(
     out: Annotated[Path, typer.Option(help="where to write the samples (.npy)")] = Path("samples.npy"),
     run_name: Annotated[Optional[str], typer.Option("--run", help="TASK/RUN inside artifacts/ (default: latest)")] = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
+    task: Annotated[Optional[str], typer.Option(help="the run's task when it is your own module:attribute "
+                                                     "(never imported because a store names it)")] = None,
 ) -> None:
-    """Draw posterior samples at an observation from a stored posterior."""
+    """Draw posterior samples at an observation from a stored posterior (see `mfsbi.load_posterior`)."""
     import numpy as np
 
+    from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
     from mfsbi.flows.evaluation import sample_posterior
-    from mfsbi.inference import estimator_from_bytes
     from mfsbi.simulators import TaskNotFoundError, get_task
-    from mfsbi.storage import SimulationStore, StoreError
 
     try:
-        handle = SimulationStore(store, mode="r")
-        latest = json.loads(handle.read_artifact("latest.json"))
-        prefix = run_name or latest["run"]
-        task_obj = get_task(latest["task"] if run_name is None else _run_task(handle, prefix))
+        prefix, summary = run_summary(store, run_name)
+        posterior = load_posterior(store, prefix, task=task)  # refuses a user's task unless --task names it
+        task_obj = get_task(task or summary["config"]["task"])
         x_o = np.asarray(load_observation(observation, task_obj.x_dim))
-        checkpoint = handle.read_artifact(f"{prefix}/posterior.pt")
-    except (StoreError, KeyError, FileNotFoundError) as error:
-        fail(f"--store: {store!r} holds no trained posterior ({error})")
+    except RunNotFoundError as error:
+        fail(f"--store: {error}")
     except (UsageError, TaskNotFoundError) as error:
         fail(str(error))
     if out.suffix != ".npy":
         fail(f"--out: {str(out)!r} must end in .npy")
-    posterior = estimator_from_bytes(checkpoint, task_obj.prior).posterior()
     samples = sample_posterior(posterior, x_o, num_samples, seed)
     np.save(out, samples, allow_pickle=False)
     console.print(f"wrote {num_samples} samples of {prefix} to {out}")
 
 
-def _run_task(handle, prefix: str) -> str:
-    return json.loads(handle.read_artifact(f"{prefix}/summary.json"))["config"]["task"]
-
-
 @app.command()
-def tasks() -> None:
+def tasks(
+    as_json: Annotated[bool, typer.Option("--json", help="print the tasks as one JSON document on stdout")] = False,
+) -> None:
     """List the available tasks."""
-    from mfsbi.simulators import available_tasks, get_task
-
-    table = Table(title="mfsbi tasks (costs: seconds per simulation measured on 2 cores, see docs/)")
-    for column in ("task", "θ", "x size", "LF uses", "references", "LF s/sim", "HF s/sim"):
-        table.add_column(column, overflow="fold")
-    for name in available_tasks():
-        task_obj = get_task(name)
-        lf_uses = ", ".join(task_obj.parameter_names[i] for i in task_obj.low_fidelity_parameters)
-        costs = [task_obj.cost_seconds.get(f) for f in ("lf", "hf")]
-        table.add_row(name, str(task_obj.theta_dim), str(task_obj.x_dim),
-                      lf_uses if len(lf_uses) < 30 else f"{len(task_obj.low_fidelity_parameters)} of {task_obj.theta_dim}",
-                      ", ".join(task_obj.references) or "-", *("-" if c is None else f"{c:.2g}" for c in costs))
-    console.print(table)
+    records = listings.task_records()
+    if as_json:
+        print_json(records)
+    else:
+        listings.print_tasks(records)
 
 
 @app.command()
-def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
+def status(
+    store: Annotated[str, typer.Argument(help="the store folder or URL")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the tables and flow runs (null: no API) as one JSON document on stdout")] = False,
+) -> None:
     """Show what a store holds: rows by status, HF budget, runs."""
     from mfsbi.storage import SimulationStore, StoreError
 
@@ -189,16 +221,11 @@ def status(store: Annotated[str, typer.Argument(help="the store folder or URL")]
         handle = SimulationStore(store, mode="r")
     except (StoreError, FileNotFoundError) as error:
         fail(f"STORE: {error}")
-    table = Table(title=f"store {store}")
-    for column in ("task", "fidelity", "ok", "failed", "pending", "HF budget used / total"):
-        table.add_column(column, justify="right" if column not in ("task", "fidelity") else "left")
-    for task_name, fidelity in handle.tables():
-        sim_table = handle.table(task_name, fidelity)
-        counts = sim_table.counts()
-        budget = sim_table.budget()
-        table.add_row(task_name, fidelity, str(counts["ok"]), str(counts["failed"]), str(counts["pending"]),
-                      f"{budget.reserved} / {budget.total}" if budget else "-")
-    console.print(table)
+    rows = listings.store_tables(handle)
+    if as_json:
+        print_json({"store": store, "tables": rows, "flow_runs": print_store_runs(store, show=False)})
+        return
+    listings.print_store_tables(store, rows)
     print_store_runs(store)
 
 
@@ -223,11 +250,13 @@ def verify(store: Annotated[str, typer.Argument(help="the store folder or URL")]
         console.print(f"store OK: {report.tables} tables, {report.rows} rows", highlight=False)
         return
     table = Table(title=f"store {store}: {len(report)} problems ({report.tables} tables, {report.rows} rows)")
-    for column in ("table", "field", "severity", "problem"):
+    name_column(table, "table")
+    name_column(table, "field")
+    for column in ("severity", "problem"):
         table.add_column(column, overflow="fold")
     for problem in report:
         table.add_row(problem.table, problem.field, problem.severity, problem.message)
-    console.print(table)
+    print_table(table)
     raise typer.Exit(1)
 
 

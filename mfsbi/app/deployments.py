@@ -9,16 +9,23 @@ run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.app.stack`) or of
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
+from mfsbi.app.prefect_server import mfsbi_home
 from mfsbi.app.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
 from mfsbi.flows.methods import FAMILIES, Family, methods_of
 
 __all__ = [
-    "ParamError", "build_submit_config", "deployment_families", "deployment_flow", "deployment_full_name", "follow_run",
-    "parse_params", "recent_runs", "register_deployments", "submit_run",
+    "EXAMPLE_CRON", "ParamError", "absolute_store", "amortized_schedules", "build_submit_config", "check_cron",
+    "deployment_families", "deployment_flow", "deployment_full_name", "follow_run", "parse_params", "recent_runs",
+    "register_deployments", "scheduled_store", "submit_run",
 ]
+
+# The example nightly run of deploy/prefect.yaml (UTC), registered inactive unless `--cron` is given.
+EXAMPLE_CRON = "0 3 * * *"
 
 
 def deployment_families() -> dict[str, Family]:
@@ -31,7 +38,45 @@ def deployment_flow(name: str):
     return deployment_families()[name].load_flow()
 
 
-def register_deployments(names: list[str] | None = None, with_schedule: bool = True) -> list[tuple[str, str]]:
+def check_cron(expression: str) -> str:
+    """The cron expression if Prefect accepts it; else ParamError with one line naming ``--cron``."""
+    from prefect.schedules import Cron
+
+    try:
+        Cron(expression, timezone="UTC")
+    except ValueError:
+        raise ParamError(f"--cron: {expression!r} is not a cron expression "
+                         '(five fields: minute hour day-of-month month day-of-week, e.g. "0 2 * * *")') from None
+    return expression
+
+
+def scheduled_store() -> str:
+    """The store of the scheduled run: ``$MFSBI_HOME/stores/ou2``, absolute (a worker has no useful cwd)."""
+    return os.path.abspath(mfsbi_home().expanduser() / "stores" / "ou2")
+
+
+def amortized_schedules(with_schedule: bool = True, cron: str | None = None) -> list | None:
+    """The schedules of ``mfsbi-amortized``: ``cron`` active, else the example inactive, else none.
+
+    Raises:
+        ParamError: ``cron`` is not a cron expression, or is given with ``with_schedule=False``.
+    """
+    from prefect.schedules import Cron
+
+    if cron is not None and not with_schedule:
+        raise ParamError("--cron: cannot be combined with --no-schedule (drop one of them)")
+    if cron is None and not with_schedule:
+        return None
+    parameters = {"config": {"task": "ou2", "method": "mf-npe", "lf_sims": 10000, "hf_sims": 100,
+                             "store": scheduled_store()}}
+    if cron is not None:
+        return [Cron(check_cron(cron), timezone="UTC", active=True, parameters=parameters)]
+    # The example of deploy/prefect.yaml: nightly, inactive until switched on in the UI.
+    return [Cron(EXAMPLE_CRON, timezone="UTC", active=False, parameters=parameters)]
+
+
+def register_deployments(names: list[str] | None = None, with_schedule: bool = True,
+                         cron: str | None = None) -> list[tuple[str, str]]:
     """Registers the deployments on the current API for the process work pool; returns (name, id).
 
     The entrypoints are module paths (``mfsbi.flows.amortized.amortized_flow``): the worker imports the
@@ -40,25 +85,27 @@ def register_deployments(names: list[str] | None = None, with_schedule: bool = T
     Arguments:
         names: deployment names (default: one per family).
         with_schedule: add the example nightly schedule (inactive) to ``mfsbi-amortized``.
+        cron: instead, an active cron schedule (UTC) of this expression for ``mfsbi-amortized``.
     """
-    from prefect.schedules import Cron
     from prefect.types.entrypoint import EntrypointType
 
+    schedules = amortized_schedules(with_schedule, cron)  # a bad cron fails before the API is used
     ensure_work_pool()
     registered = []
     families = deployment_families()
     for name in names or list(families):
         flow_obj = families[name].load_flow()
-        schedules = None
-        if with_schedule and name == "mfsbi-amortized":
-            # The example of deploy/prefect.yaml: nightly, inactive until switched on in the UI.
-            schedules = [Cron("0 3 * * *", timezone="UTC", active=False,
-                              parameters={"config": {"task": "ou2", "method": "mf-npe", "lf_sims": 10000,
-                                                     "hf_sims": 100, "store": "mfsbi-store"}})]
+        own = schedules if name == "mfsbi-amortized" else None
+        if own:
+            # A deployment run refuses a store whose parent folder is missing: make the one it will use.
+            try:
+                Path(scheduled_store()).parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # e.g. another machine's layout: the scheduled run then says which folder is missing
         deployment = flow_obj.to_deployment(
             name=name, work_pool_name=WORK_POOL, entrypoint_type=EntrypointType.MODULE_PATH,
             description=families[name].description,
-            tags=["mfsbi"], schedules=schedules,
+            tags=["mfsbi"], schedules=own,
         )
         registered.append((f"{flow_obj.name}/{name}", str(deployment.apply())))
     return registered
@@ -101,8 +148,19 @@ def deployment_full_name(name: str) -> tuple[str, str]:
     return f"{name}/{name}", name
 
 
+def absolute_store(store: str) -> str:
+    """A relative local store made absolute against the current folder; URLs (``s3://``) unchanged."""
+    if "://" in store:
+        return store
+    return os.path.normpath(Path.cwd() / Path(store).expanduser())
+
+
 def build_submit_config(short_name: str, values: dict[str, Any]):
-    """Validates the params into a RunConfig for ``short_name``; raises ParamError with one line."""
+    """Validates the params into a RunConfig for ``short_name``; raises ParamError with one line.
+
+    A relative ``store`` (the default too) is taken from the submitter's current folder: the worker
+    runs the flow in a temporary folder of its own, deleted when the run ends.
+    """
     from pydantic import ValidationError
 
     from mfsbi.flows.config import RunConfig, describe_validation_error
@@ -111,6 +169,9 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
     if unknown:
         raise ParamError(f"--param: {unknown[0]!r} is not a run setting (see `mfsbi run --help`; "
                          f"settings: {', '.join(RunConfig.model_fields)})")
+    store = values.get("store", RunConfig.model_fields["store"].default)
+    if isinstance(store, str) and store:  # anything else is refused by the validation below
+        values["store"] = absolute_store(store)
     family = deployment_families().get(short_name)
     methods = None
     if family is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from mfsbi.app.console import console
+from mfsbi.app.console import name_column, print_table
 from mfsbi.flows.summary import RunSummary
 
 __all__ = ["print_summary"]
@@ -21,7 +21,7 @@ def _print_rounds(summary: RunSummary) -> None:
         table.add_row(str(row.round + 1), str(row.new_simulations), str(row.total_simulations),
                       "-" if rate is None else f"{rate:.3f}", str(row.acquired or 0),
                       *(f"{row.c2st[r]:.3f}" for r in references))
-    console.print(table)
+    print_table(table)
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -31,7 +31,7 @@ def print_summary(summary: RunSummary) -> None:
     metrics = summary.metrics
     table = Table(title=f"{summary.task} · {summary.run} · {summary.wall_seconds:.0f} s")
     table.add_column("result")
-    table.add_column("value", justify="right")
+    name_column(table, "value", justify="right")  # the posterior's and the plot's paths stay whole
     where = f"{metrics.num_c2st_observations} held-out obs." if summary.rounds is None else "at x_o"
     for name, value in metrics.c2st.items():
         table.add_row(f"C2ST vs {name} reference ({where})", f"{value:.3f}")
@@ -46,4 +46,4 @@ def print_summary(summary: RunSummary) -> None:
     posterior = summary.posterior
     table.add_row("posterior", posterior if isinstance(posterior, str) else f"{posterior[0]} (+{len(posterior) - 1})")
     table.add_row("pair plot", summary.pair_plot or "-")
-    console.print(table)
+    print_table(table)

@@ -18,24 +18,36 @@ from mfsbi.app.console import console, fail
 __all__ = ["deploy", "print_store_runs", "require_api", "runs", "serve", "submit"]
 
 
-def print_store_runs(store: str) -> None:
-    """The flow runs of this store, from the Prefect API when one is reachable."""
+def print_store_runs(store: str, show: bool = True) -> list[dict] | None:
+    """The flow runs of this store, from the Prefect API when one is reachable (else None).
+
+    ``show=False``: only returns them (``status --json``).
+    """
     from mfsbi.app import deployments
     from mfsbi.app import stack as serve_stack
+    from mfsbi.app.console import name_column, print_table
     from mfsbi.app.prefect_server import healthy
 
     api_url = serve_stack.resolve_api_url()
     if not api_url or not healthy(api_url):
-        console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
-        return
+        if show:
+            console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
+        return None
     serve_stack.use_api(api_url)
     runs = [run for run in deployments.recent_runs(200) if _same_store(run.get("store"), store)]
+    if not show:
+        return runs
     table = Table(title=f"flow runs on this store ({serve_stack.ui_url(api_url)})")
-    for column in ("flow run", "state", "start", "duration"):
+    name_column(table, "flow run")
+    for column in ("state", "start", "duration"):
         table.add_column(column)
     for run in runs:
         table.add_row(run["name"], run["state"], run["start"], run["duration"])
-    console.print(table if runs else "no flow run of this store in the Prefect API")
+    if runs:
+        print_table(table)
+    else:
+        console.print("no flow run of this store in the Prefect API")
+    return runs
 
 
 def _same_store(a: str | None, b: str) -> bool:
@@ -93,14 +105,24 @@ def serve(
 def deploy(
     schedule: Annotated[bool, typer.Option("--schedule/--no-schedule",
                                            help="add the example nightly cron (inactive) to mfsbi-amortized")] = True,
+    cron: Annotated[Optional[str], typer.Option(
+        help='instead, run mfsbi-amortized on this cron (UTC), active: "0 2 * * *"')] = None,
 ) -> None:
-    """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc on the work pool mfsbi-process."""
-    api_url = require_api()
+    """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc on the work pool mfsbi-process.
+
+    The scheduled run of mfsbi-amortized (OU2, MF-NPE) keeps its store in $MFSBI_HOME/stores/ou2.
+    """
     from mfsbi.app import deployments
+
+    try:  # bad input is refused before any API is needed
+        deployments.amortized_schedules(schedule, cron)
+    except deployments.ParamError as error:
+        fail(str(error))
+    api_url = require_api()
     from mfsbi.app import stack as serve_stack
 
     try:
-        registered = deployments.register_deployments(with_schedule=schedule)
+        registered = deployments.register_deployments(with_schedule=schedule, cron=cron)
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         fail(f"could not register the deployments on {api_url}: {type(error).__name__}: {error}", code=1)
     table = Table(title=f"deployments on {api_url} (work pool {serve_stack.WORK_POOL})")
@@ -109,6 +131,9 @@ def deploy(
     for name, deployment_id in registered:
         table.add_row(name, deployment_id)
     console.print(table)
+    if cron is not None:
+        console.print(f"schedule: mfsbi-amortized at {cron!r} (UTC), active; store "
+                      f"{deployments.scheduled_store()}", highlight=False)
 
 
 def submit(
@@ -136,7 +161,7 @@ def submit(
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         fail(f"could not trigger {full_name}: {type(error).__name__}: {error}", code=1)
     url = f"{serve_stack.ui_url(api_url)}/runs/flow-run/{flow_run.id}"
-    console.print(f"flow run {flow_run.id} ({flow_run.name})\n{url}", highlight=False)
+    console.print(f"flow run {flow_run.id} ({flow_run.name})\n{url}\nstore: {config.store}", highlight=False)
     if config.dask_address is None:
         console.print("note: no Dask address (MFSBI_DASK_ADDRESS, serve.json): the run starts a local cluster "
                       "where the worker runs it", highlight=False)
@@ -151,18 +176,28 @@ def submit(
     console.print(f"[bold green]{state.name}[/]", highlight=False)
 
 
-def runs(limit: Annotated[int, typer.Option(min=1, max=200, help="how many flow runs")] = 20) -> None:
+def runs(
+    limit: Annotated[int, typer.Option(min=1, max=200, help="how many flow runs")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print the flow runs as one JSON document on stdout")] = False,
+) -> None:
     """List recent flow runs from the Prefect API: name, state, start, duration."""
     api_url = require_api()
     from mfsbi.app import deployments
+    from mfsbi.app.console import name_column, print_json, print_table
 
     try:
         rows = deployments.recent_runs(limit)
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         fail(f"could not read the flow runs from {api_url}: {type(error).__name__}: {error}", code=1)
+    if as_json:
+        print_json(rows)
+        return
     table = Table(title=f"flow runs on {api_url}")
-    for column in ("flow", "name", "state", "start", "duration", "id"):
+    for column in ("flow", "name"):
+        name_column(table, column)
+    for column in ("state", "start", "duration"):
         table.add_column(column, overflow="fold")
+    name_column(table, "id")
     for row in rows:
         table.add_row(row["flow"], row["name"], row["state"], row["start"], row["duration"], row["id"])
-    console.print(table)
+    print_table(table)

@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import evaluate_posterior, sample_posterior
-from mfsbi.flows.run import Run
+from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
@@ -27,13 +27,19 @@ from mfsbi.storage import StoreLock
 __all__ = ["amortized_flow", "run_amortized"]
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(run: Run, result: TrainResult, test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
-    from mfsbi.inference import estimator_from_bytes
+def _posterior(run: Run, results: list[TrainResult]):
+    """One member's ``DirectPosterior``, or sbi's ``EnsemblePosterior`` of all of them."""
+    from mfsbi.inference import Ensemble, estimator_from_bytes
 
+    members = [estimator_from_bytes(r.checkpoint, run.task.prior) for r in results]
+    return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
     progress.report("evaluate", 0, 1)
-    posterior = estimator_from_bytes(result.checkpoint, run.task.prior).posterior()
-    metrics = evaluate_posterior(posterior, run.task, test_theta, test_x, num_c2st=run.config.num_test_observations,
+    metrics = evaluate_posterior(_posterior(run, results), run.task, test_theta, test_x,
+                                 num_c2st=run.config.num_test_observations,
                                  num_samples=run.config.posterior_samples, seed=run.config.test_seed)
     progress.report("evaluate", 1, 1)
     return metrics
@@ -51,53 +57,65 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     summary.hf = dataclasses.asdict(hf)
     summary.hf_budget = dataclasses.asdict(run.store.table(run.hf_table, "hf").budget())
     label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
-    (final,) = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
-                                        learning_rate=config.hf_learning_rate, seed=run.seed("train"),
-                                        pretrained=pretrained)], label=label)
-    summary.train = final.record()
-    summary.posterior = run.write_artifact("posterior.pt", final.checkpoint)
-    summary.metrics = evaluate(run, final, test_theta, test_x)
+    members = config.ensemble
+    if members > 1:
+        label += f" ({members} members)"
+    # Member 0 keeps the seed of a single estimator: --ensemble 1 is the run it always was.
+    seeds = [run.seed("train")] + [run.seed("train", e) for e in range(1, members)]
+    results = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
+                                       learning_rate=config.hf_learning_rate, seed=seed, pretrained=pretrained)
+                         for seed in seeds], label=label)
+    if members == 1:
+        summary.train = results[0].record()
+        summary.posterior = run.write_artifact("posterior.pt", results[0].checkpoint)
+    else:
+        summary.train = [r.record() for r in results]
+        summary.posterior = [run.write_artifact(f"posterior-member-{e}.pt", r.checkpoint)
+                             for e, r in enumerate(results)]
+    summary.metrics = evaluate(run, results, test_theta, test_x)
 
-    samples, truth, where = _plot_samples(run, final, test_theta, test_x)
+    samples, truth, where = _plot_samples(run, results, test_theta, test_x)
     run.finish(summary, samples, truth, where)
-    _publish(summary)
+    _publish(run, summary)
     return summary
 
 
-def _plot_samples(run: Run, final: TrainResult, test_theta: np.ndarray, test_x: np.ndarray):
+def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray):
     """Posterior samples for the pair plot: at the given observation, else at held-out observation 0."""
-    from mfsbi.inference import estimator_from_bytes
-
     if run.config.observation is not None:
         x_o, truth, where = np.asarray(run.config.observation, dtype=np.float64), None, "the given observation"
     elif len(test_x):
         x_o, truth, where = test_x[0], test_theta[0], "held-out observation 0 (true θ marked)"
     else:
         return None, None, ""
-    posterior = estimator_from_bytes(final.checkpoint, run.task.prior).posterior()
-    return sample_posterior(posterior, x_o, run.config.posterior_samples, run.seed("plot")), truth, where
+    return sample_posterior(_posterior(run, results), x_o, run.config.posterior_samples, run.seed("plot")), truth, where
 
 
-def _publish(summary: RunSummary) -> None:
+def _publish(run: Run, summary: RunSummary) -> None:
     reserved, total = summary.hf_budget_used
+    paths = [summary.posterior] if isinstance(summary.posterior, str) else summary.posterior
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in summary.metrics.as_rows()]
     lines += [
         f"| HF simulations stored ok | {summary.hf_stored_ok} |",
         f"| HF budget used / total | {reserved} / {total} |",
         f"| LF simulations stored ok | {(summary.lf or {}).get('stored_ok', 0)} |",
-        f"| training device (worker) | {summary.device} ({summary.train['worker']}) |",
-        f"| posterior | `{summary.posterior}` |",
-        f"| pair plot | `{summary.pair_plot or '-'}` |",
+        f"| training device (worker) | {summary.device} ({_workers(summary.train)}) |",
+        f"| posterior | {', '.join(f'`{run.location(p)}`' for p in paths)} |",
+        f"| pair plot | `{run.location(summary.pair_plot) if summary.pair_plot else '-'}` |",
     ]
     key = f"metrics-{summary.task}-{summary.run}".lower().replace("_", "-").replace(".", "-")
     create_markdown_artifact(key=key, markdown="\n".join(lines), description=f"{summary.task} {summary.run}: metrics")
 
 
+def _workers(train: dict | list[dict]) -> str:
+    return train["worker"] if isinstance(train, dict) else ", ".join(sorted({t["worker"] for t in train}))
+
+
 @flow(name="mfsbi-amortized",
       flow_run_name="{config.task} {config.method} lf={config.lf_sims} hf={config.hf_sims} seed={config.seed}")
 def amortized_flow(config: RunConfig) -> RunSummary:
-    """NPE or MF-NPE on one task, with every simulation stored in the zarr store.
+    """NPE or MF-NPE (one estimator or an ensemble) on one task, every simulation stored in the zarr store.
 
     Arguments:
         config: the validated run configuration (the CLI and the deployments use the same model).
@@ -105,6 +123,7 @@ def amortized_flow(config: RunConfig) -> RunSummary:
     Returns:
         The run summary (metrics, counts, artifact locations).
     """
+    check_store_location(config.store)  # before the lock: taking it would create the folders
     with dask_client(config.dask_address, config.n_workers) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_amortized(config, DaskExecutor(client))

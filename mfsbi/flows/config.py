@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import ConfigDict, ValidationError, field_validator
 
-from mfsbi.flows.methods import SEQUENTIAL, Method, MethodNotFoundError, get_method
-from mfsbi.flows.options import MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions, SequentialOptions
+from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL, Method, MethodNotFoundError, get_method
+from mfsbi.flows.options import (
+    MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions,
+)
 
 if TYPE_CHECKING:
     from mfsbi.simulators import Task
@@ -29,7 +31,8 @@ class ConfigError(ValueError):
     """Bad user input: one line naming the field and the fix."""
 
 
-class RunConfig(ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
+# Bases in reverse: pydantic lists the fields of the last base first (the common ones lead).
+class RunConfig(EnsembleOptions, ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
     """Everything that defines one run: the common settings and those of every family's methods.
 
     The same config and seed give the same simulations and the same numbers. Which fields a method
@@ -70,6 +73,8 @@ class RunConfig(ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions
         lf = f"lf{self.lf_sims}-" if self.uses_lf else ""
         name = f"{self.method}-{lf}hf{self.hf_sims}"
         family = self.method_spec.family
+        if family is AMORTIZED and self.ensemble > 1:
+            name += f"-e{self.ensemble}"
         if family is SEQUENTIAL:
             name += f"-r{self.rounds}-{self.observation_tag}"
         elif family.at_observation:

@@ -12,7 +12,7 @@ from mfsbi.flows.summary import Metrics
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
-__all__ = ["evaluate_posterior", "pair_plot_png", "posterior_metrics", "sample_posterior"]
+__all__ = ["evaluate_posterior", "loss_curves_png", "pair_plot_png", "posterior_metrics", "sample_posterior"]
 
 
 def sample_posterior(posterior, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
@@ -114,6 +114,29 @@ def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, tit
         diag_kwargs={"mpl_kwargs": {"bins": 50, "histtype": "step", "density": False}},
     )
     fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def loss_curves_png(curves: Sequence[Sequence[float]], title: str) -> bytes:
+    """Validation loss per epoch of each trained estimator (one line per ensemble member), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for member, losses in enumerate(curves):
+        epochs = np.arange(1, len(losses) + 1)
+        ax.plot(epochs, losses, lw=1, label=f"member {member}" if len(curves) > 1 else "validation")
+        best = int(np.argmin(losses))
+        ax.plot(epochs[best], losses[best], "o", ms=4, color=ax.lines[-1].get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss, -log q(θ | x)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

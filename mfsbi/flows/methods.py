@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mfsbi.flows.options import ABCOptions, AcquisitionOptions, CommonOptions, SequentialOptions
+from mfsbi.flows.options import ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions
 from mfsbi.flows.proposals import Proposal, acquired_and_truncated, truncated
 
 __all__ = [
@@ -63,7 +63,7 @@ class Family:
 
 
 AMORTIZED = Family("amortized", "mfsbi.flows.amortized:amortized_flow", "mfsbi-amortized", "mf-npe",
-                   description="NPE or MF-NPE on one task, every simulation stored in the zarr store.")
+                   options=(EnsembleOptions,), description="NPE or MF-NPE on one task, every simulation stored in the zarr store.")
 SEQUENTIAL = Family("sequential", "mfsbi.flows.sequential:sequential_flow", "mfsbi-sequential", "mf-tsnpe",
                     options=(SequentialOptions,), at_observation=True,
                     description="TSNPE, MF-TSNPE or A-MF-TSNPE at one observation.")

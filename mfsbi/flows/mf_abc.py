@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import posterior_metrics
-from mfsbi.flows.run import Run
+from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, RunSummary
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -97,7 +97,7 @@ def run_abc(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     lines += [f"| C2ST vs {k} | {v:.3f} |" for k, v in summary.metrics.c2st.items()]
     reserved, total = summary.hf_budget_used
     lines += [f"| HF budget used / total | {reserved} / {total} |",
-              f"| pair plot | `{summary.pair_plot or '-'}` (in the store) |"]
+              f"| pair plot | `{run.location(summary.pair_plot) if summary.pair_plot else '-'}` |"]
     create_markdown_artifact(key="mf-abc", markdown="\n".join(lines), description=f"{run.task.name} {run.name}")
     return summary
 
@@ -109,6 +109,7 @@ def abc_flow(config: RunConfig) -> RunSummary:
     Arguments:
         config: the validated run configuration.
     """
+    check_store_location(config.store)  # before the lock: taking it would create the folders
     with dask_client(config.dask_address, config.n_workers) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_abc(config, DaskExecutor(client))

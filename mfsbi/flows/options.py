@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
-    "ABCOptions", "AcquisitionOptions", "CommonOptions", "Device", "MAX_SIMULATIONS", "SequentialOptions",
+    "ABCOptions", "AcquisitionOptions", "CommonOptions", "Device", "EnsembleOptions", "MAX_SIMULATIONS", "SequentialOptions",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -66,6 +66,13 @@ class CommonOptions(_Options):
         if value is not None and not all(v == v and abs(v) != float("inf") for v in value):
             raise ValueError("observation holds NaN or inf; give finite values")
         return value
+
+
+class EnsembleOptions(_Options):
+    """Amortised methods: an ensemble of estimators, each trained (or fine-tuned) with its own seed."""
+
+    ensemble: int = Field(1, ge=1, le=100,
+                          description="members of an NPE / MF-NPE ensemble (sbi's EnsemblePosterior); 1: one estimator")
 
 
 class SequentialOptions(_Options):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,17 +26,18 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi import __version__
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import pair_plot_png
+from mfsbi.flows.evaluation import loss_curves_png, pair_plot_png
 from mfsbi.flows.methods import AMORTIZED
 from mfsbi.flows.plan import RunPlan
 from mfsbi.flows.summary import RunSummary
+from mfsbi.flows.training_progress import epoch_progress
 from mfsbi.runtime import progress
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.runtime.simulation import SimulationReport, ensure_rows, provenance, run_pending
 from mfsbi.runtime.training_jobs import TrainJob, TrainResult, train_estimator
 from mfsbi.storage import SimulationStore
 
-__all__ = ["Run", "resolve_device", "training_resources"]
+__all__ = ["Run", "check_store_location", "resolve_device", "training_resources"]
 
 
 def resolve_device(device: str, executor: BatchExecutor) -> str:
@@ -53,6 +55,36 @@ def training_resources(device: str, executor: BatchExecutor) -> dict[str, float]
     if device == "cuda" and isinstance(executor, DaskExecutor) and executor.gpu_workers():
         return {"GPU": 1}
     return None
+
+
+def check_store_location(store: str) -> None:
+    """Refuses, in a deployment run, a local store that is relative or whose parent folder is missing.
+
+    A worker runs each flow run in a temporary folder it deletes afterwards: a relative store would be
+    lost with it, and a missing parent is a typo or another machine's folder. ``mfsbi run`` (no
+    deployment) runs in the user's own folder and creates the store wherever it is asked to.
+
+    Raises:
+        StoreError: one line naming ``store`` and the fix.
+    """
+    from pathlib import Path
+
+    from prefect.context import FlowRunContext
+
+    from mfsbi.storage import StoreError
+
+    context = FlowRunContext.get()
+    # The context, not the API (prefect.runtime asks the server when the context lacks the id).
+    flow_run = getattr(context, "flow_run", None)
+    if getattr(flow_run, "deployment_id", None) is None or "://" in store:
+        return
+    path = Path(store).expanduser()
+    if not path.is_absolute():
+        raise StoreError(f"store: {store!r} is relative, which a deployment run would keep in the worker's "
+                         "temporary folder (deleted after the run); give an absolute path or a URL")
+    if not path.parent.is_dir():
+        raise StoreError(f"store: the folder {path.parent} does not exist where the worker runs; create it "
+                         "or give a store under an existing folder")
 
 
 @dataclass
@@ -75,6 +107,7 @@ class Run(RunPlan):
         Arguments:
             device: a device already chosen (ABC trains nothing: ``cpu``); default from the config.
         """
+        check_store_location(config.store)
         run = cls.of(config)
         run.store = SimulationStore(config.store)
         run.executor = executor
@@ -133,8 +166,31 @@ class Run(RunPlan):
                         training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore)
 
     def train(self, jobs: list[TrainJob], label: str) -> list[TrainResult]:
-        """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
-        return train_jobs(self.executor, jobs, label=label)
+        """Trains one estimator per job (ensemble members in parallel across workers), in job order.
+
+        The members' loss curves are stored with the run and shown on the flow run's page.
+        """
+        results = train_jobs(self.executor, jobs, label=label)
+        curves = [r.validation_losses for r in results if r.validation_losses]
+        if curves:
+            name = f"loss-{_slug(label)}.png"
+            png = loss_curves_png(curves, f"{self.task.name} {self.name}: {label}")
+            self.publish_image(self.write_artifact(name, png), png, f"{label}: validation loss per epoch")
+        return results
+
+    def location(self, path: str) -> str:
+        """Where a stored file is, absolute (the store's folder or URL, then ``artifacts/...``)."""
+        return f"{self.store.url.rstrip('/')}/{path}"
+
+    def publish_image(self, path: str, png: bytes, what: str) -> None:
+        """Shows a stored PNG on the flow run's page in the Prefect UI (embedded: it works offline)."""
+        import base64
+
+        from prefect.artifacts import create_image_artifact
+
+        key = _slug(f"{self.name}-{path.rsplit('/', 1)[-1]}")[:100]
+        create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(png).decode(), key=key,
+                              description=f"{self.task.name} {self.name}: {what} ({self.location(path)})")
 
     def pretrained_on_lf(self, summary: RunSummary) -> bytes:
         """The LF-pretrained estimator: simulate the LF table, pretrain, keep the checkpoint in the store.
@@ -214,13 +270,15 @@ class Run(RunPlan):
                 np.save(buffer, samples, allow_pickle=False)
                 summary.samples = self.write_artifact("samples.npy", buffer.getvalue())
             title = f"{self.task.name} {self.name}: {where}"
-            summary.pair_plot = self.write_artifact("pairplot.png", pair_plot_png(samples, self.task, truth, title))
+            png = pair_plot_png(samples, self.task, truth, title)
+            summary.pair_plot = self.write_artifact("pairplot.png", png)
+            self.publish_image(summary.pair_plot, png, f"posterior pair plot at {where}")
         summary.wall_seconds = round(time.perf_counter() - self.started, 2)
         summary.finished_at = datetime.now(timezone.utc).isoformat()
         summary.config = config.model_dump()
         self.write_artifact("summary.json", json.dumps(summary.to_dict(), indent=2).encode())
-        if isinstance(summary.posterior, str) and summary.posterior.endswith(".pt"):
-            # `mfsbi sample` loads the latest run that saved an estimator.
+        if self.method.family is AMORTIZED:
+            # `mfsbi sample` and `mfsbi.load_posterior` load the latest amortised run by default.
             self.store.write_artifact("latest.json", json.dumps({"task": config.task, "run": self.prefix}).encode())
 
 
@@ -240,16 +298,23 @@ def simulate_table(run: Run, *, table: str, fidelity: str, num_rows: int, chunk_
 def train_jobs(executor: BatchExecutor, jobs: list[TrainJob], label: str) -> list[TrainResult]:
     """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
     progress.report(label, 0, len(jobs))
-    indexed = [(i, job) for i, job in enumerate(jobs)]
+    # Each job's epochs are reported under this label, as its member of the ensemble.
+    indexed = [(i, dataclasses.replace(job, label=label, member=i)) for i, job in enumerate(jobs)]
     results: dict[int, TrainResult] = {}
     resources = training_resources(jobs[0].device, executor) if jobs else None
-    for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed, resources), start=1):
-        results[i] = result
-        progress.report(label, done, len(jobs))
+    with epoch_progress(executor, label, len(jobs)):
+        for done, (i, result) in enumerate(executor.map_unordered(_train_indexed, indexed, resources), start=1):
+            results[i] = result
+            progress.report(label, done, len(jobs))
     for result in results.values():
         get_run_logger().info("%s: %d simulations, %d epochs, %.1f s on %s (worker %s)", label,
                               result.num_simulations, result.epochs, result.seconds, result.device, result.worker)
     return [results[i] for i in range(len(jobs))]
+
+
+def _slug(text: str) -> str:
+    """Lowercase letters, digits and dashes: what Prefect artifact keys (and tidy file names) allow."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _train_indexed(item: tuple[int, TrainJob]) -> tuple[int, TrainResult]:

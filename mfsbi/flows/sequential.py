@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import posterior_metrics, sample_posterior
 from mfsbi.flows.proposals import ProposalContext
-from mfsbi.flows.run import Run
+from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, Metrics, RoundRecord, RunSummary
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -196,7 +196,7 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     samples = sample_posterior(posterior, x_o, config.posterior_samples, run.seed("plot"))
     _budget_plot(run, summary)
     run.finish(summary, samples, theta_true, config.observation_tag)
-    create_markdown_artifact(key=f"rounds-{config.method}", markdown=_rounds_table(summary),
+    create_markdown_artifact(key=f"rounds-{config.method}", markdown=_rounds_table(run, summary),
                              description=f"{run.task.name} {run.name}: all rounds")
     return summary
 
@@ -242,9 +242,10 @@ def _budget_plot(run: Run, summary: RunSummary) -> None:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     summary.budget_plot = run.write_artifact("c2st-vs-budget.png", buffer.getvalue())
+    run.publish_image(summary.budget_plot, buffer.getvalue(), "C2ST after each round against the HF simulations spent")
 
 
-def _rounds_table(summary: RunSummary) -> str:
+def _rounds_table(run: Run, summary: RunSummary) -> str:
     references = sorted({name for row in summary.rounds for name in row.c2st})
     columns = ["round", "new_simulations", "total_simulations", "acceptance_rate", "acquired"]
     lines = ["| " + " | ".join(columns + [f"c2st_{r}" for r in references]) + " |",
@@ -256,7 +257,7 @@ def _rounds_table(summary: RunSummary) -> str:
     lines.append(f"\nHF budget used: {reserved} / {total}")
     for key in ("pair_plot", "budget_plot"):
         if getattr(summary, key):
-            lines.append(f"\n{key.replace('_', ' ')}: `{getattr(summary, key)}` (in the store)")
+            lines.append(f"\n{key.replace('_', ' ')}: `{run.location(getattr(summary, key))}`")
     return "\n".join(lines)
 
 
@@ -271,6 +272,7 @@ def sequential_flow(config: RunConfig) -> RunSummary:
     Returns:
         The run summary (per-round table, final metrics, artifact locations).
     """
+    check_store_location(config.store)  # before the lock: taking it would create the folders
     with dask_client(config.dask_address, config.n_workers) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_sequential(config, DaskExecutor(client))

@@ -105,7 +105,7 @@ class RunSummary:
     rounds: list[RoundRecord] | None = None
     hf: dict[str, Any] | HFState | None = None    # amortised: the SimulationReport; else HFState
     hf_budget: dict[str, Any] | None = None
-    train: dict[str, Any] | None = None
+    train: dict[str, Any] | list[dict[str, Any]] | None = None   # a list for an ensemble
     abc: dict[str, Any] | None = None
     posterior: str | list[str] | None = None
     metrics: Metrics = field(default_factory=Metrics)

@@ -21,6 +21,8 @@ from .checkpoint import (
 from .config import PAPER_CODE_LF_LEARNING_RATE, EstimatorConfig, TrainingConfig
 from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse
 from .training import (
+    EpochCallback,
+    EpochReport,
     TrainedEstimator,
     build_network,
     fine_tune,
@@ -61,6 +63,8 @@ from .mf_abc import (
 )
 
 __all__ = [
+    "EpochCallback",
+    "EpochReport",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "EstimatorConfig",

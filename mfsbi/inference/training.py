@@ -9,7 +9,10 @@ high-fidelity data.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -26,6 +29,8 @@ from .config import EstimatorConfig, TrainingConfig
 from .embeddings import make_embedding
 
 __all__ = [
+    "EpochCallback",
+    "EpochReport",
     "TrainedEstimator",
     "build_network",
     "fine_tune",
@@ -36,6 +41,52 @@ __all__ = [
 ]
 
 ArrayLike = Union[Tensor, np.ndarray]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    r"""Where a training stands after one epoch.
+
+    Arguments:
+        epoch: epochs done (1 after the first).
+        training_loss, validation_loss: this epoch's mean -log q(theta | x).
+        best_validation_loss, best_epoch: the best so far (the weights training will keep).
+        stop_after_epochs: the early-stopping patience (training ends at ``best_epoch`` plus it).
+    """
+
+    epoch: int
+    training_loss: float
+    validation_loss: float
+    best_validation_loss: float
+    best_epoch: int
+    stop_after_epochs: int
+
+
+EpochCallback = Callable[[EpochReport], None]
+
+
+class _ReportingNPE(NPE):
+    """sbi's NPE, telling a callback about every epoch.
+
+    sbi 0.27 has no public per-epoch hook (its tracker hears of the losses only after training), so
+    this extends ``_summarize_epoch``, which its loop calls once per epoch; nothing of the training
+    (random streams included) changes.
+    """
+
+    def __init__(self, *args: Any, on_epoch: Optional[EpochCallback], patience: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_epoch = on_epoch
+        self._patience = patience
+
+    def _summarize_epoch(self, train_loss, val_loss, epoch_start_time, summarization_kwargs):  # noqa: ANN001
+        super()._summarize_epoch(train_loss, val_loss, epoch_start_time, summarization_kwargs)
+        if self._on_epoch is not None:
+            losses = self._summary["validation_loss"]
+            best = int(np.argmin(losses))
+            self._on_epoch(EpochReport(len(losses), float(train_loss), float(val_loss), float(losses[best]),
+                                       best + 1, self._patience))
 
 
 class _NullTracker:
@@ -216,6 +267,7 @@ def _fit(
     builder: Callable[[Tensor, Tensor], nn.Module],
     training: TrainingConfig,
     device: str,
+    on_epoch: Optional[EpochCallback] = None,
 ) -> tuple[nn.Module, dict[str, Any], int, float]:
     """Runs sbi's NPE loop under a private, seeded copy of torch's global RNG."""
     n = theta.shape[0]
@@ -231,23 +283,30 @@ def _fit(
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(training.seed)
-        inference = NPE(
+        inference = _ReportingNPE(
             prior=prior,
             density_estimator=builder,
             device=device,
             tracker=_NullTracker(),
             show_progress_bars=False,
+            on_epoch=on_epoch,
+            patience=training.stop_after_epochs,
         )
         # Failed simulations (NaN/inf rows) are dropped rather than poisoning the loss.
         inference.append_simulations(theta, x, exclude_invalid_x=True)
-        network = inference.train(
-            training_batch_size=training.batch_size,
-            learning_rate=training.learning_rate,
-            validation_fraction=training.validation_fraction,
-            stop_after_epochs=training.stop_after_epochs,
-            max_num_epochs=training.max_num_epochs,
-            clip_max_norm=training.clip_max_norm,
-        )
+        # sbi prints "Neural network successfully converged after N epochs." to stdout, into the
+        # caller's progress display: keep it for the log instead.
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            network = inference.train(
+                training_batch_size=training.batch_size,
+                learning_rate=training.learning_rate,
+                validation_fraction=training.validation_fraction,
+                stop_after_epochs=training.stop_after_epochs,
+                max_num_epochs=training.max_num_epochs,
+                clip_max_norm=training.clip_max_norm,
+            )
+    if printed.getvalue().strip():
+        logger.debug("sbi: %s", " ".join(printed.getvalue().split()))
     seconds = time.perf_counter() - start
     num_valid = int(torch.isfinite(x).all(dim=1).sum())
     network.eval()
@@ -288,6 +347,7 @@ def train_npe(
     estimator: EstimatorConfig = EstimatorConfig(),
     training: TrainingConfig = TrainingConfig(),
     device: str = "cpu",
+    on_epoch: Optional[EpochCallback] = None,
 ) -> TrainedEstimator:
     r"""Trains q(theta | x) from scratch on (theta, x) pairs drawn from the prior (NPE).
 
@@ -300,13 +360,14 @@ def train_npe(
         estimator: the architecture.
         training: the training settings.
         device: ``"cpu"`` or ``"cuda"``; passed to sbi.
+        on_epoch: called with an :class:`EpochReport` after every epoch (progress displays).
 
     Returns:
         The trained estimator with the best-validation weights.
     """
     theta_t, x_t = _check_data(prior, theta, x)
     network, summary, num_valid, seconds = _fit(
-        prior, theta_t, x_t, _builder(prior, estimator), training, device
+        prior, theta_t, x_t, _builder(prior, estimator), training, device, on_epoch
     )
     return _trained(
         network, prior, estimator, training, summary, num_valid, seconds, theta_t.shape[1], x_t.shape[1]
@@ -326,6 +387,7 @@ def fine_tune(
     training: TrainingConfig = TrainingConfig(),
     refit_x_zscore: bool = True,
     device: str = "cpu",
+    on_epoch: Optional[EpochCallback] = None,
 ) -> TrainedEstimator:
     r"""MF-NPE step 2: trains a copy of a pretrained estimator on high-fidelity pairs.
 
@@ -341,6 +403,7 @@ def fine_tune(
         refit_x_zscore: recompute the x z-scoring mean/std from all valid rows of ``x_hf``
             before training, as the authors' code does; ``False`` keeps the LF statistics.
         device: ``"cpu"`` or ``"cuda"``.
+        on_epoch: called with an :class:`EpochReport` after every epoch.
 
     Returns:
         The fine-tuned estimator; ``epochs`` and ``seconds`` count this step only.
@@ -364,7 +427,7 @@ def fine_tune(
     def builder(batch_theta: Tensor, batch_x: Tensor) -> nn.Module:
         return network
 
-    trained_net, summary, num_valid, seconds = _fit(prior, theta_t, x_t, builder, training, device)
+    trained_net, summary, num_valid, seconds = _fit(prior, theta_t, x_t, builder, training, device, on_epoch)
     return _trained(
         trained_net,
         prior,

@@ -6,10 +6,12 @@ job is small to send and the worker reads the rows where they are stored.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from mfsbi.runtime import progress
 from mfsbi.runtime.worker_cache import store_for, task_for
 
 __all__ = ["TrainJob", "TrainResult", "read_training_data", "train_estimator", "worker_name"]
@@ -32,6 +34,9 @@ class TrainJob:
     # Refit the x z-scoring on this data when fine-tuning: yes from LF to HF (PAPER.md); no between
     # sequential rounds, whose truncated data would shift the inputs the weights were trained on.
     refit_x_zscore: bool = True
+    # What progress displays call this training, and which ensemble member it is.
+    label: str = ""
+    member: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class TrainResult:
     # The vector instruction set torch's CPU kernels used (AVX2, AVX512, ...): the same seed trains
     # slightly different networks on machines with different ones (docs/decisions.md).
     cpu_capability: str = ""
+    # Validation loss of every epoch (for the loss curves; not part of the summary).
+    validation_losses: tuple[float, ...] = ()
 
     def record(self) -> dict:
         """What a run summary keeps of a training (everything but the checkpoint)."""
@@ -61,8 +68,27 @@ def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarra
     return theta[keep], x[keep]
 
 
+def _epoch_sink(job: TrainJob):
+    """Where a training's epochs go: a Dask event from a worker, else this process's listeners."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+
+    def sink(report) -> None:
+        event = {"label": job.label, "member": job.member, **dataclasses.asdict(report)}
+        if worker is not None:
+            worker.log_event(progress.TRAINING_TOPIC, event)
+        else:
+            progress.report_epoch(event)
+
+    return sink
+
+
 def train_estimator(job: TrainJob) -> TrainResult:
-    """Trains or fine-tunes on a worker; returns the checkpoint as bytes."""
+    """Trains or fine-tunes on a worker, reporting every epoch; returns the checkpoint as bytes."""
     import torch
 
     from mfsbi.inference import (
@@ -77,14 +103,14 @@ def train_estimator(job: TrainJob) -> TrainResult:
     training = TrainingConfig.from_dict(job.training)
     if job.pretrained is None:
         trained = train_npe(task.prior, theta_t, x_t, estimator=EstimatorConfig.from_dict(job.estimator),
-                            training=training, device=job.device)
+                            training=training, device=job.device, on_epoch=_epoch_sink(job))
     else:
         pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
         trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
-                            refit_x_zscore=job.refit_x_zscore)
+                            refit_x_zscore=job.refit_x_zscore, on_epoch=_epoch_sink(job))
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, len(theta), job.device, worker_name(),
-                       torch.backends.cpu.get_cpu_capability())
+                       torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses))
 
 
 def worker_name(_: object = None) -> str:
