@@ -63,7 +63,8 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     # Member 0 keeps the seed of a single estimator: --ensemble 1 is the run it always was.
     seeds = [run.seed("train")] + [run.seed("train", e) for e in range(1, members)]
     results = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
-                                       learning_rate=config.hf_learning_rate, seed=seed, pretrained=pretrained)
+                                       learning_rate=config.hf_training_rate(pretrained is not None), seed=seed,
+                                       pretrained=pretrained)
                          for seed in seeds], label=label)
     if members == 1:
         summary.train = results[0].record()

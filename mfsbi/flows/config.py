@@ -10,7 +10,8 @@ from pydantic import ConfigDict, ValidationError, field_validator
 
 from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL, Method, MethodNotFoundError, get_method
 from mfsbi.flows.options import (
-    MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions,
+    FINE_TUNING_LEARNING_RATE, HF_LEARNING_RATE, MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions,
+    EnsembleOptions, SequentialOptions,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,16 @@ class RunConfig(EnsembleOptions, ABCOptions, AcquisitionOptions, SequentialOptio
     def method_spec(self) -> Method:
         """The registered :class:`~mfsbi.flows.methods.Method` this config names."""
         return get_method(self.method)
+
+    def hf_training_rate(self, fine_tuning_from_lf: bool) -> float:
+        """The HF learning rate: ``hf_learning_rate`` if given, else the measured default of the step.
+
+        Arguments:
+            fine_tuning_from_lf: the step fine-tunes the LF-pretrained estimator (MF-NPE's HF step).
+        """
+        if self.hf_learning_rate is not None:
+            return self.hf_learning_rate
+        return FINE_TUNING_LEARNING_RATE if fine_tuning_from_lf else HF_LEARNING_RATE
 
     @property
     def uses_lf(self) -> bool:

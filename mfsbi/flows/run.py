@@ -146,6 +146,7 @@ class Run(RunPlan):
         sim_table = self.store.require_table(
             self.own_table, "hf", theta_dim=self.task.theta_dim, x_dim=self.task.x_dim, chunk_size=chunk,
             provenance=provenance(self.task, "hf", self.config_hash("hf", chunk, self.config.seed)),
+            parameter_names=self.task.parameter_names,
         )
         if sim_table.budget() is None:
             sim_table.set_budget(self.config.hf_sims)

@@ -139,7 +139,7 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
     else:
         starts = plan.checkpoints if plan.checkpoints is not None else [plan.initial] * members
         jobs = [run.train_job(table=run.own_table, fidelity="hf", limit=sim_table.num_rows,
-                              learning_rate=config.hf_learning_rate, seed=run.seed("train", plan.index, e),
+                              learning_rate=config.hf_training_rate(False), seed=run.seed("train", plan.index, e),
                               pretrained=starts[e], refit_x_zscore=plan.checkpoints is None)
                 for e in range(members)]
         results = run.train(jobs, label=f"{plan.label}: train {members} × {sim_table.counts()['ok']} HF")

@@ -73,7 +73,7 @@ def ensure_rows(store, task: Task, *, table: str, fidelity: str, num_rows: int, 
     """
     sim_table = store.require_table(
         table, fidelity, theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=chunk_size,
-        provenance=provenance(task, fidelity, config_hash),
+        provenance=provenance(task, fidelity, config_hash), parameter_names=task.parameter_names,
     )
     if budget is not None:
         current = sim_table.budget()

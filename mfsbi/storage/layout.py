@@ -40,7 +40,9 @@ __all__ = [
     "WRITTEN_ARRAYS",
     "X_CODEC",
     "batch_values",
+    "PARAMETER_COORDINATE",
     "create_arrays",
+    "write_parameter_names",
     "reservation_chunk_rows",
     "table_attrs",
 ]
@@ -157,6 +159,12 @@ def reservation_chunk_rows(chunk_size: int, theta_dim: int) -> int:
     return max(1, rows // chunk_size) * chunk_size
 
 
+# xarray's conventions: every array names its dimensions (zarr 3 ``dimension_names``), so that
+# ``xr.open_zarr(store, group="ou2/lf")`` gives a Dataset; the parameter names are the coordinate
+# ``theta_dim`` (written by :func:`write_parameter_names`).
+PARAMETER_COORDINATE = "theta_dim"
+
+
 def create_arrays(group: zarr.Group, theta_dim: int, x_dim: int, chunk_size: int) -> None:
     """Creates the missing arrays of a table, empty (a table left half-created is completed)."""
 
@@ -173,7 +181,18 @@ def create_arrays(group: zarr.Group, theta_dim: int, x_dim: int, chunk_size: int
         chunks = (rows, dims[name]) if wide else (rows,)
         codecs = {} if default_codecs else {"compressors": X_CODEC}
 
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, **codecs)
+        dimensions = ("row", f"{name}_dim") if wide else ("row",)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                           dimension_names=dimensions, **codecs)
+
+
+def write_parameter_names(group: zarr.Group, names: Sequence[str]) -> None:
+    """Stores the parameter names as the ``theta_dim`` coordinate, once (the first writer's stay)."""
+    if PARAMETER_COORDINATE in set(group.array_keys()):
+        return
+    coordinate = group.create_array(PARAMETER_COORDINATE, shape=(len(names),), chunks=(max(len(names), 1),),
+                                    dtype=str, fill_value="", dimension_names=(PARAMETER_COORDINATE,))
+    coordinate[:] = np.array(list(names), dtype=object)
 
 
 def batch_values(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
@@ -16,7 +17,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from .errors import StoreError, StoreMismatchError
-from .layout import create_arrays, table_attrs
+from .layout import create_arrays, table_attrs, write_parameter_names
 from .names import ARTIFACTS, FIDELITIES, check_artifact_name, check_fidelity, check_task
 from .stamps import mfsbi_version, utc_now
 from .table import SimulationTable
@@ -260,6 +261,7 @@ class SimulationStore:
         x_dim: int,
         chunk_size: int,
         provenance: dict[str, Any],
+        parameter_names: Sequence[str] | None = None,
     ) -> SimulationTable:
         r"""Opens a table, checking that it matches the request, or creates it.
 
@@ -271,6 +273,7 @@ class SimulationStore:
             chunk_size: the number of rows per chunk (one simulator batch).
             provenance: ``simulator``, ``simulator_version``, ``config_hash`` (checked on open),
                 optionally ``prior`` (a string) and other keys (stored, not checked).
+            parameter_names: names of theta's columns, stored as its xarray coordinate.
 
         Returns:
             The table.
@@ -289,6 +292,8 @@ class SimulationStore:
 
         # Also completes a table whose creation was interrupted.
         create_arrays(group, int(theta_dim), int(x_dim), int(chunk_size))
+        if parameter_names is not None and len(parameter_names) == int(theta_dim):
+            write_parameter_names(group, parameter_names)
 
         table = SimulationTable(group)
 
