@@ -51,7 +51,7 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
             name=FlowRunFilterName(any_=["ou2 mf-npe lf=300 hf=30 seed=3"])))
         assert runs and runs[0].state.is_completed()
         artifacts = client.read_artifacts()
-        assert any(a.flow_run_id == runs[0].id and "C2ST" in (a.data or "") for a in artifacts)
+        assert any(a.flow_run_id == runs[0].id and a.type == "markdown" and "C2ST" in a.data for a in artifacts)
 
 
 def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster_client):

@@ -1,6 +1,7 @@
 """The scientific claim at a small budget: on OU2, MF-NPE beats NPE at the same HF budget (C2ST)."""
 
 import numpy as np
+import pytest
 import torch
 
 from mfsbi.inference import TrainingConfig, build_network, c2st, fine_tune, train_npe
@@ -22,6 +23,8 @@ def _mean_c2st(posterior, task, test_x):
                           for i, x in enumerate(test_x)]))
 
 
+# Slow (~70 s): the quick version of this claim is tests/test_inference.py::test_mf_npe_beats_npe_quick.
+@pytest.mark.slow
 def test_mf_npe_beats_npe_and_the_untrained_estimator_on_ou2():
     task = get_task("ou2")
     test_x = task.high_fidelity(task.sample_prior(3, seed=999), seed=998)
