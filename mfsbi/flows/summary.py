@@ -14,6 +14,14 @@ from typing import Any
 __all__ = ["HFState", "Metrics", "RoundRecord", "RunSummary"]
 
 
+def _asdict_omitting_none(record: Any, optional: str) -> dict[str, Any]:
+    """``dataclasses.asdict`` without the ``optional`` field when it is None (a family lacks it)."""
+    out = dataclasses.asdict(record)
+    if out[optional] is None:
+        del out[optional]
+    return out
+
+
 @dataclass
 class Metrics:
     """Metrics of one posterior; C2ST and MMD per reference, averaged over the observations used.
@@ -43,10 +51,7 @@ class Metrics:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if self.c2st_per_observation is None:
-            del out["c2st_per_observation"]
-        return out
+        return _asdict_omitting_none(self, "c2st_per_observation")
 
 
 @dataclass
@@ -83,10 +88,7 @@ class HFState:
     simulated_now: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        if self.simulated_now is None:
-            del out["simulated_now"]
-        return out
+        return _asdict_omitting_none(self, "simulated_now")
 
 
 @dataclass
