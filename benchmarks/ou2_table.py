@@ -9,6 +9,9 @@ Writes a JSON file (updated after every run, so a long run can be read while it 
 of C2ST against HF budget with the paper's numbers drawn dashed.
 
     python benchmarks/ou2_table.py --hf-budgets 100 1000 --observations 5 --seeds 0 1 --out docs/ou2
+
+--hf-learning-rate sets `hf_learning_rate` for every run (a learning-rate measurement; use one store
+folder per rate, since the rate is not part of a run's name).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def _config(args, run: dict):
         num_test_observations=args.observations, num_nltp_pairs=args.observations,
         observation_index=run["obs"] or 0, rounds=args.rounds, posterior_samples=1000,
         hf_chunk_size=10, lf_chunk_size=1000, evaluate_rounds=False, resume=True,
+        hf_learning_rate=args.hf_learning_rate,
     )
 
 
@@ -136,6 +140,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--hf-learning-rate", type=float, default=None,
+                        help="HF learning rate of every run (default: each method's own default)")
     parser.add_argument("--store", default="benchmarks/stores/ou2")
     parser.add_argument("--out", default="docs/ou2", help="prefix of the .json and .png written")
     args = parser.parse_args()

@@ -30,8 +30,25 @@ def test_every_epoch_is_reported_and_sbis_prints_are_kept_off_stdout(capsys):
 
 
 def test_epochs_on_dask_workers_reach_the_flow_process_and_the_prefect_ui(tmp_path, prefect_server,
-                                                                         dask_cluster_client):
+                                                                         dask_cluster_client, monkeypatch,
+                                                                         caplog):
+    import prefect.artifacts
     from prefect.client.orchestration import get_client
+
+    from mfsbi.flows import training_progress
+
+    # Publish every epoch, and count the updates that reached this test's server (they run in the
+    # publisher thread, which must see the same Prefect settings as the flow).
+    monkeypatch.setattr(training_progress, "PUBLISH_EVERY", 0.01)
+    updates = []
+    original = prefect.artifacts.update_progress_artifact
+
+    def counted(*args, **kwargs):
+        result = original(*args, **kwargs)
+        updates.append(args[1] if len(args) > 1 else kwargs.get("progress"))
+        return result
+
+    monkeypatch.setattr(prefect.artifacts, "update_progress_artifact", counted)
 
     from mfsbi.flows.amortized import run_amortized
     from mfsbi.runtime.executor import DaskExecutor
@@ -56,3 +73,5 @@ def test_epochs_on_dask_workers_reach_the_flow_process_and_the_prefect_ui(tmp_pa
         artifacts = client.read_artifacts()
     assert any(a.type == "progress" and a.data == 100.0 and "train on 40 HF: done after" in (a.description or "")
                for a in artifacts)
+    assert len(updates) >= 2, updates  # intermediate epochs, not only the final 100 %
+    assert not [r for r in caplog.records if "progress artifact not updated" in r.getMessage()]

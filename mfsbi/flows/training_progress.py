@@ -10,6 +10,7 @@ where a long training is. Early stopping decides the number of epochs, so the fr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
@@ -70,7 +71,11 @@ def epoch_progress(executor: BatchExecutor, label: str, members: int) -> Iterato
                     logging.getLogger(__name__).warning("progress artifact not updated: %s", error)
                 shown = text
 
-    thread = threading.Thread(target=publish, name="mfsbi-training-progress", daemon=True)
+    # Prefect's settings (the API URL of `temporary_settings`) and run context live in context
+    # variables, which a new thread does not inherit: without the copy, the updates went to the
+    # profile's server (seen: 404 from another server while the benchmark's flow ran on its own).
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(publish,),
+                              name="mfsbi-training-progress", daemon=True)
     thread.start()
     try:
         yield
