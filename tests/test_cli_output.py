@@ -150,3 +150,12 @@ def test_run_json_prints_the_summary_alone_on_stdout(tmp_path, prefect_server):
     assert "euler-maruyama" in summary["metrics"]["c2st"]
     assert summary["posterior"].endswith("posterior.pt")
     assert "Prefect API" in result.stderr  # the notes went to stderr
+
+
+def test_the_embedded_servers_ui_calls_its_own_api(prefect_server):
+    """Else the UI calls the default port 4200 and every page is empty (seen with headless Chromium)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(prefect_server.removesuffix("/api") + "/ui-settings", timeout=10) as response:
+        assert json.load(response)["api_url"] == prefect_server

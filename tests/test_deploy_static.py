@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile.cpu", ROOT / "deploy" / "Dockerfile.cuda"]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
-SLURM_YAML = ROOT / "deploy" / "slurm.yaml"
+SLURM_YAML = ROOT / "mfsbi" / "runtime" / "slurm.yaml"
 FLOWS = {"mfsbi-amortized": "amortized_flow", "mfsbi-sequential": "sequential_flow", "mfsbi-mf-abc": "abc_flow"}
 
 # Programs of the base images and of Debian/Ubuntu that the Dockerfiles use to set themselves up.
@@ -219,16 +219,27 @@ def test_prefect_yaml_entrypoints_resolve_to_the_flows():
     assert schedules[0]["cron"] and schedules[0]["active"] is False
 
 
-def test_slurm_config_parses():
-    import dask.config
+def test_slurm_config_makes_one_single_threaded_preloaded_tls_worker_per_job(tmp_path, monkeypatch):
+    """The packaged `--cluster slurm` settings, as the job script dask-jobqueue would submit."""
+    from dask_jobqueue import SLURMCluster
 
-    config = yaml.safe_load(SLURM_YAML.read_text())
-    slurm = config["jobqueue"]["slurm"]
-    assert slurm["cores"] == 1 and slurm["processes"] == 1 and slurm["memory"] and slurm["walltime"]
-    with dask.config.set(config):
-        assert dask.config.get("jobqueue.slurm.worker_extra_args") == ["--preload", "mfsbi.runtime.worker_setup"]
+    from mfsbi.runtime.slurm import DEFAULT_CONFIG, load_slurm_settings
+    from mfsbi.runtime import slurm as slurm_module
+
+    assert DEFAULT_CONFIG == SLURM_YAML
+    settings = load_slurm_settings("slurm")
+    assert settings.jobqueue["cores"] == 1 and settings.jobqueue["processes"] == 1
+    arguments = slurm_module._cluster_arguments({**settings.jobqueue, "shared-temp-directory": str(tmp_path),
+                                                 "log-directory": str(tmp_path)})
+    cluster = SLURMCluster(security=True, **arguments)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -J mfsbi-worker" in script and "--nthreads 1" in script
+    assert "--preload mfsbi.runtime.worker_setup" in script and "export OMP_NUM_THREADS=1" in script
+    assert cluster.scheduler_address.startswith("tls://") and "--tls-key" in script
     importlib.import_module("mfsbi.simulators.plastic_network")
-    compile((ROOT / "deploy" / "slurm_cluster.py").read_text(), "slurm_cluster.py", "exec")
 
 
 def test_the_deploy_command_registers_what_prefect_yaml_declares():

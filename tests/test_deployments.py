@@ -3,6 +3,7 @@ and the flow-side refusal of a store a deployment run would lose."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,3 +190,27 @@ def test_run_start_checks_the_store_before_opening_it(in_deployment_run, tmp_pat
     with pytest.raises(StoreError, match="^store: 'rel-store' is relative"):
         Run.start(config, executor=None, device="cpu")
     assert not (tmp_path / "rel-store").exists()
+
+
+def test_use_api_keeps_pointing_prefect_at_the_given_server_after_prefect_was_imported(monkeypatch):
+    """The override must outlive garbage collection: `mfsbi deploy` once registered on a temporary server."""
+    import gc
+
+    import prefect  # noqa: F401 -- imported first, as the CLI's checks do
+    from prefect.settings import get_current_settings
+
+    from mfsbi.app import stack
+
+    monkeypatch.setattr(stack, "_API_OVERRIDES", [])
+    before = os.environ.get("PREFECT_API_URL")
+    try:
+        stack.use_api("http://127.0.0.1:9/api")
+        gc.collect()
+        assert get_current_settings().api.url == "http://127.0.0.1:9/api"
+    finally:
+        for override in reversed(stack._API_OVERRIDES):
+            override.__exit__(None, None, None)
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before

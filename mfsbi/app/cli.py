@@ -69,6 +69,8 @@ def run(
     observation: Annotated[Optional[Path], typer.Option(help="x_o as a .npy file")] = None,
     dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
     n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
+    cluster: Annotated[Optional[str], typer.Option(
+        help="'slurm' or FILE.yaml: Dask workers as SLURM jobs, scaled with the work (mfsbi/runtime/slurm.yaml)")] = None,
     device: Annotated[Device, typer.Option(help="where to train (auto: cuda when visible)")] = "auto",
     num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
     num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
@@ -95,7 +97,7 @@ def run(
     """
     options = dict(task=task, method=method, lf_sims=lf_sims, hf_sims=hf_sims, store=store,
                    seed=seed, observation=observation, dask_address=dask_address,
-                   n_workers=n_workers, device=device, num_test_observations=num_test_observations,
+                   cluster=cluster, n_workers=n_workers, device=device, num_test_observations=num_test_observations,
                    num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
                    observation_index=observation_index, resume=resume,
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,

@@ -16,7 +16,7 @@ from mfsbi.app.config_file import ConfigFileError, load_config_file, merge_optio
 if TYPE_CHECKING:
     from mfsbi.flows.config import RunConfig
 
-__all__ = ["UsageError", "build_config", "load_observation"]
+__all__ = ["UsageError", "build_config", "check_cluster", "load_observation"]
 
 
 class UsageError(Exception):
@@ -135,12 +135,14 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
     elif config.observation is not None and len(config.observation) != task.x_dim:
         raise UsageError(f"{label('observation')}: {len(config.observation)} values, but the task's x has "
                          f"{task.x_dim}; give {task.x_dim} numbers")
-    if config.device == "cuda" and not (config.dask_address or os.environ.get("MFSBI_DASK_ADDRESS")):
+    if config.device == "cuda" and not (config.dask_address or config.cluster or os.environ.get("MFSBI_DASK_ADDRESS")):
         import torch
 
         if not torch.cuda.is_available():
             raise UsageError(f"{label('device')}: cuda was asked for but no CUDA device is visible here; "
                              "use auto or cpu, or --dask-address of a cluster with a GPU worker")
+    if config.cluster:
+        check_cluster(config.cluster, config.dask_address, label)
     from mfsbi.storage import check_unlocked
 
     try:
@@ -154,3 +156,26 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
         raise UsageError(f"{label('store')}: {config.store!r} cannot be opened "
                          f"({type(error).__name__}: {error})") from None
     return config
+
+
+def check_cluster(cluster: str, dask_address: str | None, label: Any = lambda name: f"--{name.replace('_', '-')}") -> None:
+    """``--cluster``: one of it and ``--dask-address``, dask-jobqueue installed, sbatch here, a valid file.
+
+    Raises:
+        UsageError: one line naming the option and the fix.
+    """
+    import shutil
+
+    if dask_address:
+        raise UsageError(f"{label('cluster')}: give either it or {label('dask_address')}, not both")
+    try:
+        from mfsbi.runtime.slurm import ClusterConfigError, load_slurm_settings
+
+        load_slurm_settings(cluster)
+    except ImportError:
+        raise UsageError(f"{label('cluster')}: needs dask-jobqueue: pip install 'mfsbi[cluster]'") from None
+    except ClusterConfigError as error:
+        raise UsageError(f"{label('cluster')}: {str(error).removeprefix('cluster: ')}") from None
+    if shutil.which("sbatch") is None:
+        raise UsageError(f"{label('cluster')}: sbatch is not on PATH; run where SLURM's commands are "
+                         "(a login node), or leave --cluster out for a local cluster")

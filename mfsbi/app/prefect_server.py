@@ -79,7 +79,10 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1"}
+    # The UI is told where its API is: without it, it calls the default port 4200 and shows nothing
+    # (seen with headless Chromium, benchmarks/ui_screenshot.py).
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": url}
     log_path = home / "server.log"
     with open(log_path, "ab") as log:
         server = subprocess.Popen(

@@ -74,6 +74,8 @@ def serve(
     dask_port: Annotated[int, typer.Option(min=0, max=65535, help="Dask scheduler port (0: any free)")] = 8786,
     dashboard_port: Annotated[int, typer.Option(min=0, max=65535, help="Dask dashboard port (0: any free)")] = 8787,
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for each service")] = 180.0,
+    cluster: Annotated[Optional[str], typer.Option(
+        help="'slurm' or FILE.yaml: Dask workers as SLURM jobs, scaled with the work, instead of local ones")] = None,
 ) -> None:
     """Start a single-machine stack as local processes on 127.0.0.1, until Ctrl-C.
 
@@ -88,11 +90,20 @@ def serve(
     def say(message: str) -> None:
         console.print(message, highlight=False)
 
+    if cluster:
+        from mfsbi.app.inputs import UsageError, check_cluster
+
+        try:
+            check_cluster(cluster, None)
+        except UsageError as error:
+            fail(str(error))
     try:
         stack = serve_stack.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
-                                        dashboard_port, timeout, say=say)
+                                        dashboard_port, timeout, say=say, cluster=cluster)
     except serve_stack.ServeError as error:
         fail(str(error), code=1)
+    except Exception as error:  # noqa: BLE001 -- e.g. ClusterStartError: one line, exit 1
+        fail(f"the stack did not start: {type(error).__name__}: {error}", code=1)
     console.print(f"[bold]Prefect UI[/]   {stack.ui}\n[bold]Prefect API[/]  {stack.prefect_api_url}\n"
                   f"[bold]Dask[/]         {stack.dask_address}  (dashboard {stack.dashboard})\n"
                   f"[bold]work pool[/]    {serve_stack.WORK_POOL}\n"

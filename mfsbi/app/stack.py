@@ -13,6 +13,7 @@ at import.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -92,6 +93,9 @@ def ui_url(api_url: str) -> str:
     return api_url[: -len("/api")] if api_url.rstrip("/").endswith("/api") else api_url
 
 
+_API_OVERRIDES: list = []
+
+
 def use_api(api_url: str) -> None:
     """Points this process at ``api_url``; call before Prefect is imported."""
     for key, value in OFFLINE_SETTINGS.items():
@@ -100,7 +104,11 @@ def use_api(api_url: str) -> None:
     if "prefect" in sys.modules:  # already imported: override the settings it read at import
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
-        temporary_settings(updates={PREFECT_API_URL: api_url}).__enter__()
+        override = temporary_settings(updates={PREFECT_API_URL: api_url})
+        override.__enter__()
+        # Kept: a context manager collected while open runs its exit, and the override is gone
+        # (seen: `mfsbi deploy` registered on a temporary server of its own, not on `mfsbi serve`'s).
+        _API_OVERRIDES.append(override)
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +156,8 @@ class Stack:
     dask_address: str = ""
     dashboard: str = ""
     services: list[Service] = field(default_factory=list)
+    # `--cluster`: the SLURM cluster this process holds (closed, every job with it, by stop()).
+    cluster: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @property
     def ui(self) -> str:
@@ -175,6 +185,7 @@ class Stack:
         for service in reversed(self.services):
             _stop(service.process, grace)
         self.services.clear()
+        self.cluster.close()
         with _suppress():
             info = json.loads(serve_file().read_text())
             if info.get("pid") == os.getpid():
@@ -238,8 +249,11 @@ def _python_tool(tool: str) -> list[str]:
 
 
 def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, dashboard_port: int = 8787,
-                timeout: float = 120.0, say=print) -> Stack:
+                timeout: float = 120.0, say=print, cluster: str | None = None) -> Stack:
     """Starts the services, waits until each is healthy and writes ``serve.json``.
+
+    With ``cluster`` (``slurm`` or a YAML file) the Dask workers are SLURM jobs of an adaptive
+    cluster held by this process, instead of a local scheduler and ``workers`` local workers.
 
     On any failure the processes already started are stopped before ServeError is raised.
     """
@@ -272,19 +286,13 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
                              {**base, "PREFECT_SERVER_API_HOST": "127.0.0.1",
                               "PREFECT_SERVER_API_PORT": str(prefect_port),
                               "PREFECT_UI_API_URL": stack.prefect_api_url})
-        say(f"starting the Dask scheduler and {workers} worker(s)")
-        scheduler = stack.start("dask-scheduler",
-                                [*_python_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
-                                 "--dashboard-address", f"127.0.0.1:{dashboard_port}"], base)
-        _wait(lambda: _port_open(dask_port), timeout, stack, "the Dask scheduler", scheduler.log)
-        worker_env = {**base, "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1"),
-                      "NEURON_MODULE_OPTIONS": base.get("NEURON_MODULE_OPTIONS", "-nogui")}
-        for index in range(workers):
-            stack.start(f"dask-worker-{index}",
-                        [*_python_tool("dask"), "worker", stack.dask_address, "--host", "127.0.0.1",
-                         "--nthreads", "1", "--no-dashboard", "--name", f"mfsbi-worker-{index}",
-                         "--local-directory", str(home / "dask-worker-space"), "--preload", WORKER_PRELOAD],
-                        worker_env)
+        client_env: dict[str, str] = {}
+        if cluster:
+            say(f"starting the Dask scheduler and SLURM worker jobs ({cluster})")
+            client_env = _start_slurm(stack, cluster)
+        else:
+            say(f"starting the Dask scheduler and {workers} worker(s)")
+            _start_local_dask(stack, base, workers, dask_port, dashboard_port, timeout)
         _wait(lambda: healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
         use_api(stack.prefect_api_url)
         ensure_work_pool()
@@ -292,16 +300,46 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
         worker = stack.start("prefect-worker",
                              [*_python_tool("prefect"), "worker", "start", "--pool", WORK_POOL, "--type", "process",
                               "--name", f"mfsbi-serve-{os.getpid()}"],
-                             {**base, "PREFECT_API_URL": stack.prefect_api_url,
+                             {**base, **client_env, "PREFECT_API_URL": stack.prefect_api_url,
                               "MFSBI_DASK_ADDRESS": stack.dask_address})
-        _wait(lambda: _dask_workers(stack.dask_address) >= workers, timeout, stack,
-              f"{workers} Dask worker(s)", stack.home / "logs")
+        if not cluster:  # a SLURM cluster has its first worker already, and scales by itself
+            _wait(lambda: _dask_workers(stack.dask_address) >= workers, timeout, stack,
+                  f"{workers} Dask worker(s)", stack.home / "logs")
         _wait(lambda: _worker_online(WORK_POOL), timeout, stack, "the Prefect worker", worker.log)
         stack.write_serve_file()
     except BaseException:
         stack.stop(grace=6)
         raise
     return stack
+
+
+def _start_local_dask(stack: Stack, base: dict[str, str], workers: int, dask_port: int, dashboard_port: int,
+                      timeout: float) -> None:
+    scheduler = stack.start("dask-scheduler",
+                            [*_python_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
+                             "--dashboard-address", f"127.0.0.1:{dashboard_port}"], base)
+    _wait(lambda: _port_open(dask_port), timeout, stack, "the Dask scheduler", scheduler.log)
+    worker_env = {**base, "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1"),
+                  "NEURON_MODULE_OPTIONS": base.get("NEURON_MODULE_OPTIONS", "-nogui")}
+    for index in range(workers):
+        stack.start(f"dask-worker-{index}",
+                    [*_python_tool("dask"), "worker", stack.dask_address, "--host", "127.0.0.1",
+                     "--nthreads", "1", "--no-dashboard", "--name", f"mfsbi-worker-{index}",
+                     "--local-directory", str(stack.home / "dask-worker-space"), "--preload", WORKER_PRELOAD],
+                    worker_env)
+
+
+def _start_slurm(stack: Stack, cluster: str) -> dict[str, str]:
+    """An adaptive SLURM cluster held by this process; returns what its clients need in their environment."""
+    import shutil
+
+    from mfsbi.runtime.slurm import client_tls_environment, load_slurm_settings, slurm_cluster
+
+    jobs = stack.cluster.enter_context(slurm_cluster(load_slurm_settings(cluster)))
+    folder = stack.home / "slurm-tls" / "clients"
+    stack.cluster.callback(shutil.rmtree, folder, ignore_errors=True)
+    stack.dask_address, stack.dashboard = jobs.scheduler_address, jobs.dashboard_link
+    return client_tls_environment(jobs, folder)
 
 
 def _dask_workers(address: str) -> int:

@@ -125,6 +125,6 @@ def amortized_flow(config: RunConfig) -> RunSummary:
         The run summary (metrics, counts, artifact locations).
     """
     check_store_location(config.store)  # before the lock: taking it would create the folders
-    with dask_client(config.dask_address, config.n_workers) as client:
+    with dask_client(config.dask_address, config.n_workers, config.cluster) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_amortized(config, DaskExecutor(client))

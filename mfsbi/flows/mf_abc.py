@@ -110,6 +110,6 @@ def abc_flow(config: RunConfig) -> RunSummary:
         config: the validated run configuration.
     """
     check_store_location(config.store)  # before the lock: taking it would create the folders
-    with dask_client(config.dask_address, config.n_workers) as client:
+    with dask_client(config.dask_address, config.n_workers, config.cluster) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_abc(config, DaskExecutor(client))

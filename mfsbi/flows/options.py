@@ -44,6 +44,9 @@ class CommonOptions(_Options):
     seed: int = Field(0, ge=0, lt=2**63)
     device: Device = "auto"
     dask_address: str | None = Field(None, description="an existing Dask scheduler; default: a local cluster")
+    cluster: str | None = Field(
+        None, description="'slurm' or a YAML file: Dask workers as SLURM jobs (mfsbi/runtime/slurm.yaml)"
+    )
     n_workers: int | None = Field(None, ge=1, le=512, description="local cluster workers; default: one per core")
     lf_chunk_size: int | None = Field(
         None, ge=1, le=1_000_000,

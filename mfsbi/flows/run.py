@@ -184,7 +184,11 @@ class Run(RunPlan):
         return f"{self.store.url.rstrip('/')}/{path}"
 
     def publish_image(self, path: str, png: bytes, what: str) -> None:
-        """Shows a stored PNG on the flow run's page in the Prefect UI (embedded: it works offline)."""
+        """Publishes a stored PNG as an image artifact of the flow run (a data URL: the UI draws it offline).
+
+        The artifact's page shows the picture; the flow run's page lists the artifact
+        (benchmarks/ui_screenshot.py checks both with headless Chromium).
+        """
         import base64
 
         from prefect.artifacts import create_image_artifact

@@ -273,6 +273,6 @@ def sequential_flow(config: RunConfig) -> RunSummary:
         The run summary (per-round table, final metrics, artifact locations).
     """
     check_store_location(config.store)  # before the lock: taking it would create the folders
-    with dask_client(config.dask_address, config.n_workers) as client:
+    with dask_client(config.dask_address, config.n_workers, config.cluster) as client:
         with StoreLock(config.store, owner=config.run_name):
             return run_sequential(config, DaskExecutor(client))

@@ -13,15 +13,26 @@ import os
 import signal
 from collections.abc import Iterator
 
-__all__ = ["CLUSTER_CLOSE_TIMEOUT", "WORKER_PRELOAD", "close_cluster", "dask_client"]
+__all__ = ["CLUSTER_CLOSE_TIMEOUT", "WORKER_PRELOAD", "close_cluster", "dask_client", "planned_workers"]
+
+# Workers an adaptive cluster may grow to, by client id: work is split for them, not for the few
+# jobs that happen to be running when a batch starts.
+_PLANNED: dict[str, int] = {}
+
+
+def planned_workers(client: object) -> int:
+    """Workers the cluster behind ``client`` is expected to reach (0 when it is not adaptive)."""
+    return _PLANNED.get(getattr(client, "id", ""), 0)
+
 
 # Every Dask worker imports this at start (brian2 in its main thread, simulators, torch, sbi).
 WORKER_PRELOAD = "mfsbi.runtime.worker_setup"
 
 
 @contextlib.contextmanager
-def dask_client(address: str | None = None, n_workers: int | None = None) -> Iterator["object"]:
-    """Yields a ``distributed.Client``: to ``address`` (or ``$MFSBI_DASK_ADDRESS``), else to a local cluster.
+def dask_client(address: str | None = None, n_workers: int | None = None,
+                cluster: str | None = None) -> Iterator["object"]:
+    """Yields a ``distributed.Client``: to ``address`` (or ``$MFSBI_DASK_ADDRESS``), to SLURM jobs, or local.
 
     The local cluster runs one single-threaded worker process per core: NEURON and torch each want
     one thread per process, and a simulation batch is the unit of parallelism.
@@ -29,8 +40,22 @@ def dask_client(address: str | None = None, n_workers: int | None = None) -> Ite
     Arguments:
         address: an existing scheduler, e.g. ``tcp://10.0.0.5:8786``.
         n_workers: local workers; default one per core.
+        cluster: ``slurm`` or a YAML file (:mod:`mfsbi.runtime.slurm`): workers are SLURM jobs,
+            scaled with the work, all closed at the end.
     """
     from distributed import Client, LocalCluster
+
+    if cluster:
+        from mfsbi.runtime.slurm import load_slurm_settings, slurm_cluster
+
+        settings = load_slurm_settings(cluster)
+        with slurm_cluster(settings) as jobs, Client(jobs) as client:
+            _PLANNED[client.id] = settings.maximum_jobs * int(settings.jobqueue.get("processes") or 1)
+            try:
+                yield client
+            finally:
+                _PLANNED.pop(client.id, None)
+        return
 
     # `mfsbi serve` and docker-compose give their Prefect workers the scheduler's address.
     address = address or os.environ.get("MFSBI_DASK_ADDRESS") or None

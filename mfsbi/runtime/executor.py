@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from mfsbi.runtime.cluster import planned_workers
+
 __all__ = ["BatchExecutor", "DaskExecutor", "SerialExecutor"]
 
 T = TypeVar("T")
@@ -73,7 +75,8 @@ class DaskExecutor:
     def num_workers(self) -> int:
         """Workers that take simulations: the CPU workers when GPU workers are kept for training."""
         gpu, cpu = self._workers()
-        return max(1, len(cpu) if cpu and gpu else len(gpu) + len(cpu))
+        running = len(cpu) if cpu and gpu else len(gpu) + len(cpu)
+        return max(1, running, planned_workers(self.client))
 
     def map_unordered(
         self, fn: Callable[[T], R], items: Sequence[T], resources: dict[str, float] | None = None
