@@ -12,9 +12,14 @@ every simulator call:
 
 Kinds: ``worker-kill`` (SIGKILL the Dask worker running an HF batch), ``flow-kill-lf``,
 ``flow-kill-hf`` (SIGKILL `mfsbi run` mid-LF / mid-HF), ``flow-kill-round`` (mid-run of a 3-round
-MF-TSNPE), ``exception``, ``nan-inf``, ``hang`` (simulator faults, each row counted).
+MF-TSNPE), ``exception``, ``nan-inf``, ``hang`` (simulator faults, each row counted). On SLURM
+(``--cluster FILE``, runs with ``mfsbi run --cluster FILE``): ``scancel-lf`` / ``scancel-hf``
+(``scancel`` of the job whose worker runs an LF / HF batch) and ``scancel-all`` (every worker job at
+once, mid-HF); the adaptive cluster submits new jobs and the run goes on.
 
     python benchmarks/fault_injection.py --repeats 20 --out docs/reliability.json
+    python benchmarks/fault_injection.py --kinds scancel-lf scancel-hf scancel-all --local-slurm /tmp/slurm \
+        --cluster cluster.yaml --repeats 3 --out docs/reliability-slurm.json   # a local SLURM (tests/local_slurm.py)
 
 writes the JSON and prints the table of docs/reliability.md. Tests import the drills
 (tests/test_fault_injection.py). A shared Prefect server is started once (or ``PREFECT_API_URL``).
@@ -44,7 +49,9 @@ AMORTIZED = ["--method", "mf-npe", "--lf-sims", "4000", "--hf-sims", "60", "--ma
 SEQUENTIAL = ["--method", "mf-tsnpe", "--rounds", "3", "--lf-sims", "4000", "--hf-sims", "60",
               "--max-num-epochs", "6", "--num-nltp-pairs", "10", "--num-test-observations", "1", "--n-workers", "2"]
 SLOW = "lf_delay=0.001,hf_delay=0.05"
-KILL_KINDS = ("worker-kill", "flow-kill-lf", "flow-kill-hf", "flow-kill-round")
+SLURM_KINDS = ("scancel-lf", "scancel-hf", "scancel-all")
+KILL_KINDS = ("worker-kill", "flow-kill-lf", "flow-kill-hf", "flow-kill-round", *SLURM_KINDS)
+CLUSTER: list[str] = []  # ["--cluster", FILE] for the SLURM kinds (set by main)
 # Rates high enough that a few runs inject 20 faults of a kind (held-out rows included).
 SIMULATOR_KINDS = {"exception": "exception=0.1", "nan-inf": "nan=0.06,inf=0.04", "hang": "hang=0.1"}
 
@@ -162,11 +169,12 @@ def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rn
     started = time.perf_counter()
     store, log = workdir / f"{kind}-{repeat}", workdir / f"{kind}-{repeat}.log"
     env = _env(SLOW, log, workdir / "home")
-    args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED
+    args = _arguments(kind)
     process = subprocess.Popen(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     target = float(rng.uniform(0.05, 0.95))
     which, total = {
         "flow-kill-lf": (lambda k: k.endswith("/lf"), 4000),
+        "scancel-lf": (lambda k: k.endswith("/lf"), 4000),
         "flow-kill-round": (lambda k: "." in k and k.endswith("/hf"), 60),  # the run's rounds table
     }.get(kind, (lambda k: k.endswith("/hf"), 60))
     hit = _wait_until(process, lambda: _stored(store, which) >= target * total)
@@ -179,9 +187,18 @@ def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rn
     if not hit or process.poll() is not None:
         process.kill()
         return Outcome(kind, repeat, detail=f"missed the kill point ({target:.2f}): {process.stderr.read().decode()[-300:]}")
-    os.kill(victim, signal.SIGKILL)
+    if kind in SLURM_KINDS:
+        fidelity = "lf" if kind == "scancel-lf" else "hf"
+        jobs = _slurm_jobs(log, fidelity, process.pid, every=kind == "scancel-all")
+        if not jobs:
+            process.kill()
+            return Outcome(kind, repeat, detail="no SLURM job of a worker found to cancel")
+        subprocess.run(["scancel", *jobs], check=True, capture_output=True, timeout=30)
+        victim = -1
+    else:
+        os.kill(victim, signal.SIGKILL)
     rcs = []
-    if kind == "worker-kill":
+    if kind == "worker-kill" or kind in SLURM_KINDS:
         time.sleep(0.2)
         # What is stored now was stored before the kill or by the surviving worker: all must survive.
         before, kill_line = _safe_tables(store), len(_log(log))
@@ -199,7 +216,33 @@ def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rn
             return Outcome(kind, repeat, faults=1, detail=resumed.stderr.decode()[-300:])
     outcome = _check(kind, repeat, store, log, before, kill_line, reference, started, rcs)
     outcome.extra = {"kill_at": round(target, 3), "victim": "worker" if victim != process.pid else "flow"}
+    if kind in SLURM_KINDS:
+        outcome.extra["cancelled_jobs"] = jobs
     return outcome
+
+
+def _arguments(kind: str) -> list[str]:
+    args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED
+    if kind in SLURM_KINDS:  # SLURM jobs instead of the local cluster's two workers
+        i = args.index("--n-workers")
+        args = [*args[:i], *args[i + 2:], *CLUSTER]
+    return args
+
+
+def _slurm_jobs(log: Path, fidelity: str, flow_pid: int, every: bool) -> list[str]:
+    """SLURM job ids: of the worker that ran the newest ``fidelity`` batch, or of every worker job."""
+    if every:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-n", "mfsbi-worker"], capture_output=True, text=True)
+        return out.stdout.split()
+    for _, _, _, pid in reversed([c for c in _log(log) if c[0] == fidelity and c[3] != flow_pid]):
+        try:  # the worker runs on this machine (a local SLURM): its job id is in its environment
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(b"SLURM_JOB_ID="):
+                return [entry.split(b"=", 1)[1].decode()]
+    return []
 
 
 def _safe_tables(store: Path) -> dict:
@@ -272,7 +315,7 @@ def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
     for kind in kinds:
         for repeat in range(first, first + (repeats if kind in KILL_KINDS else simulator_repeats)):
             if kind in KILL_KINDS:
-                args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED
+                args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED  # the reference runs locally
                 if args[1] not in references:
                     references[args[1]] = reference_run(workdir, args)
                 outcome = kill_drill(kind, repeat, workdir, references[args[1]], rng)
@@ -307,7 +350,29 @@ def main() -> None:
                         help="number of the first drill: simulator drills use it as the run seed (new θ, new faults)")
     parser.add_argument("--include", type=Path, nargs="*", default=[],
                         help="outcome lines (this script's stdout) of earlier invocations to add to the table")
+    parser.add_argument("--cluster", help="--cluster file of the SLURM kinds (mfsbi/runtime/slurm.yaml's shape)")
+    parser.add_argument("--local-slurm", type=Path, help="start a single-node SLURM in this folder for the drills")
     args = parser.parse_args()
+    slurm = None
+    if any(kind in SLURM_KINDS for kind in args.kinds):
+        if not args.cluster:
+            parser.error("--cluster: the SLURM kinds need a cluster file")
+        CLUSTER[:] = ["--cluster", str(Path(args.cluster).resolve())]
+        if args.local_slurm:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from local_slurm import LocalSlurm
+
+            slurm = LocalSlurm(args.local_slurm).start()
+            os.environ.update(slurm.environ)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # `kill` stops the local SLURM too
+    try:
+        _main(args)
+    finally:
+        if slurm is not None:
+            slurm.stop()
+
+
+def _main(args) -> None:
     from mfsbi.app.prefect_server import prefect_api
 
     with tempfile.TemporaryDirectory() as tmp, prefect_api():

@@ -169,6 +169,16 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         if url:  # the server really runs on PostgreSQL: no SQLite database was made
             assert not (home / "prefect" / "prefect.db").exists()
 
+        # The API requires the auth string serve generated (mode 600 in MFSBI_HOME); without it: 401.
+        import urllib.error
+        import urllib.request
+
+        assert (home / "prefect-auth-string").stat().st_mode & 0o777 == 0o600
+        request = urllib.request.Request(info["prefect_api_url"] + "/flow_runs/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
         deploy = subprocess.run([*MFSBI, "deploy"], env=env, capture_output=True, text=True, timeout=180)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         assert "mfsbi-amortized/mfsbi-amortized" in deploy.stdout
@@ -215,7 +225,8 @@ with get_client(sync_client=True) as client:
             break
         time.sleep(1)
 print(json.dumps({{"state": flow_run.state.type.value, "message": flow_run.state.message}}))
-"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"]}, capture_output=True, text=True, timeout=400)
+"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"],
+                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=400)
         seen |= _descendants(serve.pid)
         assert relative.returncode == 0, relative.stderr
         refused = json.loads(relative.stdout.strip().splitlines()[-1])
@@ -241,7 +252,8 @@ with get_client(sync_client=True) as client:
     print(json.dumps({{"state": run.state.type.value, "name": run.name, "deployment": deployment.name,
                       "artifacts": [[a.type, a.key, a.data] for a in artifacts],
                       "schedules": [[s.active, s.parameters] for s in deployment.schedules]}}))
-"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"]}, capture_output=True, text=True, timeout=120)
+"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"],
+                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=120)
         assert check.returncode == 0, check.stderr
         facts = json.loads(check.stdout.strip().splitlines()[-1])
         assert facts["state"] == "COMPLETED" and facts["deployment"] == "mfsbi-amortized"

@@ -132,13 +132,15 @@ def test_no_secret_literal_is_committed():
         assert user.startswith("${") and password.startswith("${"), f"a credential literal in a URL: {user}"
 
 
-def test_compose_refuses_an_empty_database_password():
+@pytest.mark.parametrize("secret, uses_at_least", [("POSTGRES_PASSWORD", 2), ("PREFECT_AUTH_STRING", 3)])
+def test_compose_refuses_an_empty_secret(secret, uses_at_least):
+    """The database password (postgres, the server's URL) and the API's credentials (server, clients)."""
     text = COMPOSE.read_text()
-    uses = re.findall(r"(?<!\$)\$\{POSTGRES_PASSWORD([^}]*)\}", text)
-    assert len(uses) >= 2, "the postgres service and the Prefect server's database URL"
+    uses = re.findall(rf"(?<!\$)\$\{{{secret}([^}}]*)\}}", text)
+    assert len(uses) >= uses_at_least
     for rest in uses:
-        assert rest.startswith(":?") and "POSTGRES_PASSWORD" in rest, f"${{POSTGRES_PASSWORD{rest}}}: no :? check"
-    assert not re.search(r"(?<![${])\$POSTGRES_PASSWORD", text), "an unbraced $POSTGRES_PASSWORD has no :? check"
+        assert rest.startswith(":?") and secret in rest, f"${{{secret}{rest}}}: no :? check"
+    assert not re.search(rf"(?<![${{])\${secret}", text), f"an unbraced ${secret} has no :? check"
 
 
 def test_env_example_defines_every_variable_the_compose_file_uses():
@@ -149,6 +151,7 @@ def test_env_example_defines_every_variable_the_compose_file_uses():
     assert used <= set(example), f"missing from .env.example: {sorted(used - set(example))}"
     # Empty, so that `cp .env.example .env` without editing refuses to start (the :? checks).
     assert example["POSTGRES_PASSWORD"] == "", "no password is committed, not even a placeholder"
+    assert example["PREFECT_AUTH_STRING"] == "", "no credentials are committed"
 
 
 def test_every_compose_command_exists():
@@ -260,11 +263,15 @@ def test_docker_compose_validates_the_file():
     import subprocess
 
     argv = ["docker-compose", "--env-file", ".env.example", "--profile", "gpu", "config", "-q"]
-    env = {key: value for key, value in os.environ.items() if key != "POSTGRES_PASSWORD"}
-    # .env.example's password is empty on purpose: compose refuses it...
-    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=env)
+    env = {key: value for key, value in os.environ.items() if key not in ("POSTGRES_PASSWORD", "PREFECT_AUTH_STRING")}
+    # .env.example's secrets are empty on purpose: compose refuses each of them...
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                             env={**env, "PREFECT_AUTH_STRING": "test:only"})
     assert refused.returncode != 0 and "set POSTGRES_PASSWORD in .env" in refused.stderr, refused.stderr
-    # ...and accepts the file once one is set (the shell's environment wins over --env-file).
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                             env={**env, "POSTGRES_PASSWORD": "test-only-password"})
+    assert refused.returncode != 0 and "set PREFECT_AUTH_STRING in .env" in refused.stderr, refused.stderr
+    # ...and accepts the file once both are set (the shell's environment wins over --env-file).
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
-                            env={**env, "POSTGRES_PASSWORD": "test-only-password"})
+                            env={**env, "POSTGRES_PASSWORD": "test-only-password", "PREFECT_AUTH_STRING": "test:only"})
     assert result.returncode == 0, result.stderr

@@ -182,7 +182,8 @@ with get_client(sync_client=True) as client:
         time.sleep(1)
     print(json.dumps({{"state": run.state.type.value, "message": run.state.message,
                       "schedules": [[s.active, s.schedule.cron] for s in deployment.schedules]}}))
-"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"]}, capture_output=True, text=True, timeout=700)
+"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"],
+                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=700)
         assert scheduled.returncode == 0, deploy.stdout + scheduled.stderr[-1500:]
         facts = json.loads(scheduled.stdout.strip().splitlines()[-1])
         worker_log = (home / "logs" / "prefect-worker.log").read_text()
@@ -210,3 +211,22 @@ with get_client(sync_client=True) as client:
         time.sleep(0.5)
     assert slurm.jobs() == [], "serve left worker jobs in squeue"
     assert not (home / "slurm-tls" / "clients").exists(), "the clients' TLS key was left on disk"
+
+
+@pytest.mark.slurm
+def test_scancel_of_every_worker_job_mid_hf_is_survived_with_nothing_lost(slurm, prefect_server, tmp_path,
+                                                                         monkeypatch):
+    """The drill of benchmarks/fault_injection.py: replacement jobs are submitted, the run completes."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import fault_injection as drills
+
+    monkeypatch.setattr(drills, "CLUSTER", ["--cluster", str(_cluster_file(tmp_path, **{"target-duration": "5s"}))])
+    for key, value in slurm.environ.items():
+        monkeypatch.setenv(key, value)
+    before = _launched(slurm)
+    outcome = drills.kill_drill("scancel-all", 0, tmp_path, None, np.random.default_rng(5))
+    assert outcome.completed and not outcome.detail, outcome
+    assert (outcome.rows_lost, outcome.duplicates, outcome.budget_overruns) == (0, 0, 0), outcome
+    assert outcome.extra["cancelled_jobs"] and _launched(slurm) - before > len(outcome.extra["cancelled_jobs"])

@@ -253,3 +253,40 @@ def test_cli_verify_exit_codes(tmp_path):
     result = runner.invoke(app, ["verify", str(tmp_path / "plain")])
     assert result.exit_code == 2
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path):
+    """A reused pid (alive, but started at another time) no longer makes a dead run's lock look held."""
+    from mfsbi.storage.lock import process_start
+
+    store = tmp_path / "store"
+    SimulationStore(store)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": sleeper.pid, "hostname": socket.gethostname(), "owner": "crashed", "token": "c",
+                "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (store / LOCK_NAME).write_text(json.dumps({**lock, "process_start": process_start(sleeper.pid)}))
+        assert read_lock(store).state == "live"  # the lock's own process: held
+        (store / LOCK_NAME).write_text(json.dumps({**lock, "process_start": "another-boot:12345"}))
+        info = read_lock(store)
+        assert info.state == "stale" and "now belongs to another process" in info.reason
+        with StoreLock(store, owner="next"):
+            assert json.loads((store / LOCK_NAME).read_text())["process_start"] == process_start(os.getpid())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_chunk_write_locks_live_beside_the_store_not_in_the_temp_folder(tmp_path):
+    import tempfile
+
+    store = tmp_path / "store"
+    table = SimulationStore(store).require_table("toy", "hf", theta_dim=1, x_dim=1, chunk_size=2,
+                                                 provenance=PROVENANCE)
+    before = set(Path(tempfile.gettempdir()).glob("mfsbi-locks/*"))
+    table.reserve(np.zeros((3, 1)), np.array([1, 2, 3]))
+    table.write_batch(0, 2, x=np.ones((2, 1)))
+    locks = tmp_path / ".store.mfsbi-locks"
+    assert locks.is_dir() and list(locks.glob("*/*.lock"))
+    assert all(p.stat().st_mode & 0o077 == 0 for p in locks.iterdir())  # only the owner can use them
+    assert set(Path(tempfile.gettempdir()).glob("mfsbi-locks/*")) == before

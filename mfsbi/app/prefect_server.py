@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from mfsbi.runtime.processes import die_with_parent
 
-__all__ = ["OFFLINE_SETTINGS", "ServiceError", "healthy", "mfsbi_home", "prefect_api", "quiet_prefect_environment"]
+__all__ = ["OFFLINE_SETTINGS", "ServiceError", "client_auth_string", "healthy", "mfsbi_home", "prefect_api",
+           "quiet_prefect_environment", "serve_auth_string"]
 
 OFFLINE_SETTINGS = {
     "DO_NOT_TRACK": "1",
@@ -38,6 +40,39 @@ class ServiceError(RuntimeError):
 def mfsbi_home() -> Path:
     """Where embedded services keep their state (``MFSBI_HOME``, default ``~/.mfsbi``)."""
     return Path(os.environ.get("MFSBI_HOME", Path.home() / ".mfsbi"))
+
+
+AUTH_FILE = "prefect-auth-string"
+
+
+def serve_auth_string() -> str:
+    """The credentials `mfsbi serve`'s Prefect server requires (Prefect's ``PREFECT_SERVER_API_AUTH_STRING``).
+
+    From the environment if set, else generated once into ``$MFSBI_HOME/prefect-auth-string``
+    (mode 600), where this user's clients (``mfsbi deploy``, ``submit``, ``runs``, the UI's login)
+    read it. Another user on the machine cannot read it, so cannot use the API.
+    """
+    given = os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
+    if given:
+        return given
+    path = mfsbi_home() / AUTH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"mfsbi:{secrets.token_urlsafe(32)}\n")
+    return path.read_text().strip()
+
+
+def client_auth_string() -> str | None:
+    """``PREFECT_API_AUTH_STRING`` if set, else the one `mfsbi serve` generated, else None."""
+    given = os.environ.get("PREFECT_API_AUTH_STRING")
+    if given:
+        return given
+    path = mfsbi_home() / AUTH_FILE
+    return path.read_text().strip() if path.exists() else None
 
 
 def quiet_prefect_environment() -> None:

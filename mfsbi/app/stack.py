@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfsbi.app.prefect_server import OFFLINE_SETTINGS, healthy, mfsbi_home
+from mfsbi.app.prefect_server import OFFLINE_SETTINGS, client_auth_string, healthy, mfsbi_home, serve_auth_string
 from mfsbi.runtime.cluster import WORKER_PRELOAD
 from mfsbi.runtime.processes import die_with_parent
 
@@ -101,10 +101,14 @@ def use_api(api_url: str) -> None:
     for key, value in OFFLINE_SETTINGS.items():
         os.environ.setdefault(key, value)
     os.environ["PREFECT_API_URL"] = api_url
+    auth = client_auth_string()  # `mfsbi serve`'s server refuses clients without it
+    if auth:
+        os.environ["PREFECT_API_AUTH_STRING"] = auth
     if "prefect" in sys.modules:  # already imported: override the settings it read at import
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        override = temporary_settings(updates={PREFECT_API_URL: api_url})
+        updates = {PREFECT_API_URL: api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
+        override = temporary_settings(updates=updates)
         override.__enter__()
         # Kept: a context manager collected while open runs its exit, and the override is gone
         # (seen: `mfsbi deploy` registered on a temporary server of its own, not on `mfsbi serve`'s).
@@ -273,8 +277,9 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
         stack.prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
         stack.dask_address = f"tcp://127.0.0.1:{dask_port}"
         stack.dashboard = f"http://127.0.0.1:{dashboard_port}/status"
+        auth = serve_auth_string()
         base = {**os.environ, **{k: os.environ.get(k, v) for k, v in OFFLINE_SETTINGS.items()},
-                "PREFECT_HOME": str(prefect_home)}
+                "PREFECT_HOME": str(prefect_home), "PREFECT_API_AUTH_STRING": auth}
         base.pop("PREFECT_API_URL", None)
 
         database = "PostgreSQL" if os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") else \
@@ -283,7 +288,7 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
         server = stack.start("prefect-server",
                              [*_python_tool("prefect"), "server", "start", "--host", "127.0.0.1",
                               "--port", str(prefect_port)],
-                             {**base, "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                             {**base, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_AUTH_STRING": auth,
                               "PREFECT_SERVER_API_PORT": str(prefect_port),
                               "PREFECT_UI_API_URL": stack.prefect_api_url})
         client_env: dict[str, str] = {}
@@ -294,6 +299,7 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
             say(f"starting the Dask scheduler and {workers} worker(s)")
             _start_local_dask(stack, base, workers, dask_port, dashboard_port, timeout)
         _wait(lambda: healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
+        os.environ["PREFECT_API_AUTH_STRING"] = auth  # this process is a client of its server too
         use_api(stack.prefect_api_url)
         ensure_work_pool()
         say(f"starting a Prefect worker on the work pool {WORK_POOL!r}")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import getpass
 import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,10 +184,14 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
         Path(os.path.expandvars(folder)).expanduser().mkdir(parents=True, exist_ok=True)
     cluster = SLURMCluster(security=True if settings.tls else None, **_cluster_arguments(jobqueue))
     gpu_jobs: list[str] = []
+    stop = threading.Event()
+    replacer = threading.Thread(target=_replace_ended_jobs, args=(cluster, stop), name="mfsbi-slurm-jobs",
+                                daemon=True)
     try:
         cluster.adapt(minimum_jobs=settings.minimum_jobs, maximum_jobs=settings.maximum_jobs,
                       target_duration=settings.target_duration, wait_count=settings.wait_count)
         _wait_for_first_worker(cluster, settings.start_timeout)
+        replacer.start()
         tls_args = _worker_tls_args(cluster)
         for _ in range(settings.gpu_jobs):
             gpu_jobs.append(_submit(gpu_job_command(settings, cluster.scheduler_address, tls_args)))
@@ -193,6 +199,9 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
                  settings.minimum_jobs, settings.maximum_jobs, len(gpu_jobs))
         yield cluster
     finally:
+        stop.set()
+        if replacer.is_alive():
+            replacer.join(timeout=30)
         if gpu_jobs:
             subprocess.run(["scancel", *gpu_jobs], capture_output=True, timeout=30)
         cluster.close()
@@ -217,6 +226,43 @@ def _cluster_arguments(jobqueue: dict[str, Any]) -> dict[str, Any]:
             continue
         arguments["job_name" if key == "name" else key.replace("-", "_")] = value
     return arguments
+
+
+# Seconds between two looks at squeue for worker jobs that ended.
+JOB_CHECK_SECONDS = 5.0
+
+
+def _replace_ended_jobs(cluster: Any, stop: threading.Event) -> None:
+    """Forgets worker jobs that SLURM ended (scancel, walltime, node failure), so that Adaptive submits new ones.
+
+    Hand-written because dask-jobqueue keeps an ended job in the cluster's plan: Adaptive then
+    believes the job still runs, and once every job is gone nothing replaces them (seen here:
+    `scancel` of every worker job left the run waiting forever; dask-jobqueue#122 describes the
+    same for walltime).
+    """
+    while not stop.wait(JOB_CHECK_SECONDS):
+        try:
+            out = subprocess.run(["squeue", "-h", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
+                                 text=True, timeout=30)
+            if out.returncode != 0:
+                continue  # slurmctld busy or restarting: look again later, never forget on no answer
+            known = set(out.stdout.split())
+            connected = {str(w.get("name")) for w in cluster.scheduler_info.get("workers", {}).values()}
+            ended = [name for name, job in list(cluster.workers.items())
+                     if getattr(job, "job_id", None) and str(job.job_id) not in known and str(name) not in connected]
+            if ended:
+                log.warning("SLURM ended worker job(s) %s; submitting replacements",
+                            ", ".join(str(cluster.workers[n].job_id) for n in ended if n in cluster.workers))
+                cluster.loop.add_callback(_forget_jobs, cluster, ended)
+        except Exception as error:  # noqa: BLE001 -- the watchdog must not end the run; it says why
+            log.warning("could not check the SLURM worker jobs: %s: %s", type(error).__name__, error)
+
+
+def _forget_jobs(cluster: Any, names: list[str]) -> None:
+    """On the cluster's event loop: drop ended jobs from its plan (the next Adaptive round replaces them)."""
+    for name in names:
+        cluster.worker_spec.pop(name, None)
+        cluster.workers.pop(name, None)
 
 
 def _submit(command: list[str]) -> str:

@@ -5,7 +5,10 @@ created atomically (``O_CREAT | O_EXCL``), for as long as it runs; a second run 
 is refused with :class:`StoreLockedError`. The lock file survives the death of its process, so
 whether it is still held is decided from its content:
 
-* same host, the process is alive (``os.kill(pid, 0)``): held, the new run is refused;
+* same host, the process is alive (``os.kill(pid, 0)``) and started when the lock's process did
+  (its start time since boot, from ``/proc/PID/stat``, and the boot's id): held, the new run is
+  refused; a pid reused by an unrelated process since (another start time, or another boot) is
+  recognised and the lock is stale;
 * same host, the process is gone: **stale**, the next run recovers it (a warning is logged) by
   writing its own lock to a temporary file and ``os.replace``-ing the stale one, then re-reading
   it to check that it won;
@@ -15,8 +18,8 @@ whether it is still held is decided from its content:
 
 Limits: only local folders (a path or a ``file://`` URL) are locked; for other zarr stores (object
 stores, ``memory://``) :class:`StoreLock` does nothing, as there is no portable atomic create
-there. A pid reused by an unrelated process after a crash makes a stale lock look held: remove the
-file by hand then (the message names it). Stale-lock recovery is serialised between processes of
+there. Where ``/proc`` is missing (not Linux), a pid reused by an unrelated process after a crash
+makes a stale lock look held: remove the file by hand then (the message names it). Stale-lock recovery is serialised between processes of
 one machine with ``flock`` on the store folder; between machines only the ``O_EXCL`` create is
 atomic (and only on file systems where it is, which excludes some NFS versions).
 
@@ -108,6 +111,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """``BOOT_ID:START_TICKS`` of a live process (Linux ``/proc``), else None.
+
+    Hand-written (psutil would do it, at the cost of a compiled dependency for two file reads): a
+    pid names a process only together with when it started.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()  # the command name may hold spaces and ')'
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            return f"{boot.read().strip()}:{fields[19]}"  # field 22 of stat: starttime
+    except (OSError, IndexError):
+        return None
+
+
 def _age_seconds(data: dict[str, Any], path: Path) -> float:
     try:
         started = datetime.fromisoformat(str(data["started_at"]))
@@ -157,9 +175,12 @@ def _classify(path: Path, stale_after: float) -> LockInfo | None:
         return LockInfo(path, {}, "corrupt", "not a valid lock file")
 
     if hostname == socket.gethostname():
-        if _pid_alive(pid):
-            return LockInfo(path, data, "live", "its process is alive")
-        return LockInfo(path, data, "stale", "its process is gone")
+        if not _pid_alive(pid):
+            return LockInfo(path, data, "stale", "its process is gone")
+        recorded, now = data.get("process_start"), process_start(pid)
+        if recorded and now and recorded != now:
+            return LockInfo(path, data, "stale", f"its pid {pid} now belongs to another process")
+        return LockInfo(path, data, "live", "its process is alive")
 
     age = _age_seconds(data, path)
     if age > stale_after:
@@ -244,6 +265,7 @@ class StoreLock:
     def _new_data(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),
             "hostname": socket.gethostname(),
             "owner": self.owner,
             "started_at": utc_now(),

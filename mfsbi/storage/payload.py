@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,10 +40,12 @@ def chunk_lock(store: Any, path: str, chunk: int) -> Iterator[None]:
         yield
         return
 
-    # Outside the store: a foreign file in the hierarchy makes zarr warn when listing it.
-    where = f"{Path(store.root).resolve()}/{path}"
-    folder = Path(tempfile.gettempdir()) / "mfsbi-locks" / hashlib.sha1(where.encode()).hexdigest()[:20]
-    folder.mkdir(parents=True, exist_ok=True)
+    # Beside the store, not in it (a foreign file in the hierarchy makes zarr warn when listing it)
+    # and not in the system temp folder, whose predictable names other users of a shared login node
+    # could take first: only who can write next to the store can create or hold these locks.
+    root = Path(store.root).resolve()
+    folder = root.parent / f".{root.name}.mfsbi-locks" / hashlib.sha1(path.encode()).hexdigest()[:20]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # flock locks belong to the open file, so threads of one process exclude each other too.
     with open(folder / f"{chunk}.lock", "a+b") as file:
