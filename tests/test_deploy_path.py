@@ -22,7 +22,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from serve_process import stop_serve
 
 # In the default suite on purpose (~70 s): it is the one test of the real service path.
 MFSBI = [sys.executable, "-m", "mfsbi.app.cli"]
@@ -274,13 +275,7 @@ with get_client(sync_client=True) as client:
         assert kept.table("ou2", "hf").counts()["ok"] == 20
     finally:
         seen |= _descendants(serve.pid)
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-                serve.wait()
+        stop_serve(serve, grace=60)
         serve_log.close()
     assert serve.returncode == 0, (tmp_path / "serve.out").read_text()
     assert not (home / "serve.json").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,21 +16,29 @@ from pathlib import Path
 import pytest
 
 from local_slurm import LocalSlurm, SlurmUnavailable, slurm_missing_reason
+from serve_process import stop_serve
 
 MFSBI = [sys.executable, "-m", "mfsbi.app.cli"]
 SMALL = ["--num-test-observations", "1", "--num-nltp-pairs", "5", "--max-num-epochs", "5"]
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where SLURM was promised (`.ci/run` sets MFSBI_REQUIRE_SLURM=1 once it installed it)."""
+    if os.environ.get("MFSBI_REQUIRE_SLURM") == "1":
+        pytest.fail(f"MFSBI_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     reason = slurm_missing_reason()
     if reason:
-        pytest.skip(reason)
+        _unavailable(reason)
     cluster = LocalSlurm(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()
     except SlurmUnavailable as error:
-        pytest.skip(f"local SLURM did not start: {error}")
+        _unavailable(f"local SLURM did not start: {error}")
     try:
         yield cluster
     finally:
@@ -189,21 +196,14 @@ with get_client(sync_client=True) as client:
         worker_log = (home / "logs" / "prefect-worker.log").read_text()
         assert facts["state"] == "COMPLETED", json.dumps(facts) + worker_log[-3000:]
         assert facts["schedules"] == [[True, "0 2 * * *"]]
-        # The flow's work ran on SLURM jobs: their worker logs show the simulations' tasks.
+        # serve started no local Dask worker: the flow's simulations and training ran on SLURM jobs.
         assert _launched(slurm) > before
-        assert "tls://" in worker_log or "SLURM" in worker_log or True  # the address is in serve.json
         runs = subprocess.run([*MFSBI, "runs", "--json"], env=env, capture_output=True, text=True, timeout=120)
         assert runs.returncode == 0 and any(r["state"] == "Completed" for r in json.loads(runs.stdout))
         status = subprocess.run([*MFSBI, "status", str(store)], env=env, capture_output=True, text=True, timeout=120)
         assert status.returncode == 0 and "20 / 20" in status.stdout, status.stdout + status.stderr
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGTERM)
-            try:
-                serve.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-                serve.wait()
+        stop_serve(serve, grace=90)
         log.close()
     assert serve.returncode == 0, (tmp_path / "serve.out").read_text()
     deadline = time.monotonic() + 30

@@ -18,8 +18,8 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
+from mfsbi.runtime.home import mfsbi_home
 from mfsbi.runtime.processes import die_with_parent
 
 __all__ = ["OFFLINE_SETTINGS", "ServiceError", "client_auth_string", "healthy", "mfsbi_home", "prefect_api",
@@ -35,11 +35,6 @@ OFFLINE_SETTINGS = {
 
 class ServiceError(RuntimeError):
     """An embedded service did not come up."""
-
-
-def mfsbi_home() -> Path:
-    """Where embedded services keep their state (``MFSBI_HOME``, default ``~/.mfsbi``)."""
-    return Path(os.environ.get("MFSBI_HOME", Path.home() / ".mfsbi"))
 
 
 AUTH_FILE = "prefect-auth-string"

@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mfsbi.runtime.home import mfsbi_home
 
 __all__ = ["DEFAULT_CONFIG", "ClusterConfigError", "ClusterStartError", "SlurmSettings", "client_tls_environment",
            "gpu_job_command", "load_slurm_settings", "slurm_cluster"]
@@ -121,7 +124,7 @@ def load_slurm_settings(spec: str) -> SlurmSettings:
 def gpu_job_command(settings: SlurmSettings, address: str, tls_args: list[str]) -> list[str]:
     """The ``sbatch`` command of one GPU training worker that joins the scheduler at ``address``."""
     job = {**settings.jobqueue, **settings.gpu}
-    worker = [*shlex.split(job.get("python") or _python()), "-m", "distributed.cli.dask_worker", address,
+    worker = [*shlex.split(job.get("python") or sys.executable), "-m", "distributed.cli.dask_worker", address,
               "--nthreads", "1", "--memory-limit", str(job["memory"]), "--no-dashboard", "--name",
               "mfsbi-gpu-$SLURM_JOB_ID", *map(str, job["worker-extra-args"]), *tls_args]
     memory_mb = _megabytes(job["memory"])
@@ -136,21 +139,10 @@ def gpu_job_command(settings: SlurmSettings, address: str, tls_args: list[str]) 
     return [*command, *map(str, job.get("job-extra-directives") or []), "--wrap", shell]
 
 
-def _python() -> str:
-    import sys
-
-    return sys.executable
-
-
 def _megabytes(memory: str) -> int:
     from dask.utils import parse_bytes
 
     return max(1, int(parse_bytes(str(memory)) // 2**20))
-
-
-def _home() -> Path:
-    # The same rule as mfsbi.app's MFSBI_HOME (this layer cannot import the app).
-    return Path(os.environ.get("MFSBI_HOME", Path.home() / ".mfsbi"))
 
 
 def _pending_reasons(job_ids: list[str]) -> str:
@@ -176,7 +168,7 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
     """
     from dask_jobqueue import SLURMCluster
 
-    home = _home()
+    home = mfsbi_home()
     jobqueue = dict(settings.jobqueue)
     jobqueue["log-directory"] = jobqueue.get("log-directory") or str(home / "slurm-logs")
     jobqueue["shared-temp-directory"] = jobqueue.get("shared-temp-directory") or str(home / "slurm-tls")
