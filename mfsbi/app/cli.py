@@ -86,6 +86,9 @@ def run(
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
     simulation_timeout: Annotated[Optional[float], typer.Option(help="seconds one simulation may take (hangs are killed, rows failed)")] = None,
+    training_memory: Annotated[Optional[str], typer.Option(
+        help="training data one training may hold, e.g. 512MiB or 4GiB; more streams from the store "
+             "(default: half the worker's memory)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
     as_json: Annotated[bool, typer.Option(
         "--json", help="print the run's summary as one JSON document on stdout (progress, notes: stderr)")] = False,
@@ -102,7 +105,8 @@ def run(
                    observation_index=observation_index, resume=resume,
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
                    acquisition_fraction=acquisition_fraction, pool_size=pool_size,
-                   max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout)
+                   max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout,
+                   training_memory=training_memory)
     # Given on the command line (or by environment): these override --config; defaults do not.
     explicit = {name for name in options
                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}

@@ -68,10 +68,27 @@ class CommonOptions(_Options):
         None, gt=0, le=7 * 24 * 3600,
         description="seconds one simulation may take; batches then run in their own process, killed on overrun",
     )
+    training_memory: int | None = Field(
+        None, ge=2**20,
+        description="bytes of training data a training may hold ('512MiB', '4GiB'); more streams from the store "
+                    "chunk by chunk; default half the worker's memory",
+    )
     observation: list[float] | None = Field(None, description="an observation to condition on (x_o)")
     observation_index: int = Field(0, ge=0, le=100_000,
                                    description="methods at one observation, without --observation: this held-out test observation")
     resume: bool = Field(False, description="continue a sequential run whose rounds are already in the store")
+
+    @field_validator("training_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        if isinstance(value, str):
+            from dask.utils import parse_bytes
+
+            try:
+                return parse_bytes(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a size; give e.g. 512MiB or 4GiB") from None
+        return value
 
     @field_validator("observation")
     @classmethod

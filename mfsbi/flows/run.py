@@ -164,7 +164,8 @@ class Run(RunPlan):
             estimator = EstimatorConfig()
         training = TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed)
         return TrainJob(self.store.url, self.config.task, table, fidelity, limit, estimator.to_dict(),
-                        training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore)
+                        training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore,
+                        training_memory=self.config.training_memory)
 
     def train(self, jobs: list[TrainJob], label: str) -> list[TrainResult]:
         """Trains one estimator per job (ensemble members in parallel across workers), in job order.

@@ -31,6 +31,8 @@ from .training import (
     train_npe,
     x_standardizer,
 )
+from .chunk_stream import ArrayChunks, ChunkLoader, ChunkSource, StreamingConfig, chunk_moments, split_chunks
+from .streaming import fine_tune_streaming, train_npe_streaming
 from .sequential import (
     DEFAULT_TRUNCATION_QUANTILE,
     TruncatedPrior,
@@ -63,6 +65,14 @@ from .mf_abc import (
 )
 
 __all__ = [
+    "ArrayChunks",
+    "ChunkLoader",
+    "ChunkSource",
+    "StreamingConfig",
+    "chunk_moments",
+    "fine_tune_streaming",
+    "split_chunks",
+    "train_npe_streaming",
     "EpochCallback",
     "EpochReport",
     "CHECKPOINT_FORMAT",

@@ -1,7 +1,9 @@
 """Training one estimator on a Dask worker: the job, its result, and the function that runs it.
 
 No Prefect here. The job names its data (store URL, table, rows) instead of carrying it, so that a
-job is small to send and the worker reads the rows where they are stored.
+job is small to send and the worker reads the rows where they are stored. Rows that would take more
+than the job's memory budget in memory are streamed from the store chunk by chunk instead
+(:mod:`mfsbi.inference.streaming`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ import numpy as np
 from mfsbi.runtime import progress
 from mfsbi.runtime.worker_cache import store_for, task_for
 
-__all__ = ["TrainJob", "TrainResult", "read_training_data", "train_estimator", "worker_name"]
+__all__ = [
+    "IN_MEMORY_FACTOR", "TableChunks", "TrainJob", "TrainResult", "default_training_memory", "in_memory_bytes",
+    "read_training_data", "streams", "train_estimator", "worker_name",
+]
+
+# Bytes an in-memory training holds per float32 value of its data: the float64 rows read from the
+# store, their float32 copies, and sbi's dataset of them (docs/performance.md, "Training beyond memory").
+IN_MEMORY_FACTOR = 4
+
+# The share of a worker's memory a training's data may take by default; the rest is the network,
+# the optimiser, the Dask worker itself and what else runs on the machine.
+DEFAULT_MEMORY_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,8 @@ class TrainJob:
     # What progress displays call this training, and which ensemble member it is.
     label: str = ""
     member: int = 0
+    # Bytes of training data this training may hold; more is streamed. None: half the worker's memory.
+    training_memory: int | None = None
 
 
 @dataclass(frozen=True)
@@ -53,11 +68,14 @@ class TrainResult:
     cpu_capability: str = ""
     # Validation loss of every epoch (for the loss curves; not part of the summary).
     validation_losses: tuple[float, ...] = ()
+    # Whether the rows were streamed from the store chunk by chunk (they exceeded the memory budget).
+    streamed: bool = False
 
     def record(self) -> dict:
         """What a run summary keeps of a training (everything but the checkpoint)."""
         return {"epochs": self.epochs, "seconds": self.seconds, "simulations": self.num_simulations,
-                "device": self.device, "worker": self.worker, "cpu_capability": self.cpu_capability}
+                "device": self.device, "worker": self.worker, "cpu_capability": self.cpu_capability,
+                "streamed": self.streamed}
 
 
 def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +84,55 @@ def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarra
     theta, x = table.read("ok")
     keep = rows < limit
     return theta[keep], x[keep]
+
+
+class TableChunks:
+    """The first ``limit`` rows of a table as a :class:`~mfsbi.inference.chunk_stream.ChunkSource`.
+
+    The number of chunks is fixed when it is made: rows reserved later (beyond ``limit``) never
+    join, and rows of these chunks still pending are left out until they are stored ok.
+    """
+
+    def __init__(self, table: object, limit: int):
+        self._table, self._limit = table, int(limit)
+        self.num_chunks = -(-min(self._limit, table.num_rows) // table.chunk_size)
+
+    def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._table.read_chunk(chunk, stop=self._limit)
+
+
+def default_training_memory() -> int:
+    """Half the memory of the Dask worker running this, or of the machine outside Dask."""
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError):
+        limit = None
+    if not limit:
+        import psutil
+
+        limit = psutil.virtual_memory().total
+    return int(DEFAULT_MEMORY_FRACTION * limit)
+
+
+def in_memory_bytes(rows: int, theta_dim: int, x_dim: int) -> int:
+    """What training on ``rows`` rows in memory holds, as estimated by :data:`IN_MEMORY_FACTOR`."""
+    return IN_MEMORY_FACTOR * 4 * rows * (theta_dim + x_dim)
+
+
+def streams(job: TrainJob, table: object) -> bool:
+    """Whether a job's rows exceed its memory budget (and span the 2 chunks streaming needs)."""
+    rows = min(job.limit, table.num_rows)
+    budget = job.training_memory if job.training_memory is not None else default_training_memory()
+    return in_memory_bytes(rows, table.theta_dim, table.x_dim) > budget and -(-rows // table.chunk_size) >= 2
+
+
+def _streaming_config(job: TrainJob, table: object):
+    from mfsbi.inference.chunk_stream import StreamingConfig
+
+    budget = job.training_memory if job.training_memory is not None else default_training_memory()
+    return StreamingConfig.for_memory(budget, 8 * table.chunk_size * (table.theta_dim + table.x_dim))
 
 
 def _epoch_sink(job: TrainJob):
@@ -97,7 +164,10 @@ def train_estimator(job: TrainJob) -> TrainResult:
 
     torch.set_num_threads(job.threads)
     task = task_for(job.task_spec)
-    theta, x = read_training_data(store_for(job.store_url).table(job.table, job.fidelity), job.limit)
+    table = store_for(job.store_url).table(job.table, job.fidelity)
+    if streams(job, table):
+        return _train_streaming(job, task, table)
+    theta, x = read_training_data(table, job.limit)
     theta_t = torch.as_tensor(theta, dtype=torch.float32)
     x_t = torch.as_tensor(x, dtype=torch.float32)
     training = TrainingConfig.from_dict(job.training)
@@ -111,6 +181,31 @@ def train_estimator(job: TrainJob) -> TrainResult:
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, len(theta), job.device, worker_name(),
                        torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses))
+
+
+def _train_streaming(job: TrainJob, task: object, table: object) -> TrainResult:
+    import torch
+
+    from mfsbi.inference import (
+        EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune_streaming,
+        train_npe_streaming,
+    )
+
+    source = TableChunks(table, job.limit)
+    training = TrainingConfig.from_dict(job.training)
+    streaming = _streaming_config(job, table)
+    if job.pretrained is None:
+        trained = train_npe_streaming(task.prior, source, estimator=EstimatorConfig.from_dict(job.estimator),
+                                      training=training, streaming=streaming, device=job.device,
+                                      on_epoch=_epoch_sink(job))
+    else:
+        pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
+        trained = fine_tune_streaming(pretrained, source, training=training, streaming=streaming,
+                                      refit_x_zscore=job.refit_x_zscore, device=job.device,
+                                      on_epoch=_epoch_sink(job))
+    return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
+                       trained.seconds, trained.num_simulations, job.device, worker_name(),
+                       torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses), streamed=True)
 
 
 def worker_name(_: object = None) -> str:

@@ -241,6 +241,45 @@ class TableReader:
 
         return theta.astype(np.float64), x.astype(np.float64)
 
+    @property
+    def num_chunks(self) -> int:
+        """The number of chunks the reserved rows span (the last one may be partly reserved)."""
+
+        return -(-self.num_rows // self.chunk_size)
+
+    def read_chunk(self, chunk: int, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        r"""Reads the ok rows of one chunk (below row ``stop``): the unit of out-of-core training.
+
+        Reads only that chunk's rows of ``status``, ``theta`` and ``x``, status first, so that a
+        reader never holds more than one chunk and a chunk being written meanwhile gives its
+        pending rows as absent, never half-written.
+
+        Arguments:
+            chunk: the chunk, ``0 <= chunk < num_chunks``.
+            stop: rows at or after it are left out (a training's first ``limit`` rows).
+
+        Returns:
+            ``theta`` of shape :math:`(m, d)` and ``x`` of shape :math:`(m, k)`, float64.
+        """
+
+        start = chunk * self.chunk_size
+        end = min((chunk + 1) * self.chunk_size, self.num_rows if stop is None else stop)
+        if chunk < 0 or (start >= end and chunk >= self.num_chunks):
+            raise ValueError(f"chunk: expected 0 <= chunk < {self.num_chunks}, got {chunk}")
+
+        status = self._array("status")[start:end]
+        rows = np.flatnonzero(status == Status.OK)
+        if rows.size == 0:
+            return np.zeros((0, self.theta_dim)), np.zeros((0, self.x_dim))
+
+        # Only the span of ok rows is read: a partly filled chunk reads no more than it holds.
+        first, last = start + int(rows[0]), start + int(rows[-1]) + 1
+        keep = rows - int(rows[0])
+        theta = self._array("theta")[first:last][keep]
+        x = self._array("x")[first:last][keep]
+
+        return theta.astype(np.float64), x.astype(np.float64)
+
     def read_theta(self, status: StatusName | None = "pending") -> np.ndarray:
         """Reads the parameters of the rows with a status (without their x, which may be large).
 
