@@ -71,3 +71,13 @@ def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster
     xa = zarr.open_group(str(tmp_path / "a" / "store"), mode="r")["ou2/hf/x"]
     xb = zarr.open_group(str(tmp_path / "b" / "store"), mode="r")["ou2/hf/x"]
     assert np.array_equal(np.asarray(xa), np.asarray(xb))
+
+
+def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_path, prefect_server):
+    from mfsbi.flows.amortized import amortized_flow
+
+    # 3000 LF rows x 12 values x 4 bytes x IN_MEMORY_FACTOR = 1.44 MB > 1 MiB; the 30 HF rows fit.
+    summary = amortized_flow(_tiny(tmp_path, lf_sims=3000, training_memory="1MiB")).to_dict()
+    assert summary["pretrain"]["streamed"] and not summary["train"]["streamed"]
+    assert summary["pretrain"]["simulations"] == 3000 and summary["config"]["training_memory"] == 2**20
+    assert all(0.4 <= v <= 1.0 for v in summary["metrics"]["c2st"].values())

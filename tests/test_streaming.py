@@ -241,7 +241,7 @@ def test_streaming_training_is_the_same_for_the_same_seed_and_learns():
     for a, b in zip(first.network.state_dict().values(), again.network.state_dict().values()):
         assert torch.equal(a, b)
     assert [r.epoch for r in reports] == [1, 2, 3, 4] and first.validation_losses[-1] < first.validation_losses[0]
-    assert first.num_simulations == 1800 and first.x_dim == 5
+    assert first.num_simulations == 2000 and first.x_dim == 5
 
     hf_theta, hf_x = _toy_data(400, seed=1)
     before = [p.clone() for p in first.network.parameters()]
@@ -267,11 +267,11 @@ def test_a_training_job_over_its_memory_budget_streams_from_the_store(tmp_path):
         return TrainJob(store.url, "ou2", "ou2", "lf", 1000, EstimatorConfig().to_dict(),
                         TrainingConfig(max_num_epochs=2).to_dict(), None, "cpu", training_memory=memory)
 
-    # In memory: 1000 rows x 12 values x 4 bytes x IN_MEMORY_FACTOR = 192 kB.
-    assert streams(job(150_000), table) and not streams(job(250_000), table)
-    streamed, in_memory = train_estimator(job(150_000)), train_estimator(job(250_000))
+    # In memory: 1000 rows x 12 values x 4 bytes x IN_MEMORY_FACTOR = 480 kB.
+    assert streams(job(400_000), table) and not streams(job(600_000), table)
+    streamed, in_memory = train_estimator(job(400_000)), train_estimator(job(600_000))
     assert streamed.streamed and not in_memory.streamed and streamed.record()["streamed"]
-    assert streamed.epochs == 2 and streamed.num_simulations == 900
+    assert streamed.epochs == 2 and streamed.num_simulations == in_memory.num_simulations == 1000
     estimator_from_bytes(streamed.checkpoint, task.prior)  # a checkpoint like any other
 
 

@@ -58,14 +58,14 @@ def _set_x_standardizer(network: nn.Module, mean: Tensor, std: Tensor) -> None:
 
 
 @torch.no_grad()
-def _mean_loss(network: nn.Module, loader: ChunkLoader, epoch: int) -> float:
+def _mean_loss(network: nn.Module, loader: ChunkLoader, epoch: int) -> tuple[float, int]:
     total, count = 0.0, 0
     for theta, x in loader.epoch(epoch):
         total += float(network.loss(theta, x).sum())
         count += len(theta)
     if count == 0:
         raise ValueError("the validation chunks hold no valid rows")
-    return total / count
+    return total / count, count
 
 
 def _fit_streaming(network: nn.Module, source: ChunkSource, train_chunks, validation_chunks,
@@ -99,7 +99,7 @@ def _fit_streaming(network: nn.Module, source: ChunkSource, train_chunks, valida
         if rows == 0:
             raise ValueError("the training chunks hold no valid rows")
         network.eval()
-        validation_loss = _mean_loss(network, validation, epoch)
+        validation_loss, validation_rows = _mean_loss(network, validation, epoch)
         losses.append(validation_loss)
         if validation_loss < best:
             best, best_epoch, best_state = validation_loss, epoch, copy.deepcopy(network.state_dict())
@@ -110,7 +110,7 @@ def _fit_streaming(network: nn.Module, source: ChunkSource, train_chunks, valida
     network.load_state_dict(best_state)
     network.zero_grad(set_to_none=True)
     network.eval()
-    return network, losses, best_epoch, rows
+    return network, losses, best_epoch, rows + validation_rows
 
 
 def _result(network, prior, estimator, training, losses, seconds, theta_dim, x_dim, rows) -> TrainedEstimator:
@@ -150,7 +150,7 @@ def train_npe_streaming(
 
     Returns:
         The trained estimator with the best-validation weights; ``num_simulations`` counts the
-        training rows of the last epoch.
+        valid rows (training and validation) of the last epoch, as the in-memory trainings do.
     """
     start = time.perf_counter()
     train_chunks, validation_chunks = split_chunks(source.num_chunks, training.validation_fraction, training.seed)
