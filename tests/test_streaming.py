@@ -287,9 +287,8 @@ def test_training_memory_takes_sizes_and_refuses_nonsense():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batches_stay_on_the_gpu():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     loader = ChunkLoader(row_ids(500, 50), range(10), batch_size=64, device="cuda", seed=0)
     batches = list(loader.epoch(1))
     assert all(t.is_cuda and x.is_cuda for t, x in batches)

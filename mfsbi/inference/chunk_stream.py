@@ -148,7 +148,7 @@ def chunk_moments(source: ChunkSource, chunks: Sequence[int], structured: bool =
         ``mean`` and ``std`` as float32 tensors (shape ``(k,)``, or ``()`` when structured).
     """
     count, mean, m2 = 0, None, None
-    structured_sum, std_sum = 0.0, 0.0
+    structured_sum, std_sum, width = 0.0, 0.0, 0
     for chunk in chunks:
         _, x = _valid_rows(*source.read_chunk(int(chunk)))
         if len(x) == 0:
@@ -156,6 +156,7 @@ def chunk_moments(source: ChunkSource, chunks: Sequence[int], structured: bool =
         x = x.astype(np.float64)
         n = len(x)
         if structured:
+            width = x.shape[1]
             structured_sum += float(x.sum())
             row_std = x.std(axis=1, ddof=1) if x.shape[1] > 1 else np.full(n, np.nan)
             std_sum += float(np.maximum(row_std, MIN_STD).sum())
@@ -174,7 +175,6 @@ def chunk_moments(source: ChunkSource, chunks: Sequence[int], structured: bool =
     if count < 2:
         raise ValueError(f"z-scoring x needs at least 2 valid rows, the chunks hold {count}")
     if structured:
-        width = source.read_chunk(int(chunks[0]))[1].shape[1]
         return (torch.tensor(structured_sum / (count * width), dtype=torch.float32),
                 torch.tensor(std_sum / count, dtype=torch.float32))
     std = np.maximum(np.sqrt(m2 / (count - 1)), MIN_STD)
@@ -217,9 +217,11 @@ class ChunkLoader:
 
     def chunk_order(self, epoch: int) -> np.ndarray:
         """The order in which epoch ``epoch`` reads the chunks."""
-        if not self.shuffle:
-            return self.chunks
-        return self._rng(epoch).permutation(self.chunks)
+        return self._order(self._rng(epoch))
+
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        # The first draw of an epoch's generator; its row shuffles draw after it.
+        return rng.permutation(self.chunks) if self.shuffle else self.chunks
 
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(epoch)])
@@ -227,7 +229,7 @@ class ChunkLoader:
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The batches of one epoch, as ``(theta, x)`` tensors on the loader's device."""
         rng = self._rng(epoch)
-        order = rng.permutation(self.chunks) if self.shuffle else self.chunks
+        order = self._order(rng)
         reading = _Prefetch(self.source, order, self.config.prefetch_chunks)
         try:
             theta_left = x_left = None
@@ -267,10 +269,6 @@ class ChunkLoader:
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
-
-    def num_rows(self) -> int:
-        """The valid rows of the loader's chunks now (reads them all once)."""
-        return sum(len(_valid_rows(*self.source.read_chunk(int(c)))[0]) for c in self.chunks)
 
 
 class _Prefetch:

@@ -120,6 +120,10 @@ def default_training_memory() -> int:
     return int(DEFAULT_MEMORY_FRACTION * limit)
 
 
+def _budget(job: TrainJob) -> int:
+    return job.training_memory if job.training_memory is not None else default_training_memory()
+
+
 def in_memory_bytes(rows: int, theta_dim: int, x_dim: int) -> int:
     """What training on ``rows`` rows in memory holds, as estimated by :data:`IN_MEMORY_FACTOR`."""
     return IN_MEMORY_FACTOR * 4 * rows * (theta_dim + x_dim)
@@ -128,7 +132,7 @@ def in_memory_bytes(rows: int, theta_dim: int, x_dim: int) -> int:
 def streams(job: TrainJob, table: object) -> bool:
     """Whether a job's rows exceed its memory budget (and span the 2 chunks streaming needs)."""
     rows = min(job.limit, table.num_rows)
-    budget = job.training_memory if job.training_memory is not None else default_training_memory()
+    budget = _budget(job)
     if in_memory_bytes(rows, table.theta_dim, table.x_dim) <= budget:
         return False
     if -(-rows // table.chunk_size) < 2:
@@ -142,8 +146,7 @@ def streams(job: TrainJob, table: object) -> bool:
 def _streaming_config(job: TrainJob, table: object):
     from mfsbi.inference.chunk_stream import StreamingConfig
 
-    budget = job.training_memory if job.training_memory is not None else default_training_memory()
-    return StreamingConfig.for_memory(budget, 8 * table.chunk_size * (table.theta_dim + table.x_dim))
+    return StreamingConfig.for_memory(_budget(job), 8 * table.chunk_size * (table.theta_dim + table.x_dim))
 
 
 def _epoch_sink(job: TrainJob):
