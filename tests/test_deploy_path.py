@@ -166,7 +166,7 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         info = json.loads((home / "serve.json").read_text())
         seen |= _descendants(serve.pid)
         assert info["prefect_api_url"].startswith("http://127.0.0.1:")
-        assert info["dask_address"].startswith("tcp://127.0.0.1:")
+        assert info["dask_address"].startswith("tls://127.0.0.1:")  # TLS by default (mfsbi.runtime.tls)
         if url:  # the server really runs on PostgreSQL: no SQLite database was made
             assert not (home / "prefect" / "prefect.db").exists()
 

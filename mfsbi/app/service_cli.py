@@ -76,6 +76,10 @@ def serve(
     timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for each service")] = 180.0,
     cluster: Annotated[Optional[str], typer.Option(
         help="'slurm' or FILE.yaml: Dask workers as SLURM jobs, scaled with the work, instead of local ones")] = None,
+    tls: Annotated[bool, typer.Option(
+        help="mutual TLS between the local Dask scheduler, its workers and clients (certificates made once "
+             "in $MFSBI_HOME/tls): other users of a shared machine cannot connect. A --cluster's TLS is "
+             "its config's `tls`")] = True,
 ) -> None:
     """Start a single-machine stack as local processes on 127.0.0.1, until Ctrl-C.
 
@@ -99,7 +103,7 @@ def serve(
             fail(str(error))
     try:
         stack = serve_stack.start_stack(workers or max(1, os.cpu_count() or 1), prefect_port, dask_port,
-                                        dashboard_port, timeout, say=say, cluster=cluster)
+                                        dashboard_port, timeout, say=say, cluster=cluster, tls=tls)
     except serve_stack.ServeError as error:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- e.g. ClusterStartError: one line, exit 1

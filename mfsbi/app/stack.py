@@ -27,6 +27,7 @@ from pathlib import Path
 from mfsbi.app.prefect_server import OFFLINE_SETTINGS, client_auth_string, healthy, mfsbi_home, serve_auth_string
 from mfsbi.runtime.cluster import WORKER_PRELOAD
 from mfsbi.runtime.processes import die_with_parent
+from mfsbi.runtime.tls import certificates, client_environment, client_security, dask_cli_arguments
 
 __all__ = [
     "WORK_POOL", "ServeError", "Stack", "ensure_work_pool", "read_serve_file", "resolve_api_url",
@@ -253,11 +254,14 @@ def _python_tool(tool: str) -> list[str]:
 
 
 def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, dashboard_port: int = 8787,
-                timeout: float = 120.0, say=print, cluster: str | None = None) -> Stack:
+                timeout: float = 120.0, say=print, cluster: str | None = None, tls: bool = True) -> Stack:
     """Starts the services, waits until each is healthy and writes ``serve.json``.
 
     With ``cluster`` (``slurm`` or a YAML file) the Dask workers are SLURM jobs of an adaptive
     cluster held by this process, instead of a local scheduler and ``workers`` local workers.
+    With ``tls`` the local scheduler, its workers and its clients use mutual TLS with the
+    certificates of ``$MFSBI_HOME/tls`` (:mod:`mfsbi.runtime.tls`; a SLURM cluster's TLS is its
+    config's ``tls``).
 
     On any failure the processes already started are stopped before ServeError is raised.
     """
@@ -275,7 +279,7 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
         dask_port = _pick_port(dask_port, "dask")
         dashboard_port = _pick_port(dashboard_port, "dashboard")
         stack.prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
-        stack.dask_address = f"tcp://127.0.0.1:{dask_port}"
+        stack.dask_address = f"{'tls' if tls and not cluster else 'tcp'}://127.0.0.1:{dask_port}"
         stack.dashboard = f"http://127.0.0.1:{dashboard_port}/status"
         auth = serve_auth_string()
         base = {**os.environ, **{k: os.environ.get(k, v) for k, v in OFFLINE_SETTINGS.items()},
@@ -296,8 +300,8 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
             say(f"starting the Dask scheduler and SLURM worker jobs ({cluster})")
             client_env = _start_slurm(stack, cluster)
         else:
-            say(f"starting the Dask scheduler and {workers} worker(s)")
-            _start_local_dask(stack, base, workers, dask_port, dashboard_port, timeout)
+            say(f"starting the Dask scheduler and {workers} worker(s){' over TLS' if tls else ''}")
+            client_env = _start_local_dask(stack, base, workers, dask_port, dashboard_port, timeout, tls)
         _wait(lambda: healthy(stack.prefect_api_url), timeout, stack, "the Prefect server", server.log)
         os.environ["PREFECT_API_AUTH_STRING"] = auth  # this process is a client of its server too
         use_api(stack.prefect_api_url)
@@ -320,10 +324,17 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
 
 
 def _start_local_dask(stack: Stack, base: dict[str, str], workers: int, dask_port: int, dashboard_port: int,
-                      timeout: float) -> None:
+                      timeout: float, tls: bool) -> dict[str, str]:
+    """A scheduler and ``workers`` workers on 127.0.0.1; returns what their clients need in their environment."""
+    tls_args: list[str] = []
+    client_env: dict[str, str] = {}
+    if tls:
+        files = certificates(stack.home / "tls")
+        tls_args = [*dask_cli_arguments(files), "--protocol", "tls"]
+        client_env = client_environment(str(files.ca_file), str(files.cert), str(files.key))
     scheduler = stack.start("dask-scheduler",
                             [*_python_tool("dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
-                             "--dashboard-address", f"127.0.0.1:{dashboard_port}"], base)
+                             "--dashboard-address", f"127.0.0.1:{dashboard_port}", *tls_args], base)
     _wait(lambda: _port_open(dask_port), timeout, stack, "the Dask scheduler", scheduler.log)
     worker_env = {**base, "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1"),
                   "NEURON_MODULE_OPTIONS": base.get("NEURON_MODULE_OPTIONS", "-nogui")}
@@ -331,8 +342,10 @@ def _start_local_dask(stack: Stack, base: dict[str, str], workers: int, dask_por
         stack.start(f"dask-worker-{index}",
                     [*_python_tool("dask"), "worker", stack.dask_address, "--host", "127.0.0.1",
                      "--nthreads", "1", "--no-dashboard", "--name", f"mfsbi-worker-{index}",
-                     "--local-directory", str(stack.home / "dask-worker-space"), "--preload", WORKER_PRELOAD],
+                     "--local-directory", str(stack.home / "dask-worker-space"), "--preload", WORKER_PRELOAD,
+                     *tls_args],
                     worker_env)
+    return client_env
 
 
 def _start_slurm(stack: Stack, cluster: str) -> dict[str, str]:
@@ -352,7 +365,7 @@ def _dask_workers(address: str) -> int:
     from distributed import Client
 
     try:
-        with Client(address, timeout="5s") as client:
+        with Client(address, timeout="5s", security=client_security(address, mfsbi_home() / "tls")) as client:
             return len(client.scheduler_info().get("workers", {}))
     except OSError:
         return 0

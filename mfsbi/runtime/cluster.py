@@ -13,6 +13,9 @@ import os
 import signal
 from collections.abc import Iterator
 
+from mfsbi.runtime.home import mfsbi_home
+from mfsbi.runtime.tls import client_security
+
 __all__ = ["CLUSTER_CLOSE_TIMEOUT", "WORKER_PRELOAD", "close_cluster", "dask_client", "planned_workers"]
 
 # Workers an adaptive cluster may grow to, by client id: work is split for them, not for the few
@@ -60,7 +63,9 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
     # `mfsbi serve` and docker-compose give their Prefect workers the scheduler's address.
     address = address or os.environ.get("MFSBI_DASK_ADDRESS") or None
     if address:
-        with Client(address, timeout="30s") as client:
+        # A `tls://` scheduler of `mfsbi serve`: its certificates are in MFSBI_HOME (mfsbi.runtime.tls).
+        security = client_security(address, mfsbi_home() / "tls")
+        with Client(address, timeout="30s", security=security) as client:
             yield client
         return
     workers = n_workers or max(1, os.cpu_count() or 1)

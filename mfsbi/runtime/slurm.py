@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from mfsbi.runtime.home import mfsbi_home
+from mfsbi.runtime.tls import client_environment
 
 __all__ = ["DEFAULT_CONFIG", "ClusterConfigError", "ClusterStartError", "SlurmSettings", "client_tls_environment",
            "gpu_job_command", "load_slurm_settings", "slurm_cluster"]
@@ -304,7 +305,4 @@ def client_tls_environment(cluster: Any, folder: Path) -> dict[str, str]:
             path.write_text(value)
             value = str(path)
         paths[name] = value
-    return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-            "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": paths["ca.pem"],
-            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": paths["client.pem"],
-            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": paths["client-key.pem"]}
+    return client_environment(paths["ca.pem"], paths["client.pem"], paths["client-key.pem"])
