@@ -82,6 +82,7 @@ def main() -> None:
 
     from mfsbi.flows.config import RunConfig
     from mfsbi.flows.evaluation import evaluate_posterior
+    from mfsbi.flows.options import LF_BATCH_SIZE
     from mfsbi.inference import estimator_from_bytes
     from mfsbi.simulators import get_task
     from mfsbi.storage import SimulationStore
@@ -94,7 +95,7 @@ def main() -> None:
     for seed in args.seeds:
         store = SimulationStore(str(args.stores / f"seed{seed}"))
         pretrained = None if args.method == "npe" else estimator_from_bytes(
-            store.read_artifact(f"ou2/pretrained-lf{args.lf_sims}-seed{seed}.pt"), task.prior)
+            store.read_artifact(f"ou2/pretrained-lf{args.lf_sims}-seed{seed}-b{LF_BATCH_SIZE}.pt"), task.prior)
         test_theta, test_x = store.table("ou2-test", "hf").read("ok")
         test_theta, test_x = test_theta[: args.observations], test_x[: args.observations]
         table = store.table("ou2", "hf")

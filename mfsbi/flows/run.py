@@ -153,7 +153,7 @@ class Run(RunPlan):
         return sim_table
 
     def train_job(self, *, table: str, fidelity: str, limit: int, learning_rate: float, seed: int,
-                  pretrained: bytes | None, refit_x_zscore: bool = True) -> TrainJob:
+                  pretrained: bytes | None, refit_x_zscore: bool = True, batch_size: int = 200) -> TrainJob:
         """A training job on the first ``limit`` rows of a table, with the paper's estimator."""
         from mfsbi.inference import EstimatorConfig, TrainingConfig
 
@@ -162,7 +162,8 @@ class Run(RunPlan):
             estimator = EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured")
         else:
             estimator = EstimatorConfig()
-        training = TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed)
+        training = TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed,
+                                  batch_size=batch_size)
         return TrainJob(self.store.url, self.config.task, table, fidelity, limit, estimator.to_dict(),
                         training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore,
                         training_memory=self.config.training_memory)
@@ -207,7 +208,8 @@ class Run(RunPlan):
         config = self.config
         summary.lf = dataclasses.asdict(self.simulate(table=self.shared_table, fidelity="lf", num_rows=config.lf_sims,
                                                       seed=config.seed, budget=None))
-        name = f"{self.task.name}/pretrained-lf{config.lf_sims}-seed{config.seed}.pt"
+        # The batch is in the name: a checkpoint pretrained with another batch is another estimator.
+        name = f"{self.task.name}/pretrained-lf{config.lf_sims}-seed{config.seed}-b{config.lf_batch_size}.pt"
         summary.pretrained = f"artifacts/{name}"
         try:
             return self.store.read_artifact(name)
@@ -215,7 +217,7 @@ class Run(RunPlan):
             pass
         (result,) = self.train([self.train_job(
             table=self.shared_table, fidelity="lf", limit=config.lf_sims, learning_rate=config.lf_learning_rate,
-            seed=self.seed("pretrain"), pretrained=None,
+            seed=self.seed("pretrain"), pretrained=None, batch_size=config.lf_batch_size,
         )], label=f"pretrain on {config.lf_sims} LF")
         self.store.write_artifact(name, result.checkpoint)
         summary.pretrain = result.record()

@@ -122,7 +122,7 @@ class EstimatorConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    r"""Training of one estimator with sbi's loop (Adam, early stopping, best-validation weights).
+    r"""Training of one estimator (sbi's rules: Adam, early stopping, best-validation weights).
 
     Arguments:
         batch_size: minibatch size.

@@ -1,10 +1,8 @@
 r"""NPE training and MF-NPE fine-tuning on data read chunk by chunk (out of core).
 
-The same estimator, loss and training rules as :mod:`mfsbi.inference.training` (sbi's loop: Adam,
-gradient clipping, early stopping on the validation loss, best-validation weights), over a
-:class:`~mfsbi.inference.chunk_stream.ChunkLoader` instead of an in-memory dataset. sbi 0.27 has no
-loop over data it does not hold (its trainers index a ``TensorDataset``), so this loop is written
-here; it calls the network's own ``loss`` as sbi's first-round NPE does. What differs, by design:
+The same estimator, loss and training loop as :mod:`mfsbi.inference.training`
+(:func:`~mfsbi.inference.fitting.fit`), over a :class:`~mfsbi.inference.chunk_stream.ChunkLoader`
+instead of rows in memory. What differs, by design:
 the validation split is by whole chunks (fixed by the seed) and the x z-scoring statistics come from
 one streaming pass over the training chunks.
 """
@@ -23,7 +21,8 @@ from torch.distributions import Distribution
 
 from .chunk_stream import ChunkLoader, ChunkSource, StreamingConfig, chunk_moments, split_chunks
 from .config import EstimatorConfig, TrainingConfig
-from .training import EpochCallback, EpochReport, TrainedEstimator, _builder, x_standardizer
+from .fitting import EpochCallback, fit
+from .training import TrainedEstimator, _builder, x_standardizer
 
 __all__ = ["fine_tune_streaming", "train_npe_streaming"]
 
@@ -57,60 +56,15 @@ def _set_x_standardizer(network: nn.Module, mean: Tensor, std: Tensor) -> None:
     standardize.mean, standardize.std = standardize._mean, standardize._std
 
 
-@torch.no_grad()
-def _mean_loss(network: nn.Module, loader: ChunkLoader, epoch: int) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for theta, x in loader.epoch(epoch):
-        total += float(network.loss(theta, x).sum())
-        count += len(theta)
-    if count == 0:
-        raise ValueError("the validation chunks hold no valid rows")
-    return total / count, count
-
-
 def _fit_streaming(network: nn.Module, source: ChunkSource, train_chunks, validation_chunks,
                    training: TrainingConfig, streaming: StreamingConfig, device: str,
                    on_epoch: Optional[EpochCallback]) -> tuple[nn.Module, list[float], int, int]:
     train = ChunkLoader(source, train_chunks, training.batch_size, streaming, seed=training.seed, device=device)
     validation = ChunkLoader(source, validation_chunks, streaming.validation_batch_size, streaming,
                              shuffle=False, device=device)
-    network.to(device)
-    parameters = [p for p in network.parameters() if p.requires_grad]
-    # fused: one kernel for the whole step instead of several per parameter (measured: ~7 % of a
-    # batch of the paper's flow on CPU); torch has it for CPU and CUDA.
-    optimizer = torch.optim.Adam(parameters, lr=training.learning_rate, fused=True)
-    best, best_epoch, best_state = math.inf, 0, None
-    losses: list[float] = []
-    rows = 0
-    for epoch in range(1, training.max_num_epochs + 1):
-        network.train()
-        total, rows = torch.zeros((), device=device), 0
-        for theta, x in train.epoch(epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = network.loss(theta, x)
-            if not torch.isfinite(loss).all():
-                raise FloatingPointError(f"NPE loss is not finite in epoch {epoch}")
-            loss.mean().backward()
-            if training.clip_max_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, max_norm=training.clip_max_norm)
-            optimizer.step()
-            total += loss.detach().sum()  # no device sync per batch
-            rows += len(theta)
-        if rows == 0:
-            raise ValueError("the training chunks hold no valid rows")
-        network.eval()
-        validation_loss, validation_rows = _mean_loss(network, validation, epoch)
-        losses.append(validation_loss)
-        if validation_loss < best:
-            best, best_epoch, best_state = validation_loss, epoch, copy.deepcopy(network.state_dict())
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, float(total) / rows, validation_loss, best, best_epoch, training.stop_after_epochs))
-        if epoch - best_epoch >= training.stop_after_epochs:
-            break
-    network.load_state_dict(best_state)
-    network.zero_grad(set_to_none=True)
-    network.eval()
-    return network, losses, best_epoch, rows + validation_rows
+    fitted = fit(network, train, validation, training, device, on_epoch)
+    return fitted.network, list(fitted.validation_losses), fitted.best_epoch, \
+        fitted.training_rows + fitted.validation_rows
 
 
 def _result(network, prior, estimator, training, losses, seconds, theta_dim, x_dim, rows) -> TrainedEstimator:

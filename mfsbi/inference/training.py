@@ -1,17 +1,16 @@
-r"""NPE training and MF-NPE fine-tuning on top of sbi 0.27.
+r"""NPE training and MF-NPE fine-tuning with sbi 0.27's estimators.
 
-The training loop is sbi's own (``sbi.inference.NPE``): Adam, a random train/validation split,
-early stopping, gradient clipping and best-validation weights. This module adds what MF-NPE needs
-around it (PAPER.md, "Algorithms"): seeding, building the zuko flow from a config, fine-tuning a
-deep copy of a pretrained network with every weight trainable, and refitting its x z-scoring on the
-high-fidelity data.
+sbi builds the network (``posterior_nn``: the zuko flow, its z-scoring and theta transform) and
+defines its loss; the loop is :func:`~mfsbi.inference.fitting.fit`, sbi's rules (Adam, a random
+train/validation split, early stopping, gradient clipping, best-validation weights) with less
+Python per batch. This module adds what MF-NPE needs around it (PAPER.md, "Algorithms"): seeding,
+building the zuko flow from a config, fine-tuning a deep copy of a pretrained network with every
+weight trainable, and refitting its x z-scoring on the high-fidelity data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
-from sbi.inference import NPE, DirectPosterior
+from sbi.inference import DirectPosterior
 from sbi.neural_nets import posterior_nn
 from sbi.utils.sbiutils import Standardize, standardizing_net
 from torch import Tensor, nn
@@ -27,6 +26,7 @@ from torch.distributions import Distribution
 
 from .config import EstimatorConfig, TrainingConfig
 from .embeddings import make_embedding
+from .fitting import VALIDATION_BATCH_SIZE, EpochCallback, EpochReport, Fitted, RowBatches, fit
 
 __all__ = [
     "EpochCallback",
@@ -43,77 +43,6 @@ __all__ = [
 ArrayLike = Union[Tensor, np.ndarray]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    r"""Where a training stands after one epoch.
-
-    Arguments:
-        epoch: epochs done (1 after the first).
-        training_loss, validation_loss: this epoch's mean -log q(theta | x).
-        best_validation_loss, best_epoch: the best so far (the weights training will keep).
-        stop_after_epochs: the early-stopping patience (training ends at ``best_epoch`` plus it).
-    """
-
-    epoch: int
-    training_loss: float
-    validation_loss: float
-    best_validation_loss: float
-    best_epoch: int
-    stop_after_epochs: int
-
-
-EpochCallback = Callable[[EpochReport], None]
-
-
-class _ReportingNPE(NPE):
-    """sbi's NPE, telling a callback about every epoch.
-
-    sbi 0.27 has no public per-epoch hook (its tracker hears of the losses only after training), so
-    this extends ``_summarize_epoch``, which its loop calls once per epoch; nothing of the training
-    (random streams included) changes.
-    """
-
-    def __init__(self, *args: Any, on_epoch: Optional[EpochCallback], patience: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_epoch = on_epoch
-        self._patience = patience
-
-    def _summarize_epoch(self, train_loss, val_loss, epoch_start_time, summarization_kwargs):  # noqa: ANN001
-        super()._summarize_epoch(train_loss, val_loss, epoch_start_time, summarization_kwargs)
-        if self._on_epoch is not None:
-            losses = self._summary["validation_loss"]
-            best = int(np.argmin(losses))
-            self._on_epoch(EpochReport(len(losses), float(train_loss), float(val_loss), float(losses[best]),
-                                       best + 1, self._patience))
-
-
-class _NullTracker:
-    """An sbi ``Tracker`` that records nothing.
-
-    sbi's default tracker writes TensorBoard files under ``./sbi-logs`` of the working directory,
-    which a library must not do behind its caller's back.
-    """
-
-    @property
-    def log_dir(self) -> Optional[str]:
-        return None
-
-    def log_metric(self, name: str, value: float, step: Optional[int] = None) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
-        pass
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        pass
-
-    def add_figure(self, name: str, figure: Any, step: Optional[int] = None) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -261,81 +190,67 @@ def refit_x_standardizer(network: nn.Module, x: ArrayLike, structured: bool = Fa
 
 
 def _fit(
-    prior: Distribution,
     theta: Tensor,
     x: Tensor,
     builder: Callable[[Tensor, Tensor], nn.Module],
     training: TrainingConfig,
     device: str,
     on_epoch: Optional[EpochCallback] = None,
-) -> tuple[nn.Module, dict[str, Any], int, float]:
-    """Runs sbi's NPE loop under a private, seeded copy of torch's global RNG."""
+) -> tuple[Fitted, int, float]:
+    """Splits the valid rows as sbi does, builds the network on the training rows and fits it,
+    all under a private, seeded copy of torch's global RNG."""
+    start = time.perf_counter()
+    # Failed simulations (NaN/inf rows) are dropped rather than poisoning the loss.
+    valid = torch.isfinite(x).all(dim=1)
+    theta, x = theta[valid], x[valid]
     n = theta.shape[0]
     n_train = int((1 - training.validation_fraction) * n)
     if n_train < 1 or n - n_train < 1:
         raise ValueError(
-            f"{n} simulations with validation_fraction={training.validation_fraction} leave an "
+            f"{n} valid simulations with validation_fraction={training.validation_fraction} leave an "
             "empty training or validation set"
         )
-    start = time.perf_counter()
-    # Network initialisation, sbi's randperm split and the SubsetRandomSampler minibatch order all
-    # draw from torch's global generator: seed it, and restore the caller's state afterwards.
+    # The split and the network's initial weights draw from torch's global generator (as in sbi):
+    # seed it, and restore the caller's state afterwards. The batch order has its own generator.
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(training.seed)
-        inference = _ReportingNPE(
-            prior=prior,
-            density_estimator=builder,
-            device=device,
-            tracker=_NullTracker(),
-            show_progress_bars=False,
-            on_epoch=on_epoch,
-            patience=training.stop_after_epochs,
+        permutation = torch.randperm(n)
+        train_rows, validation_rows = permutation[:n_train], permutation[n_train:]
+        network = builder(theta[train_rows], x[train_rows])
+        fitted = fit(
+            network,
+            RowBatches(theta[train_rows], x[train_rows], training.batch_size, seed=training.seed, device=device),
+            RowBatches(theta[validation_rows], x[validation_rows], VALIDATION_BATCH_SIZE, device=device),
+            training,
+            device,
+            on_epoch,
         )
-        # Failed simulations (NaN/inf rows) are dropped rather than poisoning the loss.
-        inference.append_simulations(theta, x, exclude_invalid_x=True)
-        # sbi prints "Neural network successfully converged after N epochs." to stdout, into the
-        # caller's progress display: keep it for the log instead.
-        with contextlib.redirect_stdout(io.StringIO()) as printed:
-            network = inference.train(
-                training_batch_size=training.batch_size,
-                learning_rate=training.learning_rate,
-                validation_fraction=training.validation_fraction,
-                stop_after_epochs=training.stop_after_epochs,
-                max_num_epochs=training.max_num_epochs,
-                clip_max_norm=training.clip_max_norm,
-            )
-    if printed.getvalue().strip():
-        logger.debug("sbi: %s", " ".join(printed.getvalue().split()))
-    seconds = time.perf_counter() - start
-    num_valid = int(torch.isfinite(x).all(dim=1).sum())
-    network.eval()
-    return network, inference.summary, num_valid, seconds
+    return fitted, n, time.perf_counter() - start
 
 
 def _trained(
-    network: nn.Module,
+    fitted: Fitted,
     prior: Distribution,
     estimator: EstimatorConfig,
     training: TrainingConfig,
-    summary: dict[str, Any],
     num_valid: int,
     seconds: float,
     theta_dim: int,
     x_dim: int,
 ) -> TrainedEstimator:
     return TrainedEstimator(
-        network=network,
+        network=fitted.network,
         prior=prior,
         estimator=estimator,
         training=training,
-        epochs=int(summary["epochs_trained"][-1]),
-        best_validation_loss=float(summary["best_validation_loss"][-1]),
+        epochs=fitted.epochs,
+        best_validation_loss=float(fitted.best_validation_loss),
         seconds=float(seconds),
         theta_dim=theta_dim,
         x_dim=x_dim,
         num_simulations=num_valid,
-        validation_losses=tuple(float(v) for v in summary["validation_loss"]),
+        validation_losses=fitted.validation_losses,
     )
 
 
@@ -359,19 +274,15 @@ def train_npe(
         x: observations, shape ``(n, k)``; rows with NaN/inf are dropped.
         estimator: the architecture.
         training: the training settings.
-        device: ``"cpu"`` or ``"cuda"``; passed to sbi.
+        device: ``"cpu"`` or ``"cuda"``; the rows are moved there once.
         on_epoch: called with an :class:`EpochReport` after every epoch (progress displays).
 
     Returns:
         The trained estimator with the best-validation weights.
     """
     theta_t, x_t = _check_data(prior, theta, x)
-    network, summary, num_valid, seconds = _fit(
-        prior, theta_t, x_t, _builder(prior, estimator), training, device, on_epoch
-    )
-    return _trained(
-        network, prior, estimator, training, summary, num_valid, seconds, theta_t.shape[1], x_t.shape[1]
-    )
+    fitted, num_valid, seconds = _fit(theta_t, x_t, _builder(prior, estimator), training, device, on_epoch)
+    return _trained(fitted, prior, estimator, training, num_valid, seconds, theta_t.shape[1], x_t.shape[1])
 
 
 #: MF-NPE step 1: train on low-fidelity pairs. It is :func:`train_npe`; the authors' code pretrains
@@ -422,20 +333,11 @@ def fine_tune(
             network, x_t[valid], structured=pretrained.estimator.z_score_x == "structured"
         )
 
-    # sbi calls the builder once with the HF training split; returning the copy makes its loop
-    # continue from the pretrained weights (STACK.md, "sbi 0.27").
+    # The builder is called once with the HF training split; returning the copy makes the loop
+    # continue from the pretrained weights.
     def builder(batch_theta: Tensor, batch_x: Tensor) -> nn.Module:
         return network
 
-    trained_net, summary, num_valid, seconds = _fit(prior, theta_t, x_t, builder, training, device, on_epoch)
-    return _trained(
-        trained_net,
-        prior,
-        pretrained.estimator,
-        training,
-        summary,
-        num_valid,
-        seconds,
-        pretrained.theta_dim,
-        pretrained.x_dim,
-    )
+    fitted, num_valid, seconds = _fit(theta_t, x_t, builder, training, device, on_epoch)
+    return _trained(fitted, prior, pretrained.estimator, training, num_valid, seconds, pretrained.theta_dim,
+                    pretrained.x_dim)
