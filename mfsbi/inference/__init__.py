@@ -19,6 +19,7 @@ from .checkpoint import (
     save_estimator,
 )
 from .config import PAPER_CODE_LF_LEARNING_RATE, EstimatorConfig, TrainingConfig
+from .calibration import Calibration, calibration, calibration_at
 from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse
 from .training import (
     EpochCallback,
@@ -65,6 +66,9 @@ from .mf_abc import (
 )
 
 __all__ = [
+    "Calibration",
+    "calibration",
+    "calibration_at",
     "ArrayChunks",
     "ChunkLoader",
     "ChunkSource",

@@ -1,0 +1,148 @@
+r"""Calibration of a posterior estimate: SBC ranks and TARP expected coverage (sbi's diagnostics).
+
+Both use pairs (theta_i, x_i) with theta_i drawn from the distribution the estimate should
+match: the prior and the simulator for an amortised estimate (held-out simulations), or the exact
+posterior at one x_o for a sequential one (reference samples, x_i = x_o for all i). A calibrated
+estimate gives uniform SBC ranks per parameter and a TARP coverage curve on the diagonal.
+
+The verdict is a decision rule written here (sbi returns the statistics, not a verdict):
+*calibrated* when neither test rejects at ``level`` (TARP's KS test, and the per-parameter SBC KS
+tests with a Bonferroni correction over the parameters); otherwise the direction is the sign of
+TARP's area to curve (ATC > 0: coverage above the diagonal, the estimate too wide,
+*under-confident*; ATC <= 0: too narrow or biased, *over-confident*).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["CALIBRATED", "OVER_CONFIDENT", "UNDER_CONFIDENT", "Calibration", "calibration", "calibration_at"]
+
+CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT = "calibrated", "over-confident", "under-confident"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """SBC and TARP statistics of one estimate on ``num_pairs`` pairs, and the verdict."""
+
+    num_pairs: int
+    num_posterior_samples: int
+    sbc_ks_pvalues: tuple[float, ...]     # per parameter: KS test of the ranks against uniform
+    tarp_atc: float                       # area between coverage and diagonal for alpha > 0.5
+    tarp_ks_pvalue: float                 # KS test of the coverage curve against the diagonal
+    level: float
+    verdict: str
+    test: str                             # the rule and the numbers behind the verdict, in words
+    ranks: tuple[tuple[int, ...], ...]    # (num_pairs, d) SBC ranks, for the rank plot
+    coverage: tuple[float, ...]           # TARP expected coverage at each credibility level
+    credibility: tuple[float, ...]
+
+    def to_dict(self, with_curves: bool = False) -> dict[str, Any]:
+        """The numbers for ``summary.json``; ``with_curves`` adds ranks and the coverage curve."""
+        out = asdict(self)
+        if not with_curves:
+            for key in ("ranks", "coverage", "credibility"):
+                del out[key]
+        return out
+
+
+def _verdict(ks_pvalues: np.ndarray, atc: float, tarp_p: float, level: float) -> tuple[str, str]:
+    sbc_p = float(np.min(ks_pvalues))
+    threshold = level / len(ks_pvalues)
+    numbers = (f"TARP KS p={tarp_p:.3g}, ATC={atc:+.3f}; SBC KS min p={sbc_p:.3g} "
+               f"(vs {threshold:.3g}: {level:g} Bonferroni over {len(ks_pvalues)} parameters)")
+    if tarp_p >= level and sbc_p >= threshold:
+        return CALIBRATED, f"neither test rejects at {level:g}: {numbers}"
+    verdict = UNDER_CONFIDENT if atc > 0 else OVER_CONFIDENT
+    return verdict, f"rejected at {level:g}, direction from the sign of ATC: {numbers}"
+
+
+def _from_samples(samples: Tensor, theta: Tensor, num_posterior_samples: int, level: float) -> Calibration:
+    from sbi.diagnostics import check_tarp
+    from sbi.diagnostics.sbc import check_uniformity_frequentist
+    from sbi.diagnostics.tarp import _run_tarp, get_tarp_references
+
+    # The SBC rank is sbi's definition: how many posterior samples lie below the true value.
+    ranks = (samples < theta[None]).sum(0)
+    # TARP as sbi's run_tarp does it: references drawn over the box of theta, theta z-scored.
+    ecp, alpha = _run_tarp(samples, theta, get_tarp_references(theta), z_score_theta=True)
+    ks = check_uniformity_frequentist(ranks, num_posterior_samples).double().numpy()
+    atc, tarp_p = check_tarp(ecp, alpha)
+    verdict, test = _verdict(ks, float(atc), float(tarp_p), level)
+    return Calibration(
+        num_pairs=len(theta), num_posterior_samples=num_posterior_samples,
+        sbc_ks_pvalues=tuple(float(p) for p in ks), tarp_atc=float(atc), tarp_ks_pvalue=float(tarp_p),
+        level=level, verdict=verdict, test=test,
+        ranks=tuple(tuple(int(r) for r in row) for row in ranks.long().tolist()),
+        coverage=tuple(float(v) for v in ecp), credibility=tuple(float(v) for v in alpha),
+    )
+
+
+def _checked(theta, x, level: float) -> tuple[Tensor, Tensor]:
+    theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    if theta.ndim != 2 or x.ndim != 2 or len(theta) != len(x) or len(theta) < 2:
+        raise ValueError(f"calibration needs (n, d) theta and (n, k) x with n >= 2, got {tuple(theta.shape)} "
+                         f"and {tuple(x.shape)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    return theta, x
+
+
+def calibration(posterior: Any, theta: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
+                num_posterior_samples: int = 1000, level: float = 0.05, seed: int = 0) -> Calibration:
+    """SBC ranks and TARP coverage of an amortised ``posterior`` on held-out pairs ``(theta, x)``.
+
+    Arguments:
+        posterior: an sbi posterior (``DirectPosterior``, ``EnsemblePosterior``).
+        theta: ``(n, d)`` parameters drawn from the prior.
+        x: ``(n, k)`` their simulated observations.
+        num_posterior_samples: posterior samples per pair.
+        level: the tests' significance level.
+        seed: seeds the posterior samples and TARP's reference points; the caller's RNG is untouched.
+
+    Returns:
+        A :class:`Calibration`.
+    """
+    from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
+
+    theta, x = _checked(theta, x, level)
+    # An ensemble has no batched sampler; sbi then samples pair by pair.
+    batched = type(posterior).__name__ != "EnsemblePosterior"
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        # One set of samples for both diagnostics (sbi's run_sbc and run_tarp would each draw their own).
+        samples = get_posterior_samples_on_batch(x, posterior, (num_posterior_samples,),
+                                                 use_batched_sampling=batched).cpu()
+        return _from_samples(samples, theta, num_posterior_samples, level)
+
+
+def calibration_at(posterior: Any, x_o: Tensor | np.ndarray, reference_theta: Tensor | np.ndarray, *,
+                   num_posterior_samples: int = 1000, level: float = 0.05, seed: int = 0) -> Calibration:
+    """Local calibration at one observation: SBC and TARP with exact-posterior draws as the true values.
+
+    For theta_i drawn from p(theta | x_o), the ranks among draws of q(theta | x_o) are uniform and
+    the TARP curve is the diagonal when q matches p at x_o: the check for a sequential estimate,
+    which is trained for x_o only. Each reference draw is ranked against its own posterior draws.
+
+    Arguments:
+        posterior: an sbi posterior.
+        x_o: the observation, ``(k,)`` or ``(1, k)``.
+        reference_theta: ``(n, d)`` draws of the exact (reference) posterior at x_o.
+        num_posterior_samples, level, seed: as for :func:`calibration`.
+
+    Returns:
+        A :class:`Calibration`.
+    """
+    x_o = torch.as_tensor(np.asarray(x_o), dtype=torch.float32).reshape(1, -1)
+    theta, _ = _checked(reference_theta, x_o.expand(len(reference_theta), -1), level)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        drawn = posterior.sample((num_posterior_samples * len(theta),), x=x_o, show_progress_bars=False)
+        samples = drawn.cpu().reshape(num_posterior_samples, len(theta), -1)
+        return _from_samples(samples, theta, num_posterior_samples, level)
