@@ -57,6 +57,8 @@ def test_bad_pairs_are_refused():
         calibration(GaussianPosterior(1.0), theta, x[:5])
     with pytest.raises(ValueError, match="level"):
         calibration(GaussianPosterior(1.0), theta, x, level=1.5)
+    few = calibration(GaussianPosterior(1.0), theta[:3], x[:3], num_posterior_samples=50)
+    assert few.num_pairs == 3 and len(few.coverage) == 3
 
 
 class GaussianAt(GaussianPosterior):

@@ -95,6 +95,7 @@ def test_run_sample_status_end_to_end(tmp_path, store, prefect_server):
                      "--num-test-observations", 1, "--num-nltp-pairs", 5, "--max-num-epochs", 3)
     assert result.exit_code == 0, result.output
     assert "C2ST vs euler-maruyama" in result.output and "NLTP" in result.output
+    assert "calibration (SBC + TARP on 5 held-out HF pairs)" in result.output
 
     out = tmp_path / "samples.npy"
     result = _invoke("sample", "--store", store, "--observation", x_o, "-n", 50, "--out", out)

@@ -38,6 +38,13 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     assert set(saved["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
     assert all(0.4 <= v <= 1.0 for v in saved["metrics"]["c2st"].values())
     assert np.isfinite(saved["metrics"]["nltp"])
+    # Calibration on the 10 held-out pairs: SBC and TARP numbers, a verdict, the plot in the store.
+    calibration = saved["calibration"]
+    assert calibration["verdict"] in ("calibrated", "over-confident", "under-confident")
+    assert calibration["num_pairs"] == 10 and calibration["num_posterior_samples"] == 200
+    assert len(calibration["sbc_ks_pvalues"]) == 2 and 0 <= calibration["tarp_ks_pvalue"] <= 1
+    assert saved["calibration_plot"].endswith("calibration.png")
+    assert (tmp_path / "store" / saved["calibration_plot"]).read_bytes()[:4] == b"\x89PNG"
     # Each training says where it ran and on which CPU kernels (numbers compare only between equals).
     import torch
 
@@ -52,6 +59,10 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
         assert runs and runs[0].state.is_completed()
         artifacts = client.read_artifacts()
         assert any(a.flow_run_id == runs[0].id and a.type == "markdown" and "C2ST" in a.data for a in artifacts)
+        assert any(a.flow_run_id == runs[0].id and a.type == "markdown" and "calibration (SBC + TARP" in a.data
+                   for a in artifacts)
+        assert any(a.flow_run_id == runs[0].id and a.type == "image" and "calibration" in (a.description or "")
+                   for a in artifacts)
 
 
 def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster_client):

@@ -81,6 +81,7 @@ def test_a_toy_sequential_method_runs_through_the_cli(tmp_path, prefect_server, 
         "--observation-index", 0)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "rounds" in result.output and "C2ST vs euler-maruyama" in result.output
+    assert "calibration (SBC + TARP on x_o" in result.output
 
     run_name = "toy-tsnpe-hf12-r2-obs0-seed0"
     folder = store / "artifacts" / "ou2" / run_name

@@ -35,7 +35,12 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
     for r in range(3):
         assert len(table.read("ok", rounds=[r])[0]) == 8
     assert set(summary["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
+    # Calibration at x_o against exact-posterior draws, after every round and for the final posterior.
+    assert all(row["calibration"]["verdict"] in ("calibrated", "over-confident", "under-confident")
+               for row in summary["rounds"])
+    assert summary["calibration"]["num_pairs"] == 200 and summary["calibration"]["on"].startswith("x_o")
     outputs = tmp_path / "store" / "artifacts" / "ou2" / config.run_name
+    assert (outputs / "calibration.png").stat().st_size > 0
     assert (outputs / "c2st-vs-budget.png").stat().st_size > 0 and (outputs / "pairplot.png").stat().st_size > 0
     if method == "a-mf-tsnpe":
         # Rounds after the first take round(0.2 * 8) = 2 acquired candidates.

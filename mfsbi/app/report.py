@@ -39,6 +39,10 @@ def print_summary(summary: RunSummary) -> None:
         table.add_row(f"NLTP ({metrics.num_nltp_pairs} held-out pairs)", f"{metrics.nltp:.3f}")
     if metrics.nrmse is not None:
         table.add_row("NRMSE", f"{metrics.nrmse:.3f}")
+    if summary.calibration is not None:
+        table.add_row(f"calibration (SBC + TARP on {summary.calibration['on']})", summary.calibration["verdict"])
+    elif summary.abc is None:
+        table.add_row("calibration", "- (no held-out pairs)" if summary.rounds is None else "- (no exact reference at x_o)")
     if summary.lf is not None:
         table.add_row("LF simulations stored ok", str(summary.lf["stored_ok"]))
     table.add_row("HF simulations stored ok", str(summary.hf_stored_ok))

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import evaluate_posterior, sample_posterior
+from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
 from mfsbi.runtime import progress
@@ -43,6 +43,16 @@ def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_
                                  num_samples=run.config.posterior_samples, seed=run.config.test_seed)
     progress.report("evaluate", 1, 1)
     return metrics
+
+
+@task(name="calibrate", cache_policy=NO_CACHE)
+def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_theta: np.ndarray,
+              test_x: np.ndarray) -> None:
+    """SBC and TARP on the held-out HF pairs, into the summary, the store and the UI."""
+    result, on = calibration_on_pairs(_posterior(run, results), test_theta, test_x,
+                                      num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"))
+    if result is not None:
+        run.record_calibration(summary, result, on)
 
 
 def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
@@ -74,6 +84,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         summary.posterior = [run.write_artifact(f"posterior-member-{e}.pt", r.checkpoint)
                              for e, r in enumerate(results)]
     summary.metrics = evaluate(run, results, test_theta, test_x)
+    calibrate(run, summary, results, test_theta, test_x)
 
     samples, truth, where = _plot_samples(run, results, test_theta, test_x)
     run.finish(summary, samples, truth, where)
@@ -97,6 +108,8 @@ def _publish(run: Run, summary: RunSummary) -> None:
     paths = [summary.posterior] if isinstance(summary.posterior, str) else summary.posterior
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in summary.metrics.as_rows()]
+    if summary.calibration:
+        lines.append(f"| calibration (SBC + TARP, {summary.calibration['on']}) | {summary.calibration['verdict']} |")
     lines += [
         f"| HF simulations stored ok | {summary.hf_stored_ok} |",
         f"| HF budget used / total | {reserved} / {total} |",

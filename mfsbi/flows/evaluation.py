@@ -12,7 +12,38 @@ from mfsbi.flows.summary import Metrics
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
-__all__ = ["evaluate_posterior", "loss_curves_png", "pair_plot_png", "posterior_metrics", "sample_posterior"]
+__all__ = ["CALIBRATION_MAX_SAMPLES", "CALIBRATION_REFERENCE_DRAWS", "calibration_at_reference",
+           "calibration_on_pairs", "calibration_png", "evaluate_posterior", "loss_curves_png", "pair_plot_png", "posterior_metrics", "sample_posterior"]
+
+
+# Posterior samples per calibration pair (at most; fewer when the run asks for fewer posterior
+# samples), and the exact-posterior draws a sequential run's local calibration ranks.
+CALIBRATION_MAX_SAMPLES = 1000
+CALIBRATION_REFERENCE_DRAWS = 200
+
+
+def calibration_on_pairs(posterior, theta: np.ndarray, x: np.ndarray, *, num_samples: int, seed: int):
+    """SBC + TARP of an amortised posterior on held-out pairs, with ``on`` (what it ran on); None under 2 pairs."""
+    from mfsbi.inference import calibration
+
+    if len(theta) < 2:
+        return None, ""
+    result = calibration(posterior, theta, x, num_posterior_samples=min(num_samples, CALIBRATION_MAX_SAMPLES),
+                         seed=seed)
+    return result, f"{len(theta)} held-out HF pairs"
+
+
+def calibration_at_reference(posterior, task: Task, x_o: np.ndarray, *, num_samples: int, seed: int):
+    """SBC + TARP at x_o against draws of the task's first exact reference, with ``on``; None without one."""
+    from mfsbi.inference import calibration_at
+
+    if not task.references:
+        return None, ""
+    name, reference = next(iter(task.references.items()))
+    draws = reference(x_o, CALIBRATION_REFERENCE_DRAWS, derive_seed(seed, f"reference/{name}"))
+    result = calibration_at(posterior, x_o, draws, num_posterior_samples=min(num_samples, CALIBRATION_MAX_SAMPLES),
+                            seed=seed)
+    return result, f"x_o, {CALIBRATION_REFERENCE_DRAWS} draws of the {name} reference"
 
 
 def sample_posterior(posterior, x_o: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
@@ -137,6 +168,33 @@ def loss_curves_png(curves: Sequence[Sequence[float]], title: str) -> bytes:
     ax.set_ylabel("validation loss, -log q(θ | x)")
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def calibration_png(result, parameter_names: Sequence[str], title: str) -> bytes:
+    """SBC rank CDFs per parameter (sbi's ``sbc_rank_plot``) beside TARP's coverage curve, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sbi.analysis import sbc_rank_plot
+
+    fig, (ranks_ax, tarp_ax) = plt.subplots(1, 2, figsize=(9, 4))
+    # sbi bins num_pairs // 20 by default: 0 bins (an error) under 20 pairs.
+    sbc_rank_plot(np.asarray(result.ranks), result.num_posterior_samples, plot_type="cdf",
+                  num_bins=max(2, result.num_pairs // 20),
+                  parameter_labels=list(parameter_names), fig=fig, ax=ranks_ax)
+    ranks_ax.set_title(f"SBC ranks ({result.num_pairs} pairs)", fontsize=9)
+    tarp_ax.plot(result.credibility, result.coverage, label="TARP")
+    tarp_ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    tarp_ax.set_xlabel("credibility level α")
+    tarp_ax.set_ylabel("expected coverage")
+    tarp_ax.set_title(f"TARP: ATC {result.tarp_atc:+.3f}, KS p {result.tarp_ks_pvalue:.3g}", fontsize=9)
+    tarp_ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: {result.verdict}", fontsize=9)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -26,7 +26,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from mfsbi import __version__
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import loss_curves_png, pair_plot_png
+from mfsbi.flows.evaluation import calibration_png, loss_curves_png, pair_plot_png
 from mfsbi.flows.methods import AMORTIZED
 from mfsbi.flows.plan import RunPlan
 from mfsbi.flows.summary import RunSummary
@@ -198,6 +198,14 @@ class Run(RunPlan):
         key = _slug(f"{self.name}-{path.rsplit('/', 1)[-1]}")[:100]
         create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(png).decode(), key=key,
                               description=f"{self.task.name} {self.name}: {what} ({self.location(path)})")
+
+    def record_calibration(self, summary: RunSummary, result, on: str) -> None:
+        """Puts a :class:`~mfsbi.inference.Calibration` in the summary, its plot in the store and the UI."""
+        summary.calibration = {**result.to_dict(), "on": on}
+        png = calibration_png(result, self.task.parameter_names, f"{self.task.name} {self.name}: {on}")
+        summary.calibration_plot = self.write_artifact("calibration.png", png)
+        self.publish_image(summary.calibration_plot, png, f"calibration: {result.verdict} ({on})")
+        get_run_logger().info("calibration on %s: %s (%s)", on, result.verdict, result.test)
 
     def pretrained_on_lf(self, summary: RunSummary) -> bytes:
         """The LF-pretrained estimator: simulate the LF table, pretrain, keep the checkpoint in the store.

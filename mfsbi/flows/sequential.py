@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.evaluation import posterior_metrics, sample_posterior
+from mfsbi.flows.evaluation import calibration_at_reference, posterior_metrics, sample_posterior
 from mfsbi.flows.proposals import ProposalContext
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, Metrics, RoundRecord, RunSummary
@@ -153,11 +153,24 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
                          acceptance_rate=info.get("acceptance_rate"), acquired=info.get("acquired", 0),
                          selected_scores=info.get("selected_scores"), pool_scores=info.get("pool_scores"))
     if config.evaluate_rounds and run.task.references:
-        record.c2st = _round_c2st(run, _posterior(checkpoints, run.task.prior)[1], plan.x_o, plan.index)
+        posterior = _posterior(checkpoints, run.task.prior)[1]
+        record.c2st = _round_c2st(run, posterior, plan.x_o, plan.index)
+        calibrated, _ = calibration_at_reference(posterior, run.task, plan.x_o, num_samples=config.posterior_samples,
+                                                 seed=run.test_seed("calibration", plan.index))
+        record.calibration = {key: value for key, value in calibrated.to_dict().items()
+                              if key in ("verdict", "tarp_atc", "tarp_ks_pvalue", "sbc_ks_pvalues")}
     record.seconds = round(time.perf_counter() - started, 2)
     create_markdown_artifact(key=f"round-{plan.index}", markdown=_round_markdown(plan.label, record),
                              description=f"{run.task.name} {run.name}: round {plan.index}")
     return checkpoints, record
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return str(value)
 
 
 def _round_markdown(label: str, record: RoundRecord) -> str:
@@ -166,7 +179,7 @@ def _round_markdown(label: str, record: RoundRecord) -> str:
         if isinstance(value, float):
             value = f"{value:.4g}"
         elif isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.3g}" for k, v in value.items())
+            value = ", ".join(f"{k} {_short(v)}" for k, v in value.items())
         lines.append(f"| {key} | {value} |")
     return "\n".join(lines)
 
@@ -193,6 +206,10 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     summary.posterior = [run.artifact(f"round-{len(sizes) - 1}-member-{e}.pt") for e in range(len(checkpoints))]
     _, posterior = _posterior(checkpoints, run.task.prior)
     summary.metrics = _final_metrics(run, posterior, x_o, theta_true)
+    calibrated, on = calibration_at_reference(posterior, run.task, x_o, num_samples=config.posterior_samples,
+                                              seed=run.test_seed("calibration", 10_000))
+    if calibrated is not None:
+        run.record_calibration(summary, calibrated, on)
     samples = sample_posterior(posterior, x_o, config.posterior_samples, run.seed("plot"))
     _budget_plot(run, summary)
     run.finish(summary, samples, theta_true, config.observation_tag)

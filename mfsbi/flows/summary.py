@@ -69,10 +69,15 @@ class RoundRecord:
     pool_scores: dict | None
     # C2ST at x_o after this round, by reference ("c2st_<name>" in the files).
     c2st: dict[str, float] = field(default_factory=dict)
+    # Calibration at x_o against the reference after this round: verdict, TARP ATC, p-values.
+    calibration: dict[str, Any] | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("c2st", "seconds")}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("c2st", "seconds", "calibration")}
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
         out.update({f"c2st_{name}": value for name, value in self.c2st.items()})
         out["seconds"] = self.seconds
         return out
@@ -111,6 +116,8 @@ class RunSummary:
     abc: dict[str, Any] | None = None
     posterior: str | list[str] | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
+    calibration_plot: str | None = None
     budget_plot: str | None = None
     samples: str | None = None
     pair_plot: str | None = None

@@ -70,7 +70,9 @@ def _from_samples(samples: Tensor, theta: Tensor, num_posterior_samples: int, le
     # The SBC rank is sbi's definition: how many posterior samples lie below the true value.
     ranks = (samples < theta[None]).sum(0)
     # TARP as sbi's run_tarp does it: references drawn over the box of theta, theta z-scored.
-    ecp, alpha = _run_tarp(samples, theta, get_tarp_references(theta), z_score_theta=True)
+    # sbi's default of n // 10 bins is 0 (an error) under 10 pairs.
+    ecp, alpha = _run_tarp(samples, theta, get_tarp_references(theta), num_bins=max(2, len(theta) // 10),
+                           z_score_theta=True)
     ks = check_uniformity_frequentist(ranks, num_posterior_samples).double().numpy()
     atc, tarp_p = check_tarp(ecp, alpha)
     verdict, test = _verdict(ks, float(atc), float(tarp_p), level)
