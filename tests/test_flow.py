@@ -45,6 +45,11 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     assert len(calibration["sbc_ks_pvalues"]) == 2 and 0 <= calibration["tarp_ks_pvalue"] <= 1
     assert saved["calibration_plot"].endswith("calibration.png")
     assert (tmp_path / "store" / saved["calibration_plot"]).read_bytes()[:4] == b"\x89PNG"
+    # The transfer guard trained from scratch on the same 30 HF rows and compared on the 10 pairs.
+    guard = saved["transfer_guard"]
+    assert guard["compared"] and guard["num_pairs"] == 10 and guard["mode"] == "select"
+    assert guard["kept"] == guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
+    assert guard["scratch_train"]["simulations"] == 30
     # Each training says where it ran and on which CPU kernels (numbers compare only between equals).
     import torch
 
@@ -92,3 +97,24 @@ def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_p
     assert summary["pretrain"]["streamed"] and not summary["train"]["streamed"]
     assert summary["pretrain"]["simulations"] == 3000 and summary["config"]["training_memory"] == 2**20
     assert all(0.4 <= v <= 1.0 for v in summary["metrics"]["c2st"].values())
+
+
+def test_negative_transfer_keeps_the_estimator_from_scratch_and_says_so(tmp_path, prefect_server, monkeypatch, caplog):
+    import mfsbi.flows.amortized as amortized
+
+    real = amortized._log_probs
+    calls = []
+
+    def scratch_scores_better(run, results, theta, x):
+        calls.append(results)
+        values = real(run, results, theta, x)
+        return values - 5.0 if len(calls) == 1 else values  # the first scored is the fine-tuned
+
+    monkeypatch.setattr(amortized, "_log_probs", scratch_scores_better)
+    config = _tiny(tmp_path, lf_sims=200, hf_sims=20)
+    summary = amortized.amortized_flow(config).to_dict()
+    guard = summary["transfer_guard"]
+    assert guard["better"] == guard["kept"] == "from scratch" and guard["difference"] < 0
+    # The run's estimator is the one from scratch: its training record, and its checkpoint as the posterior.
+    assert summary["train"] == guard["scratch_train"]
+    assert any("negative transfer" in r.getMessage() for r in caplog.records)

@@ -82,6 +82,9 @@ def run(
     ensemble: Annotated[int, typer.Option(help="NPE / MF-NPE: train N estimators (seeds differ) and use their "
                                                "mixture, sbi's EnsemblePosterior; 1: one estimator")] = 1,
     ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
+    transfer_guard: Annotated[str, typer.Option(help="MF-NPE: also train from scratch on the same HF rows and "
+                                                     "compare on held-out HF pairs; select (keep the better), "
+                                                     "report (keep the fine-tuned) or off")] = "select",
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
@@ -104,7 +107,7 @@ def run(
                    num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
                    observation_index=observation_index, resume=resume,
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
-                   acquisition_fraction=acquisition_fraction, pool_size=pool_size,
+                   transfer_guard=transfer_guard, acquisition_fraction=acquisition_fraction, pool_size=pool_size,
                    max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout,
                    training_memory=training_memory)
     # Given on the command line (or by environment): these override --config; defaults do not.
@@ -122,7 +125,8 @@ def run(
     print_json(summary.to_dict())
 
 
-def _run_with_services(config, verbose: bool) -> RunSummary:
+def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
+    """Runs a flow (default: the config's method) with the Prefect API and the progress bars; exits 1 on failure."""
     import logging
     import os
 
@@ -137,7 +141,7 @@ def _run_with_services(config, verbose: bool) -> RunSummary:
     try:
         with prefect_api() as api_url:
             console.print(f"Prefect API: {api_url}", highlight=False)
-            flow_function = config.method_spec.family.load_flow()
+            flow_function = flow_function or config.method_spec.family.load_flow()
 
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -158,7 +162,7 @@ def _run_with_services(config, verbose: bool) -> RunSummary:
                 progress_events.listen(listener)
                 progress_events.listen_epochs(epochs)
                 try:
-                    return flow_function(config)
+                    return flow_function(config, *arguments)
                 finally:
                     progress_events.listen(None)
                     progress_events.listen_epochs(epochs, on=False)
@@ -166,6 +170,63 @@ def _run_with_services(config, verbose: bool) -> RunSummary:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
         fail(f"the run failed: {type(error).__name__}: {error}", code=1)
+
+
+@app.command("check-transfer", cls=OneLineCommand)
+def check_transfer(
+    task: Annotated[str, typer.Option(help="task name (see `mfsbi tasks`) or package.module:attribute")] = "ou2",
+    lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations to pretrain on (as the MF-NPE run will)")] = 10_000,
+    pilot_hf: Annotated[int, typer.Option(help="HF pilot simulations: the first of the HF budget, reused by "
+                                               "`mfsbi run --method mf-npe` with the same store, task and seed")] = 40,
+    store: Annotated[str, typer.Option(help="zarr store: a folder or a zarr store URL")] = "mfsbi-store",
+    seed: Annotated[int, typer.Option(help="run seed: the MF-NPE run's")] = 0,
+    dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
+    n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="'slurm' or FILE.yaml, as for `mfsbi run`")] = None,
+    max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's logs")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON document on stdout")] = False,
+) -> None:
+    """Before the HF budget goes: will the LF model help? A pilot of paired simulations decides.
+
+    Verdict helps / no-evidence / harmful from fine-tuned vs from-scratch estimators,
+    cross-validated on the pilot (docs/calibration.md says how it was validated).
+    """
+    import numpy as np
+
+    from mfsbi.flows.transfer_check import transfer_check_flow
+
+    if pilot_hf < 10:
+        fail(f"--pilot-hf: {pilot_hf} is too few for a 10-fold check; give at least 10")
+    try:
+        config = build_config(task=task, method="mf-npe", lf_sims=lf_sims, hf_sims=pilot_hf, store=store, seed=seed,
+                              dask_address=dask_address, n_workers=n_workers, cluster=cluster,
+                              max_num_epochs=max_num_epochs, num_test_observations=0, num_nltp_pairs=0)
+    except UsageError as error:
+        fail(str(error))
+    if as_json:
+        with stdout_to_stderr():
+            report = _run_with_services(config, verbose, transfer_check_flow, pilot_hf)
+        print_json(report)
+        return
+    report = _run_with_services(config, verbose, transfer_check_flow, pilot_hf)
+    table = Table(title=f"{report['task']} · transfer check · LF {lf_sims} · HF pilot {pilot_hf}")
+    table.add_column("quantity")
+    name_column(table, "value", justify="right")
+    table.add_row("verdict", f"[bold]{report['verdict']}[/bold]")
+    table.add_row("mean log q(θ|x_HF) on the pilot: prior", f"{report['log_prob_prior']:.3f}")
+    table.add_row("  LF-pretrained as it is", f"{report['log_prob_pretrained']:.3f}")
+    table.add_row(f"  from scratch ({report['folds']}-fold cross-validated)", f"{report['log_prob_scratch']:.3f}")
+    table.add_row(f"  fine-tuned ({report['folds']}-fold cross-validated)", f"{report['log_prob_fine_tuned']:.3f}")
+    table.add_row("fine-tuned − scratch: median, Wilcoxon p",
+                  f"{report['median_difference']:+.3f}, p={report['wilcoxon_pvalue']:.3g}")
+    correlations = [c for c in report["output_correlation"] if c == c]
+    table.add_row("corr(LF, HF) per output at the same θ: min / median / max",
+                  " / ".join(f"{v:.2f}" for v in np.percentile(correlations, [0, 50, 100])) if correlations else "-")
+    table.add_row("HF budget reserved / total", f"{report['hf_budget']['reserved']} / {report['hf_budget']['total']}")
+    table.add_row("report", report["report"])
+    print_table(table)
+    console.print(report["reason"], highlight=False)
 
 
 @app.command()

@@ -39,6 +39,10 @@ def print_summary(summary: RunSummary) -> None:
         table.add_row(f"NLTP ({metrics.num_nltp_pairs} held-out pairs)", f"{metrics.nltp:.3f}")
     if metrics.nrmse is not None:
         table.add_row("NRMSE", f"{metrics.nrmse:.3f}")
+    guard = summary.transfer_guard
+    if guard and guard.get("compared"):
+        table.add_row("transfer guard: mean log q, fine-tuned / from scratch",
+                      f"{guard['log_prob_fine_tuned']:.3f} / {guard['log_prob_scratch']:.3f}, kept {guard['kept']}")
     if summary.calibration is not None:
         table.add_row(f"calibration (SBC + TARP on {summary.calibration['on']})", summary.calibration["verdict"])
     elif summary.abc is None:

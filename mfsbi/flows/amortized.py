@@ -55,6 +55,52 @@ def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_th
         run.record_calibration(summary, result, on)
 
 
+def _log_probs(run: Run, results: list[TrainResult], theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    from mfsbi.inference import pair_log_probs
+
+    return pair_log_probs(_posterior(run, results), theta, x).numpy()
+
+
+def guard_transfer(run: Run, summary: RunSummary, fine_tuned: list[TrainResult], seeds: list[int],
+                   test_theta: np.ndarray, test_x: np.ndarray) -> list[TrainResult]:
+    """Negative transfer is never silent: the fine-tuned estimator against one trained from scratch.
+
+    Both are scored by the mean log q(θ | x) on the held-out HF pairs (the NLTP the run reports);
+    ``select`` keeps the better, ``report`` the fine-tuned. The comparison is in the summary under
+    ``transfer_guard``, and a warning says when the estimator from scratch scored better.
+    """
+    from scipy.stats import wilcoxon
+
+    config = run.config
+    if len(test_x) < 2:
+        summary.transfer_guard = {"kept": "fine-tuned", "compared": False,
+                                  "reason": "no held-out HF pairs to compare on (--num-nltp-pairs 0)"}
+        return fine_tuned
+    scratch = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
+                                       learning_rate=config.hf_training_rate(False), seed=seed, pretrained=None)
+                         for seed in seeds], label=f"transfer guard: train on {config.hf_sims} HF from scratch")
+    tuned_lp, scratch_lp = _log_probs(run, fine_tuned, test_theta, test_x), _log_probs(run, scratch, test_theta, test_x)
+    d = tuned_lp - scratch_lp
+    better = "fine-tuned" if d.mean() >= 0 else "from scratch"
+    kept = better if config.transfer_guard == "select" else "fine-tuned"
+    summary.transfer_guard = {
+        "compared": True, "num_pairs": len(d), "log_prob_fine_tuned": float(tuned_lp.mean()),
+        "log_prob_scratch": float(scratch_lp.mean()), "difference": float(d.mean()),
+        "standard_error": float(d.std(ddof=1) / np.sqrt(len(d))),
+        "wilcoxon_pvalue": float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0,
+        "better": better, "kept": kept, "mode": config.transfer_guard,
+        "scratch_train": scratch[0].record() if len(scratch) == 1 else [r.record() for r in scratch],
+    }
+    if better == "from scratch":
+        from prefect import get_run_logger
+
+        get_run_logger().warning(
+            "negative transfer: on %d held-out HF pairs the estimator trained from scratch scored %.3f, the "
+            "fine-tuned one %.3f (mean log q); kept the %s%s", len(d), scratch_lp.mean(), tuned_lp.mean(), kept,
+            "" if kept == better else " (--transfer-guard report)")
+    return scratch if kept == "from scratch" else fine_tuned
+
+
 def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
     run = Run.start(config, executor)
@@ -76,6 +122,8 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
                                        learning_rate=config.hf_training_rate(pretrained is not None), seed=seed,
                                        pretrained=pretrained)
                          for seed in seeds], label=label)
+    if pretrained is not None and config.transfer_guard != "off":
+        results = guard_transfer(run, summary, results, seeds, test_theta, test_x)
     if members == 1:
         summary.train = results[0].record()
         summary.posterior = run.write_artifact("posterior.pt", results[0].checkpoint)
@@ -108,6 +156,10 @@ def _publish(run: Run, summary: RunSummary) -> None:
     paths = [summary.posterior] if isinstance(summary.posterior, str) else summary.posterior
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in summary.metrics.as_rows()]
+    if summary.transfer_guard and summary.transfer_guard.get("compared"):
+        guard = summary.transfer_guard
+        lines.append(f"| transfer guard: mean log q fine-tuned / from scratch | {guard['log_prob_fine_tuned']:.3f} / "
+                     f"{guard['log_prob_scratch']:.3f} (kept {guard['kept']}) |")
     if summary.calibration:
         lines.append(f"| calibration (SBC + TARP, {summary.calibration['on']}) | {summary.calibration['verdict']} |")
     lines += [

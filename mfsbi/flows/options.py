@@ -114,6 +114,9 @@ class EnsembleOptions(_Options):
 
     ensemble: int = Field(1, ge=1, le=100,
                           description="members of an NPE / MF-NPE ensemble (sbi's EnsemblePosterior); 1: one estimator")
+    transfer_guard: Literal["select", "report", "off"] = Field(
+        "select", description="MF-NPE: also train from scratch on the same HF rows and compare on the held-out HF "
+                              "pairs; select: keep the better, report: keep the fine-tuned, off: do not train it")
 
 
 class SequentialOptions(_Options):

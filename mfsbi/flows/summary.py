@@ -116,6 +116,7 @@ class RunSummary:
     abc: dict[str, Any] | None = None
     posterior: str | list[str] | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    transfer_guard: dict[str, Any] | None = None  # MF-NPE: fine-tuned vs from scratch on held-out HF pairs
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
     calibration_plot: str | None = None
     budget_plot: str | None = None

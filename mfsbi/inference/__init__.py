@@ -20,7 +20,7 @@ from .checkpoint import (
 )
 from .config import PAPER_CODE_LF_LEARNING_RATE, EstimatorConfig, TrainingConfig
 from .calibration import Calibration, calibration, calibration_at
-from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse
+from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse, pair_log_probs
 from .training import (
     EpochCallback,
     EpochReport,
@@ -32,6 +32,7 @@ from .training import (
     train_npe,
     x_standardizer,
 )
+from .transfer import TransferCheck, check_transfer
 from .chunk_stream import ArrayChunks, ChunkLoader, ChunkSource, StreamingConfig, chunk_moments, split_chunks
 from .streaming import fine_tune_streaming, train_npe_streaming
 from .sequential import (
@@ -66,6 +67,8 @@ from .mf_abc import (
 )
 
 __all__ = [
+    "TransferCheck",
+    "check_transfer",
     "Calibration",
     "calibration",
     "calibration_at",
@@ -95,6 +98,7 @@ __all__ = [
     "mmd_squared",
     "nltp",
     "nrmse",
+    "pair_log_probs",
     "pretrain",
     "refit_x_standardizer",
     "save_estimator",

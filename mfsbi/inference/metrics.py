@@ -15,6 +15,7 @@ __all__ = [
     "mmd_squared",
     "nltp",
     "nrmse",
+    "pair_log_probs",
 ]
 
 ArrayLike = Union[Tensor, np.ndarray]
@@ -147,6 +148,13 @@ def nltp(
     Returns:
         The mean over pairs (lower is better); ``inf`` if some theta_o gets zero density.
     """
+    return float(-pair_log_probs(posterior, theta_o, x_o, norm_posterior=norm_posterior,
+                                batch_size=batch_size).mean())
+
+
+def pair_log_probs(posterior: Any, theta_o: ArrayLike, x_o: ArrayLike, *, norm_posterior: bool = False,
+                   batch_size: int = 1000) -> Tensor:
+    r"""log q(theta_i | x_i) of each pair, float64 ``(n,)``: the terms of :func:`nltp` (same arguments)."""
     theta = _as_samples("theta_o", theta_o, torch.float32)
     x = _as_samples("x_o", x_o, torch.float32)
     if theta.shape[0] != x.shape[0]:
@@ -165,7 +173,7 @@ def nltp(
                 kwargs = {"norm_posterior": norm_posterior} if hasattr(posterior, "log_prob_batched") else {}
                 lp = posterior.log_prob(theta[i : i + 1], x=x[i : i + 1], **kwargs)
                 log_probs.append(lp.reshape(-1).cpu().double())
-    return float(-torch.cat(log_probs).mean())
+    return torch.cat(log_probs)
 
 
 def nrmse(samples: ArrayLike, theta_o: ArrayLike, low: ArrayLike, high: ArrayLike) -> float:

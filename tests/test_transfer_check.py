@@ -1,0 +1,100 @@
+"""The transfer check: the library's verdicts, and the command whose HF pilot the run then reuses."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mfsbi.inference import TrainingConfig, check_transfer, pretrain
+from mfsbi.inference.transfer import HARMFUL, HELPS, NO_EVIDENCE
+from mfsbi.simulators import get_task
+
+QUICK = TrainingConfig(max_num_epochs=8)
+
+
+@pytest.fixture(scope="module")
+def ou2_pretrained():
+    task = get_task("ou2")
+    theta = task.sample_prior(1_000, seed=0)
+    return task, pretrain(task.prior, theta, task.low_fidelity(theta, seed=1), training=TrainingConfig(max_num_epochs=20))
+
+
+def test_the_check_reports_every_number_and_a_verdict(ou2_pretrained):
+    task, pretrained = ou2_pretrained
+    theta = task.sample_prior(40, seed=5)
+    x_hf, x_lf = task.high_fidelity(theta, seed=6), task.low_fidelity(theta, seed=6)
+    check = check_transfer(pretrained, task.prior, theta, x_hf, x_lf, fine_tuning=QUICK, scratch=QUICK, folds=4)
+    assert check.verdict in (HELPS, NO_EVIDENCE, HARMFUL) and check.num_pilot == 40 and check.folds == 4
+    assert 0 <= check.wilcoxon_pvalue <= 1 and "Wilcoxon" in check.reason
+    # The prior's mean log-density on the pilot is exact: ou2's prior is uniform on a box.
+    assert check.log_prob_prior == pytest.approx(float(task.prior.log_prob(torch.as_tensor(theta[:1], dtype=torch.float32))))
+    # The LF of ou2 follows its HF closely at the same θ; a shuffled LF does not.
+    assert min(check.output_correlation) > 0.3
+    from mfsbi.inference.transfer import _similarity
+
+    shuffled, _ = _similarity(pretrained, x_lf[::-1], x_hf)
+    assert max(abs(c) for c in shuffled) < max(check.output_correlation)
+    again = check_transfer(pretrained, task.prior, theta, x_hf, x_lf, fine_tuning=QUICK, scratch=QUICK, folds=4)
+    assert again == check
+    json.dumps(check.to_dict())
+
+
+def test_the_verdict_follows_the_direction_of_the_difference(ou2_pretrained, monkeypatch):
+    import mfsbi.inference.transfer as transfer
+
+    task, pretrained = ou2_pretrained
+    theta = task.sample_prior(20, seed=5)
+    x = task.high_fidelity(theta, seed=6)
+    # Scored estimators: the fine-tuned one is given a fixed advantage (or disadvantage) per pair.
+    for shift, verdict in ((+1.0, HELPS), (-1.0, HARMFUL), (0.0, NO_EVIDENCE)):
+        def scored(estimator, theta_t, x_t, shift=shift):
+            noise = np.random.default_rng(len(theta_t)).normal(0, 0.1, len(theta_t))
+            return noise + (shift if estimator == "fine-tuned" else 0.0)
+
+        monkeypatch.setattr(transfer, "_log_prob", scored)
+        monkeypatch.setattr(transfer, "train_npe", lambda *a, **k: "scratch")
+        monkeypatch.setattr(transfer, "fine_tune", lambda *a, **k: "fine-tuned")
+        check = check_transfer(pretrained, task.prior, theta, x, x, fine_tuning=QUICK, scratch=QUICK, folds=5)
+        assert check.verdict == verdict, check.reason
+
+
+def test_too_small_a_pilot_is_refused(ou2_pretrained):
+    task, pretrained = ou2_pretrained
+    theta = task.sample_prior(4, seed=5)
+    x = task.high_fidelity(theta, seed=6)
+    with pytest.raises(ValueError, match="simulate a larger pilot"):
+        check_transfer(pretrained, task.prior, theta, x, x, fine_tuning=QUICK, scratch=QUICK, folds=10)
+
+
+def test_check_transfer_then_the_run_reuses_the_pilot(tmp_path, prefect_server):
+    from mfsbi.app.cli import app
+
+    store = tmp_path / "store"
+    common = ["--task", "ou2", "--lf-sims", "300", "--store", str(store), "--seed", "1", "--n-workers", "1",
+              "--max-num-epochs", "3"]
+    result = CliRunner().invoke(app, ["check-transfer", *common, "--pilot-hf", "20", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["verdict"] in ("helps", "no-evidence", "harmful") and report["num_pilot"] == 20
+    assert report["hf_simulated_now"] == 20 and report["hf_budget"] == {"reserved": 20, "total": 20}
+    assert (store / report["report"]).is_file()
+    # Again, on the terminal: nothing simulated twice, the same verdict.
+    again = CliRunner().invoke(app, ["check-transfer", *common, "--pilot-hf", "20"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert "verdict" in again.output and report["verdict"] in again.output and "Wilcoxon" in again.output
+    assert json.loads((store / report["report"]).read_text())["hf_simulated_now"] == 0
+
+    result = CliRunner().invoke(app, ["run", *common, "--method", "mf-npe", "--hf-sims", "30", "--json",
+                                      "--num-test-observations", "1", "--num-nltp-pairs", "10"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    # The 20 pilot rows are the run's first 20: only 10 more HF were simulated, the budget is 30.
+    assert summary["hf"]["simulated"] == 10 and summary["hf_budget"]["total"] == 30
+    assert summary["hf_budget"]["reserved"] == 30
+    assert "pretrain" not in summary  # the check's pretrained checkpoint was reused
+    assert summary["pretrained"] == report["pretrained"]
+
+    refused = CliRunner().invoke(app, ["check-transfer", *common, "--pilot-hf", "5"])
+    assert refused.exit_code != 0 and "--pilot-hf" in refused.output
