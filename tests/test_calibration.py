@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mfsbi.inference import calibration, calibration_at
-from mfsbi.inference.calibration import CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT
+from mfsbi.inference.calibration import BIASED, CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT
 
 
 class GaussianPosterior:
@@ -74,3 +74,17 @@ def test_calibration_at_one_observation_against_exact_draws(scale, verdict):
     result = calibration_at(GaussianAt(scale), x_o, exact, num_posterior_samples=500, seed=1)
     assert result.verdict == verdict, result.test
     assert result.num_pairs == 300
+
+
+@pytest.mark.parametrize("ranks, verdict", [
+    (lambda rng: rng.uniform(0.2, 1.0, 400), BIASED),            # truths high in the estimate: off-centre
+    (lambda rng: rng.beta(0.5, 0.5, 400), OVER_CONFIDENT),       # U-shaped: the estimate too narrow
+    (lambda rng: rng.beta(3.0, 3.0, 400), UNDER_CONFIDENT),      # ∩-shaped: the estimate too wide
+])
+def test_when_only_sbc_rejects_the_rank_histogram_names_the_departure(ranks, verdict):
+    from mfsbi.inference.calibration import _verdict
+
+    rng = np.random.default_rng(0)
+    u = np.stack([rng.uniform(size=400), ranks(rng)], axis=1)  # parameter 1 departs, parameter 0 does not
+    name, test = _verdict(np.array([0.6, 1e-6]), u, atc=0.0, tarp_p=0.9, level=0.05)
+    assert name == verdict and test.startswith("SBC rejects for parameter 1"), test

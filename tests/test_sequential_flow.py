@@ -36,7 +36,7 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         assert len(table.read("ok", rounds=[r])[0]) == 8
     assert set(summary["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
     # Calibration at x_o against exact-posterior draws, after every round and for the final posterior.
-    assert all(row["calibration"]["verdict"] in ("calibrated", "over-confident", "under-confident")
+    assert all(row["calibration"]["verdict"] in ("calibrated", "over-confident", "under-confident", "biased")
                for row in summary["rounds"])
     assert summary["calibration"]["num_pairs"] == 200 and summary["calibration"]["on"].startswith("x_o")
     outputs = tmp_path / "store" / "artifacts" / "ou2" / config.run_name
@@ -48,6 +48,14 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         assert len(summary["posterior"]) == 2
     if method != "tsnpe":
         assert "pretrained" in summary
+        # The transfer guard: the chain after round 2 against estimators trained from scratch on the
+        # same 16 rows, scored on round 3's 8 new rows before round 3 trained on them.
+        guard = summary["transfer_guard"]
+        assert guard["compared"] and guard["num_pairs"] == 8 and guard["mode"] == "select"
+        assert guard["kept"] == guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
+        assert [r["simulations"] for r in guard["scratch_train"]] == [16] * (2 if method == "a-mf-tsnpe" else 1)
+    else:
+        assert "transfer_guard" not in summary
     # Later rounds sample from the truncated prior: their θ lie in the region the acceptance measured.
     assert all(0 < row["acceptance_rate"] <= 1 for row in summary["rounds"])
 
@@ -79,6 +87,42 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
     b = table.read("ok")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert resumed["metrics"]["c2st"] == reference["metrics"]["c2st"]
+
+
+def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_resumes_the_decision(
+        tmp_path, prefect_server, monkeypatch, caplog):
+    import mfsbi.flows.run as run_module
+    import mfsbi.flows.sequential as sequential
+
+    real_compare, real_train = sequential.compare_with_scratch, run_module.train_jobs
+    # The fine-tuned chain scores 5 nats worse than it does: the guard must choose from scratch.
+    monkeypatch.setattr(sequential, "compare_with_scratch",
+                        lambda tuned, scratch, **kw: real_compare(tuned - 5.0, scratch, **kw))
+    trained = []
+
+    def crash_in_the_last_round(executor, jobs, label):
+        trained.append((label, [job.pretrained is None for job in jobs]))
+        if "round 3/" in label:  # after the guard decided, before the last round's training
+            raise RuntimeError("simulated crash")
+        return real_train(executor, jobs, label=label)
+
+    monkeypatch.setattr(run_module, "train_jobs", crash_in_the_last_round)
+    config = _config(tmp_path, "mf-tsnpe")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _sequential(config)
+    assert any("negative transfer" in r.getMessage() for r in caplog.records)
+    guard_runs = [t for t in trained if t[0].startswith("transfer guard")]
+    assert len(guard_runs) == 1 and guard_runs[0][1] == [True]
+    assert trained[-1][0].startswith("mf-tsnpe round 3/") and trained[-1][1] == [True]  # from scratch
+
+    trained.clear()
+    monkeypatch.setattr(run_module, "train_jobs", lambda executor, jobs, label: (
+        trained.append((label, [job.pretrained is None for job in jobs])) or real_train(executor, jobs, label=label)))
+    resumed = _sequential(config.model_copy(update={"resume": True}))
+    # The stored decision is reused: no second guard training, the last round trains from scratch.
+    assert [t[0].split(":")[0] for t in trained] == ["mf-tsnpe round 3/3"] and trained[0][1] == [True]
+    guard = resumed["transfer_guard"]
+    assert guard["better"] == guard["kept"] == "from scratch" and guard["difference"] < 0
 
 
 @flow

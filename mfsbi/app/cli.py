@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -19,9 +19,6 @@ from mfsbi.app.report import print_summary
 from mfsbi.app.service_cli import print_store_runs
 from mfsbi.flows.methods import FAMILIES, available_methods, methods_of
 from mfsbi.flows.options import Device
-
-if TYPE_CHECKING:
-    from mfsbi.flows.summary import RunSummary
 
 __all__ = ["UsageError", "app", "build_config", "load_observation", "main"]
 
@@ -82,9 +79,10 @@ def run(
     ensemble: Annotated[int, typer.Option(help="NPE / MF-NPE: train N estimators (seeds differ) and use their "
                                                "mixture, sbi's EnsemblePosterior; 1: one estimator")] = 1,
     ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
-    transfer_guard: Annotated[str, typer.Option(help="MF-NPE: also train from scratch on the same HF rows and "
-                                                     "compare on held-out HF pairs; select (keep the better), "
-                                                     "report (keep the fine-tuned) or off")] = "select",
+    transfer_guard: Annotated[str, typer.Option(help="MF methods: also train from scratch on the same HF rows and "
+                                                     "compare on HF pairs neither trained on (held-out pairs; "
+                                                     "sequential: the last round's new rows); select (keep the "
+                                                     "better), report (keep the fine-tuned) or off")] = "select",
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
@@ -227,6 +225,10 @@ def check_transfer(
     table.add_row("report", report["report"])
     print_table(table)
     console.print(report["reason"], highlight=False)
+    if report["verdict"] == "no-evidence":
+        console.print("no evidence either way is not evidence of no transfer: on OU2, 50 pilot pairs never showed "
+                      "MF-NPE's measured gain and 200 did (docs/calibration.md); a larger --pilot-hf spends no extra HF "
+                      "(the run reuses the pilot).", highlight=False)
 
 
 @app.command()

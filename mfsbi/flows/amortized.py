@@ -18,6 +18,7 @@ from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
+from mfsbi.flows.transfer_guard import compare_with_scratch, not_compared, warn_on_negative_transfer
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -69,36 +70,19 @@ def guard_transfer(run: Run, summary: RunSummary, fine_tuned: list[TrainResult],
     ``select`` keeps the better, ``report`` the fine-tuned. The comparison is in the summary under
     ``transfer_guard``, and a warning says when the estimator from scratch scored better.
     """
-    from scipy.stats import wilcoxon
-
     config = run.config
     if len(test_x) < 2:
-        summary.transfer_guard = {"kept": "fine-tuned", "compared": False,
-                                  "reason": "no held-out HF pairs to compare on (--num-nltp-pairs 0)"}
+        summary.transfer_guard = not_compared("no held-out HF pairs to compare on (--num-nltp-pairs 0)")
         return fine_tuned
     scratch = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
                                        learning_rate=config.hf_training_rate(False), seed=seed, pretrained=None)
                          for seed in seeds], label=f"transfer guard: train on {config.hf_sims} HF from scratch")
-    tuned_lp, scratch_lp = _log_probs(run, fine_tuned, test_theta, test_x), _log_probs(run, scratch, test_theta, test_x)
-    d = tuned_lp - scratch_lp
-    better = "fine-tuned" if d.mean() >= 0 else "from scratch"
-    kept = better if config.transfer_guard == "select" else "fine-tuned"
-    summary.transfer_guard = {
-        "compared": True, "num_pairs": len(d), "log_prob_fine_tuned": float(tuned_lp.mean()),
-        "log_prob_scratch": float(scratch_lp.mean()), "difference": float(d.mean()),
-        "standard_error": float(d.std(ddof=1) / np.sqrt(len(d))),
-        "wilcoxon_pvalue": float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0,
-        "better": better, "kept": kept, "mode": config.transfer_guard,
-        "scratch_train": scratch[0].record() if len(scratch) == 1 else [r.record() for r in scratch],
-    }
-    if better == "from scratch":
-        from prefect import get_run_logger
-
-        get_run_logger().warning(
-            "negative transfer: on %d held-out HF pairs the estimator trained from scratch scored %.3f, the "
-            "fine-tuned one %.3f (mean log q); kept the %s%s", len(d), scratch_lp.mean(), tuned_lp.mean(), kept,
-            "" if kept == better else " (--transfer-guard report)")
-    return scratch if kept == "from scratch" else fine_tuned
+    summary.transfer_guard = compare_with_scratch(
+        _log_probs(run, fine_tuned, test_theta, test_x), _log_probs(run, scratch, test_theta, test_x),
+        mode=config.transfer_guard, on="held-out HF pairs",
+        scratch_train=scratch[0].record() if len(scratch) == 1 else [r.record() for r in scratch])
+    warn_on_negative_transfer(summary.transfer_guard)
+    return scratch if summary.transfer_guard["kept"] == "from scratch" else fine_tuned
 
 
 def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, ValidationError, field_validator
 from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL, Method, MethodNotFoundError, get_method
 from mfsbi.flows.options import (
     FINE_TUNING_LEARNING_RATE, HF_LEARNING_RATE, MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions,
-    EnsembleOptions, SequentialOptions,
+    EnsembleOptions, SequentialOptions, TransferGuardOptions,
 )
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 
 # Bases in reverse: pydantic lists the fields of the last base first (the common ones lead).
-class RunConfig(EnsembleOptions, ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
+class RunConfig(EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
     """Everything that defines one run: the common settings and those of every family's methods.
 
     The same config and seed give the same simulations and the same numbers. Which fields a method

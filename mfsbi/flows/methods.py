@@ -20,7 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mfsbi.flows.options import ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions
+from mfsbi.flows.options import (
+    ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions, TransferGuardOptions,
+)
 from mfsbi.flows.proposals import Proposal, acquired_and_truncated, truncated
 
 __all__ = [
@@ -63,7 +65,7 @@ class Family:
 
 
 AMORTIZED = Family("amortized", "mfsbi.flows.amortized:amortized_flow", "mfsbi-amortized", "mf-npe",
-                   options=(EnsembleOptions,), description="NPE or MF-NPE on one task, every simulation stored in the zarr store.")
+                   options=(EnsembleOptions, TransferGuardOptions), description="NPE or MF-NPE on one task, every simulation stored in the zarr store.")
 SEQUENTIAL = Family("sequential", "mfsbi.flows.sequential:sequential_flow", "mfsbi-sequential", "mf-tsnpe",
                     options=(SequentialOptions,), at_observation=True,
                     description="TSNPE, MF-TSNPE or A-MF-TSNPE at one observation.")
@@ -162,9 +164,9 @@ register_method(Method("npe", AMORTIZED, uses_lf=False, description="NPE on the 
 register_method(Method("mf-npe", AMORTIZED, uses_lf=True, description="MF-NPE: pretrain on LF, fine-tune on HF"))
 register_method(Method("tsnpe", SEQUENTIAL, uses_lf=False, propose=truncated,
                        description="truncated sequential NPE"))
-register_method(Method("mf-tsnpe", SEQUENTIAL, uses_lf=True, propose=truncated,
+register_method(Method("mf-tsnpe", SEQUENTIAL, uses_lf=True, propose=truncated, options=(TransferGuardOptions,),
                        description="TSNPE from the LF-pretrained estimator"))
 register_method(Method("a-mf-tsnpe", SEQUENTIAL, uses_lf=True, ensemble=True, propose=acquired_and_truncated,
-                       options=(AcquisitionOptions,),
+                       options=(AcquisitionOptions, TransferGuardOptions),
                        description="MF-TSNPE with an ensemble and active acquisition"))
 register_method(Method("mf-abc", ABC, uses_lf=True, description="multifidelity rejection ABC"))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "ABCOptions", "AcquisitionOptions", "CommonOptions", "Device", "EnsembleOptions", "FINE_TUNING_LEARNING_RATE",
-    "HF_LEARNING_RATE", "LF_BATCH_SIZE", "MAX_SIMULATIONS", "SequentialOptions",
+    "HF_LEARNING_RATE", "LF_BATCH_SIZE", "MAX_SIMULATIONS", "SequentialOptions", "TransferGuardOptions",
 ]
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -114,9 +114,14 @@ class EnsembleOptions(_Options):
 
     ensemble: int = Field(1, ge=1, le=100,
                           description="members of an NPE / MF-NPE ensemble (sbi's EnsemblePosterior); 1: one estimator")
+
+
+class TransferGuardOptions(_Options):
+    """MF methods (MF-NPE, MF-TSNPE, A-MF-TSNPE): the fine-tuned estimator against one trained from scratch."""
+
     transfer_guard: Literal["select", "report", "off"] = Field(
-        "select", description="MF-NPE: also train from scratch on the same HF rows and compare on the held-out HF "
-                              "pairs; select: keep the better, report: keep the fine-tuned, off: do not train it")
+        "select", description="also train from scratch on the same HF rows and compare on HF pairs neither trained "
+                              "on; select: keep the better, report: keep the fine-tuned, off: do not train it")
 
 
 class SequentialOptions(_Options):

@@ -26,6 +26,7 @@ from mfsbi.flows.evaluation import calibration_at_reference, posterior_metrics, 
 from mfsbi.flows.proposals import ProposalContext
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, Metrics, RoundRecord, RunSummary
+from mfsbi.flows.transfer_guard import compare_with_scratch, not_compared, warn_on_negative_transfer
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.storage import StoreLock
@@ -50,6 +51,9 @@ class RoundPlan:
         x_o: the observation; theta_true: its true θ when known.
         checkpoints: the previous round's members (``None`` in round 0).
         initial: what round 0 starts from: the LF-pretrained checkpoint, or ``None`` (from scratch).
+        guard: before training, score the previous round's members against estimators trained from
+            scratch on the same earlier rows, on this round's new rows (the transfer guard; MF methods,
+            last round).
     """
 
     index: int
@@ -59,6 +63,7 @@ class RoundPlan:
     theta_true: np.ndarray | None
     checkpoints: list[bytes] | None
     initial: bytes | None
+    guard: bool = False
 
 
 def _posterior(checkpoints: list[bytes], prior):
@@ -121,10 +126,49 @@ def _round_c2st(run: Run, posterior, x_o: np.ndarray, round_index: int) -> dict[
                              c2st_seed=lambda _: round_index, per_observation=False).c2st
 
 
+GUARD_FILE = "transfer-guard.json"
+
+
+def _guard_round(run: Run, plan: RoundPlan, sim_table, members: int) -> dict:
+    """The transfer guard of a sequential MF run, once: stored before the round trains, reused on resume.
+
+    The previous round's members (the fine-tuned chain) and estimators trained from scratch on the
+    same earlier rows are scored on this round's new rows, which neither has trained on.
+    """
+    from mfsbi.inference import pair_log_probs
+
+    stored = run.read_artifact(GUARD_FILE)
+    if stored is not None:
+        return json.loads(stored)
+    held_theta, held_x = sim_table.read("ok", rounds=[plan.index])
+    earlier = sim_table.num_rows - len(sim_table.read("all", rounds=[plan.index])[0])
+    if len(held_theta) < 2:
+        guard = not_compared(f"round {plan.index + 1} holds {len(held_theta)} new HF rows; the guard needs 2")
+    else:
+        config = run.config
+        jobs = [run.train_job(table=run.own_table, fidelity="hf", limit=earlier,
+                              learning_rate=config.hf_training_rate(False), seed=run.seed("guard", e), pretrained=None)
+                for e in range(members)]
+        scratch = run.train(jobs, label=f"transfer guard: train {members} × {earlier} HF from scratch")
+        tuned = pair_log_probs(_posterior(plan.checkpoints, run.task.prior)[1], held_theta, held_x).numpy()
+        fresh = pair_log_probs(_posterior([r.checkpoint for r in scratch], run.task.prior)[1], held_theta,
+                               held_x).numpy()
+        guard = compare_with_scratch(tuned, fresh, mode=config.transfer_guard,
+                                     on=f"new HF rows of round {plan.index + 1}, held out from both",
+                                     scratch_train=[r.record() for r in scratch])
+    run.write_artifact(GUARD_FILE, json.dumps(guard).encode())
+    warn_on_negative_transfer(guard)
+    return guard
+
+
 # Internal objects (the run's executor, store and task) are passed through: no pydantic validation of them.
 @flow(name="mfsbi-round", flow_run_name="{plan.label}", validate_parameters=False)
-def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecord]:
-    """One round: propose, reserve, simulate, train, report. Returns the members' checkpoints and the round's record."""
+def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecord, dict | None]:
+    """One round: propose, reserve, simulate, (guard,) train, report.
+
+    Returns:
+        The members' checkpoints, the round's record, and the transfer guard's record (or ``None``).
+    """
     started = time.perf_counter()
     config = run.config
     sim_table = run.store.table(run.own_table, "hf")
@@ -134,13 +178,20 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
     members = run.method.members(config.ensemble_size)
     names = [f"round-{plan.index}-member-{e}.pt" for e in range(members)]
     stored = [run.read_artifact(name) for name in names]
+    guard = None
+    if plan.guard:
+        trained = all(s is not None for s in stored)
+        guard = json.loads(run.read_artifact(GUARD_FILE) or "null") if trained else _guard_round(run, plan, sim_table,
+                                                                                                 members)
     if all(s is not None for s in stored):
         checkpoints = stored
     else:
-        starts = plan.checkpoints if plan.checkpoints is not None else [plan.initial] * members
+        starts, refit = (plan.checkpoints, False) if plan.checkpoints is not None else ([plan.initial] * members, True)
+        if guard is not None and guard["kept"] == "from scratch":
+            starts, refit = [None] * members, True
         jobs = [run.train_job(table=run.own_table, fidelity="hf", limit=sim_table.num_rows,
                               learning_rate=config.hf_training_rate(False), seed=run.seed("train", plan.index, e),
-                              pretrained=starts[e], refit_x_zscore=plan.checkpoints is None)
+                              pretrained=starts[e], refit_x_zscore=refit)
                 for e in range(members)]
         results = run.train(jobs, label=f"{plan.label}: train {members} × {sim_table.counts()['ok']} HF")
         checkpoints = [r.checkpoint for r in results]
@@ -160,9 +211,9 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
         record.calibration = {key: value for key, value in calibrated.to_dict().items()
                               if key in ("verdict", "tarp_atc", "tarp_ks_pvalue", "sbc_ks_pvalues")}
     record.seconds = round(time.perf_counter() - started, 2)
-    create_markdown_artifact(key=f"round-{plan.index}", markdown=_round_markdown(plan.label, record),
+    create_markdown_artifact(key=f"round-{plan.index}", markdown=_round_markdown(plan.label, record, guard),
                              description=f"{run.task.name} {run.name}: round {plan.index}")
-    return checkpoints, record
+    return checkpoints, record, guard
 
 
 def _short(value) -> str:
@@ -173,7 +224,7 @@ def _short(value) -> str:
     return str(value)
 
 
-def _round_markdown(label: str, record: RoundRecord) -> str:
+def _round_markdown(label: str, record: RoundRecord, guard: dict | None = None) -> str:
     lines = [f"### {label}", "", "| field | value |", "|---|---|"]
     for key, value in record.to_dict().items():
         if isinstance(value, float):
@@ -181,6 +232,12 @@ def _round_markdown(label: str, record: RoundRecord) -> str:
         elif isinstance(value, dict):
             value = ", ".join(f"{k} {_short(v)}" for k, v in value.items())
         lines.append(f"| {key} | {value} |")
+    if guard is not None and guard.get("compared"):
+        lines.append(f"| transfer guard (mean log q on {guard['num_pairs']} {guard['on']}) | fine-tuned "
+                     f"{guard['log_prob_fine_tuned']:.3f}, from scratch {guard['log_prob_scratch']:.3f}: "
+                     f"kept {guard['kept']} |")
+    elif guard is not None:
+        lines.append(f"| transfer guard | not compared: {guard['reason']} |")
     return "\n".join(lines)
 
 
@@ -195,11 +252,16 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
 
     checkpoints: list[bytes] | None = None
     summary.rounds = []
+    guarded = run.method.uses_lf and config.transfer_guard != "off"
+    if guarded and len(sizes) < 2:
+        summary.transfer_guard = not_compared("one round: no later round's HF rows to hold out")
     for r, size in enumerate(sizes):
         plan = RoundPlan(r, f"{config.method} round {r + 1}/{config.rounds}", size, x_o, theta_true,
-                         checkpoints, initial)
-        checkpoints, record = sequential_round(run, plan)
+                         checkpoints, initial, guard=guarded and r == len(sizes) - 1 and r > 0)
+        checkpoints, record, guard = sequential_round(run, plan)
         summary.rounds.append(record)
+        if guard is not None:
+            summary.transfer_guard = guard
 
     counts = sim_table.counts()
     summary.hf = HFState(stored_ok=counts["ok"], failed=counts["failed"], budget=dataclasses.asdict(sim_table.budget()))

@@ -7,9 +7,13 @@ estimate gives uniform SBC ranks per parameter and a TARP coverage curve on the 
 
 The verdict is a decision rule written here (sbi returns the statistics, not a verdict):
 *calibrated* when neither test rejects at ``level`` (TARP's KS test, and the per-parameter SBC KS
-tests with a Bonferroni correction over the parameters); otherwise the direction is the sign of
-TARP's area to curve (ATC > 0: coverage above the diagonal, the estimate too wide,
-*under-confident*; ATC <= 0: too narrow or biased, *over-confident*).
+tests with a Bonferroni correction over the parameters). When TARP rejects, the direction is the
+sign of its area to curve (ATC > 0: coverage above the diagonal, the estimate too wide,
+*under-confident*; ATC <= 0: too narrow or off-centre, *over-confident*). When only SBC rejects,
+the rank histogram of its most rejected parameter decides (Talts et al. 2018): with u the rank
+over the number of samples, a mean of u away from 1/2 (a z-test at the same corrected level) is
+*biased*; otherwise a variance of u above 1/12 (U-shaped ranks) is *over-confident*, below it
+(∩-shaped) *under-confident*.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CALIBRATED", "OVER_CONFIDENT", "UNDER_CONFIDENT", "Calibration", "calibration", "calibration_at"]
+__all__ = ["BIASED", "CALIBRATED", "OVER_CONFIDENT", "UNDER_CONFIDENT", "Calibration", "calibration", "calibration_at"]
 
-CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT = "calibrated", "over-confident", "under-confident"
+CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT, BIASED = "calibrated", "over-confident", "under-confident", "biased"
 
 
 @dataclass(frozen=True)
@@ -51,15 +55,34 @@ class Calibration:
         return out
 
 
-def _verdict(ks_pvalues: np.ndarray, atc: float, tarp_p: float, level: float) -> tuple[str, str]:
+def _rank_shape(u: np.ndarray, level: float) -> tuple[str, str]:
+    """How ranks ``u`` (in [0, 1], one parameter) depart from uniform: off-centre first, else their spread."""
+    from scipy.stats import norm
+
+    n = len(u)
+    # Under uniform u: mean 1/2 with variance 1/(12 n); sample variance 1/12 with variance about 1/(180 n).
+    z_shift = (u.mean() - 0.5) / np.sqrt(1 / (12 * n))
+    if abs(z_shift) >= norm.isf(level / 2):
+        return BIASED, f"rank mean {u.mean():.2f} ({z_shift:+.1f} SE from 1/2)"
+    z_spread = (u.var() - 1 / 12) / np.sqrt(1 / (180 * n))
+    verdict = OVER_CONFIDENT if z_spread > 0 else UNDER_CONFIDENT
+    return verdict, f"rank mean {u.mean():.2f}, variance {u.var():.3f} vs 1/12 ({z_spread:+.1f} SE)"
+
+
+def _verdict(ks_pvalues: np.ndarray, u: np.ndarray, atc: float, tarp_p: float, level: float) -> tuple[str, str]:
     sbc_p = float(np.min(ks_pvalues))
     threshold = level / len(ks_pvalues)
     numbers = (f"TARP KS p={tarp_p:.3g}, ATC={atc:+.3f}; SBC KS min p={sbc_p:.3g} "
                f"(vs {threshold:.3g}: {level:g} Bonferroni over {len(ks_pvalues)} parameters)")
     if tarp_p >= level and sbc_p >= threshold:
         return CALIBRATED, f"neither test rejects at {level:g}: {numbers}"
-    verdict = UNDER_CONFIDENT if atc > 0 else OVER_CONFIDENT
-    return verdict, f"rejected at {level:g}, direction from the sign of ATC: {numbers}"
+    if tarp_p < level:
+        verdict = UNDER_CONFIDENT if atc > 0 else OVER_CONFIDENT
+        return verdict, f"TARP rejects at {level:g}, direction from the sign of ATC: {numbers}"
+    # SBC alone: the most significant rejected parameter's rank histogram names the departure.
+    j = int(np.argmin(ks_pvalues))
+    verdict, shape = _rank_shape(u[:, j], threshold)
+    return verdict, f"SBC rejects for parameter {j}, {shape}: {numbers}"
 
 
 def _from_samples(samples: Tensor, theta: Tensor, num_posterior_samples: int, level: float) -> Calibration:
@@ -75,7 +98,7 @@ def _from_samples(samples: Tensor, theta: Tensor, num_posterior_samples: int, le
                            z_score_theta=True)
     ks = check_uniformity_frequentist(ranks, num_posterior_samples).double().numpy()
     atc, tarp_p = check_tarp(ecp, alpha)
-    verdict, test = _verdict(ks, float(atc), float(tarp_p), level)
+    verdict, test = _verdict(ks, ranks.double().numpy() / num_posterior_samples, float(atc), float(tarp_p), level)
     return Calibration(
         num_pairs=len(theta), num_posterior_samples=num_posterior_samples,
         sbc_ks_pvalues=tuple(float(p) for p in ks), tarp_atc=float(atc), tarp_ks_pvalue=float(tarp_p),
