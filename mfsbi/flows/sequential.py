@@ -130,16 +130,13 @@ GUARD_FILE = "transfer-guard.json"
 
 
 def _guard_round(run: Run, plan: RoundPlan, sim_table, members: int) -> dict:
-    """The transfer guard of a sequential MF run, once: stored before the round trains, reused on resume.
+    """The transfer guard of a sequential MF run, stored before the round trains (``--resume`` reuses it).
 
     The previous round's members (the fine-tuned chain) and estimators trained from scratch on the
     same earlier rows are scored on this round's new rows, which neither has trained on.
     """
     from mfsbi.inference import pair_log_probs
 
-    stored = run.read_artifact(GUARD_FILE)
-    if stored is not None:
-        return json.loads(stored)
     held_theta, held_x = sim_table.read("ok", rounds=[plan.index])
     earlier = sim_table.num_rows - len(sim_table.read("all", rounds=[plan.index])[0])
     if len(held_theta) < 2:
@@ -178,12 +175,15 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
     members = run.method.members(config.ensemble_size)
     names = [f"round-{plan.index}-member-{e}.pt" for e in range(members)]
     stored = [run.read_artifact(name) for name in names]
+    trained = all(s is not None for s in stored)
     guard = None
     if plan.guard:
-        trained = all(s is not None for s in stored)
-        guard = json.loads(run.read_artifact(GUARD_FILE) or "null") if trained else _guard_round(run, plan, sim_table,
-                                                                                                 members)
-    if all(s is not None for s in stored):
+        decided = run.read_artifact(GUARD_FILE)
+        if decided is not None:
+            guard = json.loads(decided)
+        elif not trained:  # a round trained before the guard existed keeps its members, unguarded
+            guard = _guard_round(run, plan, sim_table, members)
+    if trained:
         checkpoints = stored
     else:
         starts, refit = (plan.checkpoints, False) if plan.checkpoints is not None else ([plan.initial] * members, True)
