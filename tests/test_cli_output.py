@@ -46,12 +46,15 @@ def test_tasks_json_lists_every_task_with_its_fields():
     assert [r["name"] for r in records] == available_tasks()
     for record in records:
         assert set(record) == {"name", "theta_dim", "x_dim", "parameter_names", "low_fidelity_parameters",
-                               "references", "cost_seconds", "description"}
+                               "references", "fidelities", "coupled", "cost_seconds", "description"}
         assert len(record["parameter_names"]) == record["theta_dim"]
         assert set(record["low_fidelity_parameters"]) <= set(record["parameter_names"])
-        assert set(record["cost_seconds"]) == {"lf", "hf"}
+        assert record["fidelities"][0] == "lf" and record["fidelities"][-1] == "hf"
+        assert list(record["cost_seconds"]) == record["fidelities"]
     ou2 = next(r for r in records if r["name"] == "ou2")
     assert ou2["references"] == ["euler-maruyama", "paper"] and ou2["low_fidelity_parameters"] == ["mu", "sigma"]
+    chain = next(r for r in records if r["name"] == "ou2-euler")
+    assert chain["fidelities"] == ["lf", "mf", "hf"] and chain["coupled"] and ou2["fidelities"] == ["lf", "hf"]
 
 
 @pytest.mark.parametrize("width", [None, 80, 60])

@@ -17,9 +17,11 @@ import toy_proposal
 
 
 def test_the_built_in_methods_and_their_families():
-    assert available_methods() == ["npe", "mf-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
-    assert [m for m in available_methods() if get_method(m).uses_lf] == ["mf-npe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
-    assert methods_of(AMORTIZED) == ["npe", "mf-npe"]
+    assert available_methods() == ["npe", "mf-npe", "ml-npe", "tsnpe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
+    assert [m for m in available_methods() if get_method(m).uses_lf] == [
+        "mf-npe", "ml-npe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
+    assert methods_of(AMORTIZED) == ["npe", "mf-npe", "ml-npe"]
+    assert [m for m in available_methods() if get_method(m).multilevel] == ["ml-npe"]
     assert methods_of(SEQUENTIAL) == ["tsnpe", "mf-tsnpe", "a-mf-tsnpe"]
     assert get_method("a-mf-tsnpe").members(5) == 5 and get_method("mf-tsnpe").members(5) == 1
     # Each method reads its options model: the common fields, its family's, its own.

@@ -42,7 +42,7 @@ def test_task_metadata() -> None:
     assert task.low_fidelity.nseg == 1 and task.high_fidelity.nseg == 8
     theta = task.sample_prior(100, seed=0)
     assert np.all(theta >= np.array(PRIOR_LOW) - 1e-9) and np.all(theta <= np.array(PRIOR_HIGH) + 1e-9)
-    assert set(task.cost_seconds) == {"lf", "hf"}
+    assert set(task.cost_seconds) == set(task.fidelities) == {"lf", "mf", "hf"}
     assert task.cost_seconds["hf"] > task.cost_seconds["lf"] > 0
 
 

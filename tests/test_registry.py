@@ -75,7 +75,7 @@ def test_every_builtin_task_builds():
 # Entry points: the built-in tasks and a third-party package's, found through the installed metadata.
 
 BUILTIN_TASKS = {
-    "ou2", "ou3", "ou4", "slcp", "sir", "gaussian-blob", "pyramidal",
+    "ou2", "ou3", "ou4", "ou2-euler", "slcp", "sir", "gaussian-blob", "pyramidal", "pyramidal-reduced",
     "plastic-network", "plastic-network-tiny", "plastic-network-paper",
 }
 

@@ -300,11 +300,33 @@ def test_bad_artifact_names(tmp_path, name):
     assert not (tmp_path / "x").exists()
 
 
-def test_bad_fidelity(tmp_path):
+@pytest.mark.parametrize("fidelity", ["MF", "1mf", "m-f", "", "a" * 17, "zarr.json", "../hf"])
+def test_bad_fidelity(tmp_path, fidelity):
     store = SimulationStore(tmp_path / "store")
 
     with pytest.raises(StoreError, match="fidelity"):
-        store.require_table("toy", "mf", theta_dim=1, x_dim=1, chunk_size=1, provenance=PROVENANCE)
+        store.require_table("toy", fidelity, theta_dim=1, x_dim=1, chunk_size=1, provenance=PROVENANCE)
+    assert store.tables() == []
+
+
+def test_intermediate_fidelity_tables(tmp_path):
+    """A chain's intermediate level is a table of its own, listed between lf and hf, with a budget."""
+    from mfsbi.storage import verify_store
+
+    store = SimulationStore(tmp_path / "store")
+    for fidelity in ("hf", "mf", "lf"):
+        store.require_table("toy", fidelity, theta_dim=1, x_dim=1, chunk_size=2, provenance=PROVENANCE)
+    assert store.tables() == [("toy", "lf"), ("toy", "mf"), ("toy", "hf")]
+    mf = store.table("toy", "mf")
+    mf.set_budget(3)
+    mf.reserve(np.zeros((3, 1)), np.zeros(3, dtype=np.int64))
+    with pytest.raises(BudgetExceededError):
+        mf.reserve(np.zeros((1, 1)), np.zeros(1, dtype=np.int64))
+    with pytest.raises(ValueError, match="budget"):
+        store.table("toy", "lf").set_budget(5)
+    assert store.summary()["tables"]["toy/mf"]["budget"] == {"total": 3, "reserved": 3, "remaining": 0}
+    report = verify_store(tmp_path / "store")
+    assert report.tables == 3 and report.ok, report
 
 
 def test_artifacts_are_plain_files(tmp_path):

@@ -13,7 +13,7 @@ from mfsbi import __version__
 from mfsbi.app import listings, service_cli
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
-from mfsbi.app.inputs import UsageError, build_config, load_observation
+from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
 from mfsbi.app.prefect_server import quiet_prefect_environment
 from mfsbi.app.report import print_summary
 from mfsbi.app.service_cli import print_store_runs
@@ -61,6 +61,14 @@ def run(
     method: Annotated[str, typer.Option(callback=METHODS.check, help=_methods_help())] = "mf-npe",
     lf_sims: Annotated[int, typer.Option(help="low-fidelity simulations (mf-npe)")] = 10_000,
     hf_sims: Annotated[int, typer.Option(help="high-fidelity simulation budget")] = 100,
+    sims: Annotated[Optional[str], typer.Option(
+        help="budgets along the task's chain of fidelities, e.g. lf=100000,mf=2000,hf=100 (see `mfsbi tasks`): "
+             "MF methods pretrain on LF and fine-tune through each level in turn")] = None,
+    compute_budget: Annotated[Optional[str], typer.Option(
+        help="mf-npe: seconds of compute (simulation + training), e.g. 2h or 90m, instead of counts: start at the "
+             "--sims counts, grow the fidelity with the most expected gain per second (fitted learning curves)")] = None,
+    simulation_cost: Annotated[Optional[str], typer.Option(
+        help="with --compute-budget: declared seconds per simulation, e.g. hf=60 (plan as if it were that slow)")] = None,
     store: Annotated[str, typer.Option(help="zarr store: a folder or a zarr store URL")] = "mfsbi-store",
     seed: Annotated[int, typer.Option(help="run seed: same seed, same simulations and numbers")] = 0,
     observation: Annotated[Optional[Path], typer.Option(help="x_o as a .npy file")] = None,
@@ -107,11 +115,22 @@ def run(
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
                    transfer_guard=transfer_guard, acquisition_fraction=acquisition_fraction, pool_size=pool_size,
                    max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout,
-                   training_memory=training_memory)
+                   training_memory=training_memory, compute_budget=compute_budget)
     # Given on the command line (or by environment): these override --config; defaults do not.
     explicit = {name for name in options
                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     try:
+        if sims is not None:
+            chain = parse_sims(sims)
+            both = sorted(name for name in chain if name in explicit)
+            if both:
+                raise UsageError(f"--sims: sets {both[0].replace('_sims', '').upper()} too, as does "
+                                 f"--{both[0].replace('_', '-')}; give it once")
+            options.update(chain)
+            explicit |= set(chain)
+        if simulation_cost is not None:
+            options["simulation_cost"] = parse_costs(simulation_cost)
+            explicit.add("simulation_cost")
         config = build_config(config_file=config_file, explicit=explicit, **options)
     except UsageError as error:
         fail(str(error))

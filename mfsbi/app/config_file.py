@@ -144,6 +144,10 @@ def load_config_file(path: Path, fields: Collection[str]) -> ConfigFile:
     return result
 
 
+# Fields whose command-line option is not their name: ``--sims lf=..,mf=..,hf=..`` sets level_sims.
+CLI_FLAGS = {"level_sims": "--sims"}
+
+
 class FieldLabels:
     """Names a field in messages: ``--flag`` for the command line, ``FILE: KEY`` for a config file.
 
@@ -159,15 +163,17 @@ class FieldLabels:
     def __call__(self, name: str) -> str:
         if self.file is not None and name in self.from_file:
             return self.file.label(name)
-        return "--" + name.replace("_", "-")
+        return CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
 
     def relabel(self, message: str) -> str:
-        """Replaces a message's leading ``--flag`` by ``FILE: KEY`` when the file set that field."""
+        """Replaces a message's leading ``--flag`` by ``FILE: KEY`` when the file set that field, or by
+        the option that sets it on the command line (:data:`CLI_FLAGS`)."""
         match = re.match(r"--([a-z0-9-]+)(?=[:.])", message)
         if match is None:
             return message
         name = match.group(1).replace("-", "_")
-        return self(name) + message[match.end():] if name in self.from_file else message
+        # The file's key where the file set it, else the option's flag (``--level-sims`` is ``--sims``).
+        return self(name) + message[match.end():]
 
 
 def merge_options(options: Mapping[str, Any], file: ConfigFile | None,

@@ -16,11 +16,65 @@ from mfsbi.app.config_file import ConfigFileError, load_config_file, merge_optio
 if TYPE_CHECKING:
     from mfsbi.flows.config import RunConfig
 
-__all__ = ["UsageError", "build_config", "check_cluster", "load_observation"]
+__all__ = ["UsageError", "build_config", "check_cluster", "load_observation", "parse_costs", "parse_sims"]
 
 
 class UsageError(Exception):
     """Bad input; its message is the one line the user sees."""
+
+
+def parse_sims(text: str) -> dict[str, Any]:
+    """``--sims lf=100000,mf=2000,hf=100`` as RunConfig fields: ``lf_sims``, ``hf_sims``, ``level_sims``.
+
+    Arguments:
+        text: comma-separated ``fidelity=count`` pairs, cheapest first or in any order.
+
+    Returns:
+        The fields the text sets (a fidelity left out keeps its own option or default).
+
+    Raises:
+        UsageError: a pair that is not ``name=count`` with a whole count, or a fidelity given twice.
+    """
+    fields: dict[str, Any] = {}
+    levels: dict[str, int] = {}
+    seen: set[str] = set()
+    for pair in (part.strip() for part in text.split(",")):
+        name, sep, count = pair.partition("=")
+        name, count = name.strip().lower(), count.strip()
+        if not sep or not name or not count.lstrip("-").isdigit():
+            raise UsageError(f"--sims: {pair!r} is not fidelity=count; write e.g. lf=100000,mf=2000,hf=100")
+        if name in seen:
+            raise UsageError(f"--sims: {name} is given twice; give each fidelity once")
+        seen.add(name)
+        if name in ("lf", "hf"):
+            fields[f"{name}_sims"] = int(count)
+        else:
+            levels[name] = int(count)
+    if levels:
+        fields["level_sims"] = levels
+    return fields
+
+
+def parse_costs(text: str) -> dict[str, float]:
+    """``--simulation-cost lf=0.01,hf=60`` as ``{fidelity: seconds per simulation}``.
+
+    Raises:
+        UsageError: a pair that is not ``fidelity=seconds``, or a fidelity given twice.
+    """
+    costs: dict[str, float] = {}
+    for pair in (part.strip() for part in text.split(",")):
+        name, sep, value = pair.partition("=")
+        name = name.strip().lower()
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = None
+        if not sep or not name or seconds is None:
+            raise UsageError(f"--simulation-cost: {pair!r} is not fidelity=seconds; write e.g. lf=0.01,hf=60")
+        if name in costs:
+            raise UsageError(f"--simulation-cost: {name} is given twice; give each fidelity once")
+        costs[name] = seconds
+    return costs
 
 
 def load_observation(path: Path, x_dim: int, label: str = "--observation") -> list[float]:

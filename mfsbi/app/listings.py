@@ -31,7 +31,9 @@ def task_records() -> list[dict[str, Any]]:
             "parameter_names": list(task.parameter_names),
             "low_fidelity_parameters": [task.parameter_names[i] for i in task.low_fidelity_parameters],
             "references": list(task.references),
-            "cost_seconds": {fidelity: task.cost_seconds.get(fidelity) for fidelity in ("lf", "hf")},
+            "fidelities": list(task.fidelities),
+            "coupled": task.coupled,
+            "cost_seconds": {fidelity: task.cost_seconds.get(fidelity) for fidelity in task.fidelities},
             "description": task.description,
         })
     return records
@@ -51,12 +53,18 @@ def print_tasks(records: list[dict[str, Any]]) -> None:
     for column in ("θ", "x size", "LF uses"):
         table.add_column(column, overflow="fold")
     name_column(table, "references")  # one per line: each stays whole, and the column narrow
-    for column in ("LF s/sim", "HF s/sim"):
+    for column in ("LF s/sim", "between (s/sim)", "HF s/sim"):
         table.add_column(column, overflow="fold")
     for record in records:
-        costs = ("-" if cost is None else f"{cost:.2g}" for cost in record["cost_seconds"].values())
+        costs = record["cost_seconds"]
+
+        def cost(fidelity: str) -> str:
+            return "-" if costs.get(fidelity) is None else f"{costs[fidelity]:.2g}"
+
+        # The intermediate levels of a chain of fidelities, cheapest first.
+        between = "\n".join(f"{level} {cost(level)}" for level in record["fidelities"][1:-1]) or "-"
         table.add_row(record["name"], str(record["theta_dim"]), str(record["x_dim"]), _lf_uses(record),
-                      "\n".join(record["references"]) or "-", *costs)
+                      "\n".join(record["references"]) or "-", cost("lf"), between, cost("hf"))
     print_table(table)
 
 

@@ -5,17 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL
+from mfsbi.flows.methods import ABC, AMORTIZED, SEQUENTIAL, available_methods, get_method
 from mfsbi.flows.plan import RunPlan
 from mfsbi.runtime.simulation import provenance
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore, StoreError
 
-__all__ = ["PreflightError", "check_store"]
+__all__ = ["PreflightError", "check_levels", "check_store"]
 
 
 class PreflightError(ValueError):
     """The store cannot take this run; the message names the option and the fix."""
+
+
+def check_levels(config: RunConfig, task: Task) -> None:
+    """Refuses intermediate-level budgets the task or the method cannot use (``--sims``)."""
+    if not config.level_sims:
+        return
+    unknown = [level for level in config.level_sims if level not in task.fidelities[1:-1]]
+    if unknown:
+        chain = ", ".join(task.fidelities)
+        raise PreflightError(f"--level-sims: task {task.name!r} has no intermediate fidelity {unknown[0]!r} "
+                             f"(its chain: {chain}); give lf, hf and its intermediate levels only")
+    method = config.method_spec
+    if not method.uses_lf or method.family is ABC:
+        chained = [name for name in available_methods()
+                   if get_method(name).uses_lf and get_method(name).family is not ABC]
+        raise PreflightError(f"--level-sims: {config.method} does not fine-tune through fidelities; intermediate "
+                             f"levels need one of {', '.join(chained)} (or leave them out)")
 
 
 def check_store(config: RunConfig, task: Task) -> None:
@@ -24,6 +41,25 @@ def check_store(config: RunConfig, task: Task) -> None:
     Opens the store read-only: a store that does not exist yet is fine and is not created here.
     """
     run = RunPlan.of(config, task)
+    check_levels(config, task)
+    if config.method_spec.multilevel:
+        if not task.coupled:
+            raise PreflightError(f"--method: ml-npe trains on coupled pairs, and task {task.name!r} does not couple its "
+                                 "fidelities (the same θ and seed do not give outputs that share their noise); use "
+                                 "mf-npe, or a coupled task (see `mfsbi tasks --json`: coupled)")
+        if config.ensemble > 1:
+            raise PreflightError("--ensemble: ml-npe trains one estimator; leave --ensemble at 1")
+    if config.compute_budget is not None:
+        if "compute_budget" not in config.method_spec.option_names:
+            raise PreflightError(f"--compute-budget: {config.method} takes counts (--sims); a compute budget is planned "
+                                 "for mf-npe")
+        if config.ensemble > 1:
+            raise PreflightError("--ensemble: the compute-budget planner trains one estimator per allocation; "
+                                 "leave --ensemble at 1")
+        unknown = sorted(set(config.simulation_cost) - {"lf", "hf", *config.level_sims})
+        if unknown:
+            raise PreflightError(f"--simulation-cost: {unknown[0]!r} is not a fidelity of this run "
+                                 f"(lf, {', '.join(config.level_sims) + ', ' if config.level_sims else ''}hf)")
     if run.method.family is SEQUENTIAL and config.hf_sims < config.rounds:
         raise PreflightError(f"--hf-sims: {config.hf_sims} cannot fill {config.rounds} rounds; use --hf-sims >= --rounds")
 

@@ -1,4 +1,4 @@
-"""The amortised flow: NPE and MF-NPE.
+"""The amortised flow: NPE, MF-NPE (at counts or within a compute budget) and ML-NPE.
 
 simulate LF → pretrain → simulate HF (the budget) → fine-tune (or train from scratch) → evaluate.
 Prefect tasks are coarse and run in the flow process; the fan-out of simulations and the training
@@ -14,7 +14,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
+from mfsbi.flows.compute_budget import spend_compute_budget
 from mfsbi.flows.config import RunConfig
+from mfsbi.flows.multilevel import train_multilevel_run
 from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
@@ -85,13 +87,10 @@ def guard_transfer(run: Run, summary: RunSummary, fine_tuned: list[TrainResult],
     return scratch if summary.transfer_guard["kept"] == "from scratch" else fine_tuned
 
 
-def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
-    """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
-    run = Run.start(config, executor)
-    summary = run.new_summary()
-    test_theta, test_x = run.test_pairs(max(config.num_test_observations, config.num_nltp_pairs))
-    pretrained = run.pretrained_on_lf(summary) if run.method.uses_lf else None
-
+def _train_at_counts(run: Run, summary: RunSummary, test_theta: np.ndarray, test_x: np.ndarray) -> list[TrainResult]:
+    """NPE or MF-NPE at the configured counts: the chain below HF, the HF budget, the guard."""
+    config = run.config
+    pretrained = run.pretrained_through_chain(summary) if run.method.uses_lf else None
     hf = run.simulate(table=run.hf_table, fidelity="hf", num_rows=config.hf_sims, seed=config.seed,
                       budget=config.hf_sims)
     summary.hf = dataclasses.asdict(hf)
@@ -108,6 +107,22 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
                          for seed in seeds], label=label)
     if pretrained is not None and config.transfer_guard != "off":
         results = guard_transfer(run, summary, results, seeds, test_theta, test_x)
+    return results
+
+
+def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
+    """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
+    run = Run.start(config, executor)
+    summary = run.new_summary()
+    test_theta, test_x = run.test_pairs(max(config.num_test_observations, config.num_nltp_pairs))
+    if config.compute_budget is not None:
+        # The planner chooses the counts; the run then evaluates and stores its best allocation.
+        results = spend_compute_budget(run, summary)
+    elif run.method.multilevel:
+        results = train_multilevel_run(run, summary)
+    else:
+        results = _train_at_counts(run, summary, test_theta, test_x)
+    members = len(results)
     if members == 1:
         summary.train = results[0].record()
         summary.posterior = run.write_artifact("posterior.pt", results[0].checkpoint)

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, ValidationError, field_validator
 from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL, Method, MethodNotFoundError, get_method
 from mfsbi.flows.options import (
     FINE_TUNING_LEARNING_RATE, HF_LEARNING_RATE, MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions,
-    EnsembleOptions, SequentialOptions, TransferGuardOptions,
+    ComputeBudgetOptions, EnsembleOptions, SequentialOptions, TransferGuardOptions,
 )
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
 
 # Bases in reverse: pydantic lists the fields of the last base first (the common ones lead).
-class RunConfig(EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOptions, SequentialOptions, CommonOptions):
+class RunConfig(ComputeBudgetOptions, EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOptions,
+                SequentialOptions, CommonOptions):
     """Everything that defines one run: the common settings and those of every family's methods.
 
     The same config and seed give the same simulations and the same numbers. Which fields a method
@@ -82,10 +83,14 @@ class RunConfig(EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOp
     def run_name(self) -> str:
         """A readable, deterministic name used for artifacts, tables and the Prefect flow run."""
         lf = f"lf{self.lf_sims}-" if self.uses_lf else ""
-        name = f"{self.method}-{lf}hf{self.hf_sims}"
+        # Intermediate levels in the name only when given: two-level runs keep their names.
+        levels = "".join(f"{level}{count}-" for level, count in self.level_sims.items())
+        name = f"{self.method}-{lf}{levels}hf{self.hf_sims}"
         family = self.method_spec.family
         if family is AMORTIZED and self.ensemble > 1:
             name += f"-e{self.ensemble}"
+        if family is AMORTIZED and self.compute_budget is not None:
+            name += f"-compute{self.compute_budget:g}s"
         if family is SEQUENTIAL:
             name += f"-r{self.rounds}-{self.observation_tag}"
         elif family.at_observation:
@@ -96,7 +101,7 @@ class RunConfig(EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOp
         """Rows per chunk of a table, capped so that a chunk of x stays ≤ 64 MiB.
 
         Arguments:
-            fidelity: ``"lf"`` or ``"hf"``.
+            fidelity: ``"lf"``, an intermediate level (chunked like HF) or ``"hf"``.
             task: the task; its ``x_dim`` and documented cost (``cost_seconds``) decide: without
                 an ``lf_chunk_size``, an LF simulator faster than 1 ms gets chunks of up to
                 :data:`CHUNK_BYTES` of x and :data:`CHUNK_SECONDS` of simulation.
@@ -106,7 +111,7 @@ class RunConfig(EnsembleOptions, TransferGuardOptions, ABCOptions, AcquisitionOp
         """
         x_dim = task.x_dim
         seconds_per_row = (getattr(task, "cost_seconds", None) or {}).get(fidelity)
-        if fidelity == "hf":
+        if fidelity != "lf":  # HF and the budgeted intermediate levels
             requested = self.hf_chunk_size
         elif self.lf_chunk_size is not None:
             requested = self.lf_chunk_size
@@ -137,4 +142,5 @@ def describe_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "config"
     flag = "--" + field.replace("_", "-")
-    return f"{flag}: {first['msg']} (got {first.get('input')!r})"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
+    return f"{flag}: {message} (got {first.get('input')!r})"

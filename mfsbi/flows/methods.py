@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from mfsbi.flows.options import (
-    ABCOptions, AcquisitionOptions, CommonOptions, EnsembleOptions, SequentialOptions, TransferGuardOptions,
+    ABCOptions, AcquisitionOptions, CommonOptions, ComputeBudgetOptions, EnsembleOptions, SequentialOptions,
+    TransferGuardOptions,
 )
 from mfsbi.flows.proposals import Proposal, acquired_and_truncated, truncated
 
@@ -85,6 +86,8 @@ class Method:
         uses_lf: pretrain on the LF table (MF methods) or not.
         ensemble: train ``ensemble_size`` members per round (and read :class:`AcquisitionOptions`).
         propose: sequential family: how rounds after the first draw their parameters.
+        multilevel: amortised family: train multilevel NPE on coupled pairs (the task must be coupled)
+            instead of fine-tuning.
         description: one line for help texts.
         options: option groups this method reads beyond its family's.
     """
@@ -94,6 +97,7 @@ class Method:
     uses_lf: bool
     ensemble: bool = False
     propose: Proposal | None = None
+    multilevel: bool = False
     description: str = ""
     options: tuple[type[BaseModel], ...] = field(default=())
 
@@ -161,7 +165,10 @@ def methods_of(family: Family) -> list[str]:
 
 # The built-in methods (PAPER.md).
 register_method(Method("npe", AMORTIZED, uses_lf=False, description="NPE on the HF budget alone"))
-register_method(Method("mf-npe", AMORTIZED, uses_lf=True, description="MF-NPE: pretrain on LF, fine-tune on HF"))
+register_method(Method("mf-npe", AMORTIZED, uses_lf=True, options=(ComputeBudgetOptions,),
+                       description="MF-NPE: pretrain on LF, fine-tune on HF"))
+register_method(Method("ml-npe", AMORTIZED, uses_lf=True, multilevel=True,
+                       description="multilevel NPE (Hikida et al. 2025) on LF rows and coupled LF/HF pairs"))
 register_method(Method("tsnpe", SEQUENTIAL, uses_lf=False, propose=truncated,
                        description="truncated sequential NPE"))
 register_method(Method("mf-tsnpe", SEQUENTIAL, uses_lf=True, propose=truncated, options=(TransferGuardOptions,),

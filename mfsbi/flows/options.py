@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
-    "ABCOptions", "AcquisitionOptions", "CommonOptions", "Device", "EnsembleOptions", "FINE_TUNING_LEARNING_RATE",
+    "ABCOptions", "AcquisitionOptions", "CommonOptions", "ComputeBudgetOptions", "Device", "EnsembleOptions", "FINE_TUNING_LEARNING_RATE",
     "HF_LEARNING_RATE", "LF_BATCH_SIZE", "MAX_SIMULATIONS", "SequentialOptions", "TransferGuardOptions",
 ]
 
@@ -46,6 +46,11 @@ class CommonOptions(_Options):
     method: str = Field("mf-npe", description="a registered method (see `mfsbi run --help`)")
     lf_sims: int = Field(10_000, ge=1, le=MAX_SIMULATIONS, description="low-fidelity simulations")
     hf_sims: int = Field(100, ge=1, le=MAX_SIMULATIONS, description="high-fidelity budget")
+    level_sims: dict[str, int] = Field(
+        default_factory=dict,
+        description="budgets of the task's intermediate fidelities by name ({'mf': 2000}; `--sims lf=..,mf=..,hf=..`): "
+                    "MF methods pretrain on LF and fine-tune through each level given, in the chain's order",
+    )
     store: str = Field("mfsbi-store", description="zarr store: a folder or a zarr store URL")
     seed: int = Field(0, ge=0, lt=2**63)
     device: Device = "auto"
@@ -101,6 +106,17 @@ class CommonOptions(_Options):
                 raise ValueError(f"{value!r} is not a size; give e.g. 512MiB or 4GiB") from None
         return value
 
+    @field_validator("level_sims")
+    @classmethod
+    def _level_budgets(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, count in value.items():
+            if name in ("lf", "hf"):
+                raise ValueError(f"{name!r} is not an intermediate level: its budget is {name}_sims")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_SIMULATIONS:
+                raise ValueError(f"level {name!r}: give a whole number of simulations from 1 to {MAX_SIMULATIONS}")
+        # Sorted: the run's name lists the levels, and must not depend on the order they were given in.
+        return dict(sorted(value.items()))
+
     @field_validator("observation")
     @classmethod
     def _finite(cls, value: list[float] | None) -> list[float] | None:
@@ -148,3 +164,51 @@ class ABCOptions(_Options):
     abc_quantile: float = Field(0.05, gt=0, le=1, description="MF-ABC ε as a quantile of the LF distances")
     abc_eta_accept: float = Field(1.0, gt=0, le=1, description="MF-ABC continuation probability when LF accepts")
     abc_eta_reject: float = Field(0.1, gt=0, le=1, description="MF-ABC continuation probability when LF rejects")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> object:
+    """``"2h"``, ``"90m"``, ``"45s"``, ``"1.5h"`` or a number of seconds, as seconds (other input unchanged)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(number):].strip() or "s"
+    try:
+        return float(number) * _DURATION_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"{value!r} is not a duration; give e.g. 2h, 90m or 3600s") from None
+
+
+class ComputeBudgetOptions(_Options):
+    """MF-NPE with a compute budget instead of counts: the planner of mfsbi.flows.compute_budget."""
+
+    compute_budget: float | None = Field(
+        None, gt=0, le=10 * 365 * 86400,
+        description="seconds of compute (simulation + training, summed over workers; '2h', '90m'): start at the "
+                    "--sims counts and grow one fidelity at a time where the fitted learning curves expect the most "
+                    "gain per second, until the budget or the expected gain runs out")
+    simulation_cost: dict[str, float] = Field(
+        default_factory=dict,
+        description="declared seconds per simulation by fidelity ({'hf': 60}), used by the planner instead of the "
+                    "measured ones (to plan as if a simulator were that slow); the summary says they were declared")
+    planner_growth: float = Field(2.0, gt=1, le=100, description="a planner step multiplies one fidelity's count by this")
+    planner_min_gain: float = Field(0.01, ge=0, description="stop when no step is expected to lower the held-out "
+                                                           "HF loss by this many nats")
+    planning_pairs: int = Field(100, ge=2, le=100_000, description="held-out HF pairs the planner scores allocations "
+                                                                  "on (simulated in the budget)")
+
+    @field_validator("compute_budget", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        return parse_duration(value)
+
+    @field_validator("simulation_cost")
+    @classmethod
+    def _costs(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, seconds in value.items():
+            if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e7:
+                raise ValueError(f"fidelity {name!r}: give seconds per simulation, 0 or more")
+        return dict(sorted(value.items()))

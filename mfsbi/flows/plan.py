@@ -80,12 +80,25 @@ class RunPlan:
         """The table the run's HF budget is spent in."""
         return self.shared_table if self.method.family is AMORTIZED else self.own_table
 
+    @property
+    def levels(self) -> list[tuple[str, int]]:
+        """The intermediate fidelities the run fine-tunes through, in the chain's order, with their budgets.
+
+        Empty for a two-level run and for methods that do not pretrain (they train on HF alone).
+        """
+        if not self.method.uses_lf:
+            return []
+        given = self.config.level_sims
+        return [(level, given[level]) for level in self.task.fidelities[1:-1] if level in given]
+
     def planned_tables(self) -> list[PlannedTable]:
         """Every table the run writes."""
         config, hf_chunk = self.config, self.config.chunk_rows("hf", self.task)
         tables = [PlannedTable(self.hf_table, "hf", hf_chunk, config.seed)]
         if self.method.uses_lf:
             tables.append(PlannedTable(self.shared_table, "lf", config.chunk_rows("lf", self.task), config.seed))
+        for level, _ in self.levels:
+            tables.append(PlannedTable(self.shared_table, level, config.chunk_rows(level, self.task), config.seed))
         if max(config.num_test_observations, config.num_nltp_pairs) or config.observation is None:
             tables.append(PlannedTable(self.test_table, "hf", hf_chunk, config.test_seed))
         return tables

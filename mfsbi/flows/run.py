@@ -34,10 +34,11 @@ from mfsbi.flows.training_progress import epoch_progress
 from mfsbi.runtime import progress
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.runtime.simulation import SimulationReport, ensure_rows, provenance, run_pending
+from mfsbi.runtime.multilevel_jobs import MultilevelJob, train_multilevel
 from mfsbi.runtime.training_jobs import TrainJob, TrainResult, train_estimator
 from mfsbi.storage import SimulationStore
 
-__all__ = ["Run", "check_store_location", "resolve_device", "training_resources"]
+__all__ = ["ChainStep", "Run", "check_store_location", "resolve_device", "training_resources"]
 
 
 def resolve_device(device: str, executor: BatchExecutor) -> str:
@@ -85,6 +86,28 @@ def check_store_location(store: str) -> None:
     if not path.parent.is_dir():
         raise StoreError(f"store: the folder {path.parent} does not exist where the worker runs; create it "
                          "or give a store under an existing folder")
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One step of the chain below HF: the table it trained on, its checkpoint, its training if run now."""
+
+    fidelity: str
+    count: int
+    simulations: SimulationReport
+    checkpoint: str                      # where it is in the store (``artifacts/...``)
+    train: TrainResult | None = None     # None: the checkpoint was in the store already
+    budget: object | None = None         # the level's budget (levels above LF)
+
+    def record(self) -> dict:
+        """What ``summary.json`` keeps of an intermediate level."""
+        out = {"fidelity": self.fidelity, "simulations": dataclasses.asdict(self.simulations),
+               "checkpoint": self.checkpoint}
+        if self.budget is not None:
+            out["budget"] = dataclasses.asdict(self.budget)
+        if self.train is not None:
+            out["train"] = self.train.record()
+        return out
 
 
 @dataclass
@@ -155,20 +178,27 @@ class Run(RunPlan):
     def train_job(self, *, table: str, fidelity: str, limit: int, learning_rate: float, seed: int,
                   pretrained: bytes | None, refit_x_zscore: bool = True, batch_size: int = 200) -> TrainJob:
         """A training job on the first ``limit`` rows of a table, with the paper's estimator."""
-        from mfsbi.inference import EstimatorConfig, TrainingConfig
+        return TrainJob(self.store.url, self.config.task, table, fidelity, limit, self.estimator_config(),
+                        self.training_config(learning_rate, seed, batch_size), pretrained, self.device,
+                        refit_x_zscore=refit_x_zscore, training_memory=self.config.training_memory)
+
+    def estimator_config(self) -> dict:
+        """The paper's estimator for this task, as a job carries it."""
+        from mfsbi.inference import EstimatorConfig
 
         task = self.task
         if task.embedding:  # a CNN for images, its input z-scored as one block
-            estimator = EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured")
-        else:
-            estimator = EstimatorConfig()
-        training = TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed,
-                                  batch_size=batch_size)
-        return TrainJob(self.store.url, self.config.task, table, fidelity, limit, estimator.to_dict(),
-                        training.to_dict(), pretrained, self.device, refit_x_zscore=refit_x_zscore,
-                        training_memory=self.config.training_memory)
+            return EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured").to_dict()
+        return EstimatorConfig().to_dict()
 
-    def train(self, jobs: list[TrainJob], label: str) -> list[TrainResult]:
+    def training_config(self, learning_rate: float, seed: int, batch_size: int = 200) -> dict:
+        """The training settings of a job, as it carries them."""
+        from mfsbi.inference import TrainingConfig
+
+        return TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed,
+                              batch_size=batch_size).to_dict()
+
+    def train(self, jobs: list[TrainJob | MultilevelJob], label: str) -> list[TrainResult]:
         """Trains one estimator per job (ensemble members in parallel across workers), in job order.
 
         The members' loss curves are stored with the run and shown on the flow run's page.
@@ -207,29 +237,72 @@ class Run(RunPlan):
         self.publish_image(summary.calibration_plot, png, f"calibration: {result.verdict} ({on})")
         get_run_logger().info("calibration on %s: %s (%s)", on, result.verdict, result.test)
 
-    def pretrained_on_lf(self, summary: RunSummary) -> bytes:
-        """The LF-pretrained estimator: simulate the LF table, pretrain, keep the checkpoint in the store.
+    def pretrained_through_chain(self, summary: RunSummary) -> bytes:
+        """The estimator an MF method starts its HF training from: LF-pretrained, then fine-tuned
+        through each intermediate fidelity the run gives a budget (``--sims lf=..,mf=..,hf=..``).
 
-        The checkpoint is shared by every method and rerun with the same task, LF budget and seed.
-        Records the LF table, the checkpoint and (when trained now) its training in ``summary``.
+        Records the tables, checkpoints and (when trained now) the trainings in ``summary``.
+        """
+        checkpoint, steps = self.chain_checkpoint(self.config.lf_sims, self.levels)
+        pretrain, *levels = steps
+        summary.lf = dataclasses.asdict(pretrain.simulations)
+        summary.pretrained = pretrain.checkpoint
+        if pretrain.train is not None:
+            summary.pretrain = pretrain.train.record()
+        if levels:
+            summary.levels = [step.record() for step in levels]
+        return checkpoint
+
+    def chain_checkpoint(self, lf_sims: int, levels: list[tuple[str, int]]) -> tuple[bytes, list[ChainStep]]:
+        """Simulates and trains the chain below HF: pretrain on ``lf_sims`` LF rows, then fine-tune on
+        the first ``count`` rows of each ``(level, count)`` in turn.
+
+        Every step's checkpoint is kept in the store under a name that holds the chain up to it, so
+        it is shared by every method and run with the same task, counts and seed, and a run killed
+        mid-chain continues from the last level it finished.
+
+        Returns:
+            The last checkpoint, and one :class:`ChainStep` per step (LF first).
         """
         config = self.config
-        summary.lf = dataclasses.asdict(self.simulate(table=self.shared_table, fidelity="lf", num_rows=config.lf_sims,
-                                                      seed=config.seed, budget=None))
+        report = self.simulate(table=self.shared_table, fidelity="lf", num_rows=lf_sims, seed=config.seed, budget=None)
         # The batch is in the name: a checkpoint pretrained with another batch is another estimator.
-        name = f"{self.task.name}/pretrained-lf{config.lf_sims}-seed{config.seed}-b{config.lf_batch_size}.pt"
-        summary.pretrained = f"artifacts/{name}"
+        chain = f"pretrained-lf{lf_sims}"
+        name = f"{self.task.name}/{chain}-seed{config.seed}-b{config.lf_batch_size}.pt"
+        checkpoint, result = self._stored_checkpoint(name), None
+        if checkpoint is None:
+            (result,) = self.train([self.train_job(
+                table=self.shared_table, fidelity="lf", limit=lf_sims, learning_rate=config.lf_learning_rate,
+                seed=self.seed("pretrain"), pretrained=None, batch_size=config.lf_batch_size,
+            )], label=f"pretrain on {lf_sims} LF")
+            self.store.write_artifact(name, result.checkpoint)
+            checkpoint = result.checkpoint
+        steps = [ChainStep("lf", lf_sims, report, f"artifacts/{name}", result)]
+        for level, count in levels:
+            chain += f"-{level}{count}"
+            # A given --hf-learning-rate also fine-tunes the levels: it is in the name, as the batch is.
+            rate = "" if config.hf_learning_rate is None else f"-lr{config.hf_learning_rate:g}"
+            name = f"{self.task.name}/{chain}-seed{config.seed}-b{config.lf_batch_size}{rate}.pt"
+            report = self.simulate(table=self.shared_table, fidelity=level, num_rows=count, seed=config.seed,
+                                   budget=count)
+            stored, result = self._stored_checkpoint(name), None
+            if stored is None:
+                (result,) = self.train([self.train_job(
+                    table=self.shared_table, fidelity=level, limit=count, learning_rate=config.hf_training_rate(True),
+                    seed=self.seed("fine-tune", len(steps) - 1), pretrained=checkpoint,
+                )], label=f"fine-tune on {count} {level.upper()}")
+                self.store.write_artifact(name, result.checkpoint)
+                stored = result.checkpoint
+            checkpoint = stored
+            steps.append(ChainStep(level, count, report, f"artifacts/{name}", result,
+                                   self.store.table(self.shared_table, level).budget()))
+        return checkpoint, steps
+
+    def _stored_checkpoint(self, name: str) -> bytes | None:
         try:
             return self.store.read_artifact(name)
         except FileNotFoundError:
-            pass
-        (result,) = self.train([self.train_job(
-            table=self.shared_table, fidelity="lf", limit=config.lf_sims, learning_rate=config.lf_learning_rate,
-            seed=self.seed("pretrain"), pretrained=None, batch_size=config.lf_batch_size,
-        )], label=f"pretrain on {config.lf_sims} LF")
-        self.store.write_artifact(name, result.checkpoint)
-        summary.pretrain = result.record()
-        return result.checkpoint
+            return None
 
     def test_pairs(self, num_rows: int) -> tuple[np.ndarray, np.ndarray]:
         """The held-out HF test pairs (fixed by ``test_seed``, shared by every run; not part of any budget)."""
@@ -311,7 +384,7 @@ def simulate_table(run: Run, *, table: str, fidelity: str, num_rows: int, chunk_
 
 
 @task(name="train", cache_policy=NO_CACHE, task_run_name="{label}")
-def train_jobs(executor: BatchExecutor, jobs: list[TrainJob], label: str) -> list[TrainResult]:
+def train_jobs(executor: BatchExecutor, jobs: list[TrainJob | MultilevelJob], label: str) -> list[TrainResult]:
     """Trains one estimator per job (ensemble members in parallel across workers), in job order."""
     progress.report(label, 0, len(jobs))
     # Each job's epochs are reported under this label, as its member of the ensemble.
@@ -333,5 +406,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _train_indexed(item: tuple[int, TrainJob]) -> tuple[int, TrainResult]:
-    return item[0], train_estimator(item[1])
+def _train_indexed(item: tuple[int, TrainJob | MultilevelJob]) -> tuple[int, TrainResult]:
+    job = item[1]
+    return item[0], train_multilevel(job) if isinstance(job, MultilevelJob) else train_estimator(job)

@@ -247,7 +247,7 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     sizes = round_sizes(config.hf_sims, config.rounds)
     summary = run.new_summary()
     x_o, theta_true = run.target_observation()
-    initial = run.pretrained_on_lf(summary) if run.method.uses_lf else None
+    initial = run.pretrained_through_chain(summary) if run.method.uses_lf else None
     sim_table = run.require_own_table()
 
     checkpoints: list[bytes] | None = None

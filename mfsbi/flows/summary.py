@@ -109,13 +109,17 @@ class RunSummary:
     lf: dict[str, Any] | None = None              # the LF table's SimulationReport
     pretrained: str | None = None                 # the shared LF-pretrained checkpoint
     pretrain: dict[str, Any] | None = None        # its training, when this run trained it
+    levels: list[dict[str, Any]] | None = None    # intermediate fidelities fine-tuned through, in order
     rounds: list[RoundRecord] | None = None
     hf: dict[str, Any] | HFState | None = None    # amortised: the SimulationReport; else HFState
     hf_budget: dict[str, Any] | None = None
+    hf_twins: dict[str, Any] | None = None        # ML-NPE: the HF rows' twins one level below
     train: dict[str, Any] | list[dict[str, Any]] | None = None   # a list for an ensemble
     abc: dict[str, Any] | None = None
     posterior: str | list[str] | None = None
     metrics: Metrics = field(default_factory=Metrics)
+    planner: dict[str, Any] | None = None         # --compute-budget: evaluations, decisions, curve, ledger
+    planner_plot: str | None = None
     transfer_guard: dict[str, Any] | None = None  # MF-NPE: fine-tuned vs from scratch on held-out HF pairs
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
     calibration_plot: str | None = None

@@ -54,7 +54,7 @@ def run_transfer_check(config: RunConfig, executor: BatchExecutor, pilot: int) -
 
     run = Run.start(config, executor)
     summary = run.new_summary()
-    pretrained = estimator_from_bytes(run.pretrained_on_lf(summary), run.task.prior)
+    pretrained = estimator_from_bytes(run.pretrained_through_chain(summary), run.task.prior)
     hf = run.simulate(table=run.hf_table, fidelity="hf", num_rows=pilot, seed=config.seed, budget=pilot)
     table = run.store.table(run.hf_table, "hf")
     theta_all = table.read_theta("all")[:pilot]

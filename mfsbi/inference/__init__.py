@@ -8,6 +8,10 @@ MF-NPE in two calls::
     lf = pretrain(prior, theta_lf, x_lf)
     hf = fine_tune(lf, theta_hf, x_hf)
     samples = hf.posterior().sample((1000,), x=x_o)
+
+Multilevel NPE (coupled simulations of several fidelities)::
+
+    ml = train_ml_npe(prior, [(theta_0, x_0), (theta_1, x_1, x_0_at_theta_1)])
 """
 
 from .checkpoint import (
@@ -33,6 +37,8 @@ from .training import (
     x_standardizer,
 )
 from .transfer import TransferCheck, check_transfer
+from .multilevel import CoupledLevel, adjusted_gradient, coupled_levels, ml_npe_loss, ml_npe_terms, train_ml_npe
+from .allocation import Evaluation, LearningCurve, Step, fit_learning_curve, next_step
 from .chunk_stream import ArrayChunks, ChunkLoader, ChunkSource, StreamingConfig, chunk_moments, split_chunks
 from .streaming import fine_tune_streaming, train_npe_streaming
 from .sequential import (
@@ -67,6 +73,17 @@ from .mf_abc import (
 )
 
 __all__ = [
+    "CoupledLevel",
+    "adjusted_gradient",
+    "coupled_levels",
+    "ml_npe_loss",
+    "ml_npe_terms",
+    "train_ml_npe",
+    "Evaluation",
+    "LearningCurve",
+    "Step",
+    "fit_learning_curve",
+    "next_step",
     "TransferCheck",
     "check_transfer",
     "Calibration",

@@ -19,7 +19,10 @@ from mfsbi.runtime.executor import BatchExecutor
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
-__all__ = ["SimulationFailureError", "SimulationReport", "chunks_per_job", "ensure_rows", "provenance", "run_pending"]
+__all__ = [
+    "SimulationFailureError", "SimulationReport", "chunks_per_job", "ensure_rows", "provenance", "reserve_twins",
+    "run_pending", "theta_and_seeds",
+]
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -91,6 +94,49 @@ def ensure_rows(store, task: Task, *, table: str, fidelity: str, num_rows: int, 
         seeds.append(np.full(last - first, derive_seed(seed, f"sim/{table}/{fidelity}", chunk, first), dtype=np.int64))
     sim_table.reserve(np.concatenate(thetas), np.concatenate(seeds), round=0)
     return sim_table
+
+
+def reserve_twins(store, task: Task, *, source_table: str, source_fidelity: str, table: str, fidelity: str,
+                  config_hash: str):
+    """Mirrors a table at another fidelity: row ``i`` gets the source's θ and seed of row ``i``.
+
+    Every row the source has reserved is mirrored, in one reservation, into a table with the
+    source's chunk size: the twin's pending batches (runs of one seed within one chunk) are then the
+    source's batches, so a simulator whose noise depends on the batch seed and the row's place in
+    its batch draws the same noise at both fidelities (``Task.coupled``). Twins are simulated by
+    :func:`run_pending` like any table.
+
+    Arguments:
+        store: the :class:`~mfsbi.storage.SimulationStore`.
+        task: the task.
+        source_table, source_fidelity: the table to mirror.
+        table, fidelity: the twin table (created if missing) and the fidelity it simulates.
+        config_hash: provenance; a twin table made with other settings is refused.
+
+    Returns:
+        The twin table.
+    """
+    source = store.table(source_table, source_fidelity)
+    twin = store.require_table(
+        table, fidelity, theta_dim=task.theta_dim, x_dim=task.x_dim, chunk_size=source.chunk_size,
+        provenance=provenance(task, fidelity, config_hash), parameter_names=task.parameter_names,
+    )
+    have, want = twin.num_rows, source.num_rows
+    theirs, seeds = theta_and_seeds(source, want)
+    if have > want or not np.array_equal(theta_and_seeds(twin, have)[0], theirs[:have]):
+        raise RuntimeError(f"table {table!r}/{fidelity} does not mirror {source_table!r}/{source_fidelity}: "
+                           "the store was changed by hand; use another --store")
+    if want > have:
+        twin.reserve(theirs[have:], seeds[have:], round=0)
+    return twin
+
+
+def theta_and_seeds(table, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """θ and seeds of rows ``[0, stop)``, read chunk by chunk (the reader's unit)."""
+    parts = [table.theta_rows(start, min(start + table.chunk_size, stop)) for start in range(0, stop, table.chunk_size)]
+    theta = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, table.theta_dim))
+    seeds = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+    return np.asarray(theta, dtype=np.float64), np.asarray(seeds, dtype=np.int64)
 
 
 def _by_chunk(batches, chunk_size: int) -> list[list]:

@@ -18,7 +18,7 @@ from mfsbi.runtime import progress
 from mfsbi.runtime.worker_cache import store_for, task_for
 
 __all__ = [
-    "IN_MEMORY_FACTOR", "TableChunks", "TrainJob", "TrainResult", "default_training_memory", "in_memory_bytes",
+    "IN_MEMORY_FACTOR", "TableChunks", "TrainJob", "TrainResult", "default_training_memory", "epoch_sink", "in_memory_bytes",
     "read_training_data", "streams", "train_estimator", "worker_name",
 ]
 
@@ -149,8 +149,12 @@ def _streaming_config(job: TrainJob, table: object):
     return StreamingConfig.for_memory(_budget(job), 8 * table.chunk_size * (table.theta_dim + table.x_dim))
 
 
-def _epoch_sink(job: TrainJob):
-    """Where a training's epochs go: a Dask event from a worker, else this process's listeners."""
+def epoch_sink(job) -> object:
+    """Where a training's epochs go: a Dask event from a worker, else this process's listeners.
+
+    Arguments:
+        job: a training job (its ``label`` and ``member`` name the training in progress displays).
+    """
     try:
         from distributed import get_worker
 
@@ -187,11 +191,11 @@ def train_estimator(job: TrainJob) -> TrainResult:
     training = TrainingConfig.from_dict(job.training)
     if job.pretrained is None:
         trained = train_npe(task.prior, theta_t, x_t, estimator=EstimatorConfig.from_dict(job.estimator),
-                            training=training, device=job.device, on_epoch=_epoch_sink(job))
+                            training=training, device=job.device, on_epoch=epoch_sink(job))
     else:
         pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
         trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
-                            refit_x_zscore=job.refit_x_zscore, on_epoch=_epoch_sink(job))
+                            refit_x_zscore=job.refit_x_zscore, on_epoch=epoch_sink(job))
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, len(theta), job.device, worker_name(),
                        torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses))
@@ -211,12 +215,12 @@ def _train_streaming(job: TrainJob, task: object, table: object) -> TrainResult:
     if job.pretrained is None:
         trained = train_npe_streaming(task.prior, source, estimator=EstimatorConfig.from_dict(job.estimator),
                                       training=training, streaming=streaming, device=job.device,
-                                      on_epoch=_epoch_sink(job))
+                                      on_epoch=epoch_sink(job))
     else:
         pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
         trained = fine_tune_streaming(pretrained, source, training=training, streaming=streaming,
                                       refit_x_zscore=job.refit_x_zscore, device=job.device,
-                                      on_epoch=_epoch_sink(job))
+                                      on_epoch=epoch_sink(job))
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, trained.num_simulations, job.device, worker_name(),
                        torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses), streamed=True)

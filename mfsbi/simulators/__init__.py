@@ -1,6 +1,6 @@
 """Pure simulators: tasks with a prior, a low- and a high-fidelity simulator. No Prefect, no storage."""
 
-from mfsbi.simulators.base import Fidelity, ReferencePosterior, Simulator, Task, check_theta_batch
+from mfsbi.simulators.base import Fidelity, FidelityLevel, ReferencePosterior, Simulator, Task, check_theta_batch
 from mfsbi.simulators.registry import (
     TaskNotFoundError,
     available_tasks,
@@ -11,6 +11,7 @@ from mfsbi.simulators.registry import (
 
 __all__ = [
     "Fidelity",
+    "FidelityLevel",
     "ReferencePosterior",
     "Simulator",
     "Task",

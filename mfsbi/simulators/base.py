@@ -11,12 +11,19 @@ return ``(x, reasons)`` instead of ``x``, with ``reasons[i]`` a short string for
 Both simulators of a task take the full high-fidelity parameter vector. Parameters that exist only
 in the high-fidelity model are ignored by the low-fidelity one; ``low_fidelity_parameters`` names
 the ones it does use (PAPER.md: theta_L is a subset of theta).
+
+Fidelities form an ordered chain, cheapest first: ``"lf"``, then any intermediate levels the task
+names (:class:`FidelityLevel`, e.g. ``"mf"``), then ``"hf"``. Two fidelities remain the common case:
+a task without intermediate levels is the chain ``("lf", "hf")``. A task whose simulators share their
+noise for the same ``(theta, seed)`` at every level says so with ``coupled=True`` (multilevel NPE
+trains on such coupled pairs).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,12 +32,19 @@ from torch.distributions import Distribution
 __all__ = [
     "check_theta_batch",
     "Fidelity",
+    "FidelityLevel",
+    "LEVEL_NAME",
     "ReferencePosterior",
     "Simulator",
     "Task",
 ]
 
-Fidelity = Literal["lf", "hf"]
+# "lf", an intermediate level's name, or "hf".
+Fidelity = str
+
+# The name of an intermediate fidelity level: a short lowercase word ("mf", "mf2", "dlambda"). It
+# names a zarr group of the store and an option key (``--sims mf=2000``).
+LEVEL_NAME = re.compile(r"[a-z][a-z0-9]{0,15}")
 
 
 def check_theta_batch(theta: np.ndarray, theta_dim: int, task: str) -> np.ndarray:
@@ -83,8 +97,23 @@ class ReferencePosterior(Protocol):
 
 
 @dataclass(frozen=True)
+class FidelityLevel:
+    """An intermediate fidelity between a task's LF and HF simulators.
+
+    Arguments:
+        name: the level's name (:data:`LEVEL_NAME`; not ``"lf"`` or ``"hf"``), e.g. ``"mf"``.
+        simulator: its batched, seeded simulator (same parameters and output size as the others).
+        description: one line for ``mfsbi tasks``.
+    """
+
+    name: str
+    simulator: Simulator
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Task:
-    """An inference problem with two fidelities.
+    """An inference problem with two or more fidelities.
 
     Arguments:
         name: registry name, e.g. ``"ou2"``.
@@ -104,6 +133,9 @@ class Task:
             images); ``None`` is the identity. Resolved by ``mfsbi.inference``, not here.
         cost_seconds: measured seconds per simulation by fidelity (``{"lf": ..., "hf": ...}``) on
             the reference machine (2 cores), for ``mfsbi tasks`` and batching; see docs/tasks.md.
+        intermediate: fidelity levels between LF and HF, cheapest first (default: none).
+        coupled: the same ``(theta, seed)`` gives outputs at every level that share their noise
+            (same initial state, same random increments), as multilevel NPE needs.
     """
 
     name: str
@@ -119,6 +151,8 @@ class Task:
     x_shape: tuple[int, ...] | None = None
     embedding: str | None = None
     cost_seconds: dict[str, float] = field(default_factory=dict)
+    intermediate: tuple[FidelityLevel, ...] = ()
+    coupled: bool = False
 
     def __post_init__(self) -> None:
         d = len(self.parameter_names)
@@ -131,6 +165,18 @@ class Task:
             raise ValueError(f"task {self.name!r}: x_shape {self.x_shape} does not hold x_dim={self.x_dim} values")
         if not all(0 <= i < d for i in self.low_fidelity_parameters):
             raise ValueError(f"task {self.name!r}: low_fidelity_parameters out of range 0..{d - 1}")
+        names = [level.name for level in self.intermediate]
+        for name in names:
+            if not isinstance(name, str) or not LEVEL_NAME.fullmatch(name) or name in ("lf", "hf"):
+                raise ValueError(f"task {self.name!r}: intermediate fidelity {name!r} must be a short lowercase "
+                                 "word (letters and digits, starting with a letter) other than 'lf' and 'hf'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r}: intermediate fidelities {names} repeat a name")
+
+    @property
+    def fidelities(self) -> tuple[str, ...]:
+        """The chain of fidelities, cheapest first: ``("lf", *intermediate, "hf")``."""
+        return ("lf", *(level.name for level in self.intermediate), "hf")
 
     @property
     def theta_dim(self) -> int:
@@ -138,12 +184,15 @@ class Task:
         return len(self.parameter_names)
 
     def simulator(self, fidelity: Fidelity) -> Simulator:
-        """The simulator of one fidelity (``"lf"`` or ``"hf"``)."""
+        """The simulator of one fidelity of the chain (``"lf"``, an intermediate level, ``"hf"``)."""
         if fidelity == "lf":
             return self.low_fidelity
         if fidelity == "hf":
             return self.high_fidelity
-        raise ValueError(f"fidelity must be 'lf' or 'hf', got {fidelity!r}")
+        for level in self.intermediate:
+            if level.name == fidelity:
+                return level.simulator
+        raise ValueError(f"task {self.name!r} has no fidelity {fidelity!r}: choose one of {', '.join(self.fidelities)}")
 
     def parameter_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-parameter ``(low, high)``: the prior's box, or its central 99.8 % for unbounded priors.

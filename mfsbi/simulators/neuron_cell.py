@@ -2,7 +2,8 @@
 
 NEURON has one global model per process: every section that exists is integrated by every run, and
 ``dt``, ``celsius`` and the integrator are process-wide. So this module keeps **one** active cell per
-process (:func:`get_cell`), rebuilt only when the morphology changes, and changes its discretisation
+process (:func:`get_cell`), rebuilt only when the morphology or its geometry builder (the full
+reconstruction, or a reduced model of it) changes, and changes its discretisation
 (``nseg``) in place when a simulator of the other fidelity runs in the same process. Two cells alive
 at once would both be integrated (doubling the cost). Runs are serialised by a lock because two
 threads in one process would simulate the same model.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -28,9 +30,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "AXIAL_RESISTIVITY",
     "DEMO_PYRAMID",
     "Cell",
     "Discretization",
+    "GeometryBuilder",
     "SectionGeometry",
     "demo_pyramid_path",
     "get_cell",
@@ -44,6 +48,8 @@ DEMO_PYRAMID = "share/nrn/demo/pyramid.nrn"
 # constant at 100 Hz.
 D_LAMBDA = 0.1
 D_LAMBDA_FREQUENCY = 100.0
+
+AXIAL_RESISTIVITY = 35.4  # Ω cm: NEURON's default Ra, set explicitly on every section
 
 # The relaxation to rest before every run (see Cell._steady_state): 100 steps of 2 ms.
 RELAX_DT = 2.0
@@ -219,31 +225,36 @@ def _d_lambda_nseg(sec: Any, frequency: float, d_lambda: float) -> int:
     return int((sec.L / (d_lambda * lam) + 0.9) / 2) * 2 + 1
 
 
+# Turns a morphology path into the sections to build: read_morphology itself, or a reduction of it.
+GeometryBuilder = Callable[[str], tuple[SectionGeometry, ...]]
+
+
 class Cell:
     """A Hodgkin–Huxley cell (``hh`` in every section) with a step and a noise current at the soma.
 
     Arguments:
         morphology: the path of the morphology file.
+        geometry: builds the sections from the path (default: the full reconstruction).
     """
 
-    def __init__(self, morphology: str) -> None:
+    def __init__(self, morphology: str, geometry: GeometryBuilder = read_morphology) -> None:
         h = _neuron()
         self.morphology = morphology
-        geometry = read_morphology(morphology)
+        self.geometry = geometry
         self.sections: list[Any] = []
         tag = Path(morphology).stem
-        for g in geometry:
+        for g in (built := geometry(morphology)):
             sec = h.Section(name=f"{tag}.{g.name}")
             for x, y, z, diam in g.points:
                 sec.pt3dadd(float(x), float(y), float(z), float(diam))
             if g.parent is not None:
                 sec.connect(self.sections[g.parent](g.parent_x), g.orientation)
             # NEURON's defaults, set explicitly so the model does not depend on them.
-            sec.Ra = 35.4
+            sec.Ra = AXIAL_RESISTIVITY
             sec.cm = 1.0
             sec.insert("hh")
             self.sections.append(sec)
-        somatic = [sec for g, sec in zip(geometry, self.sections) if "soma" in g.name.lower()]
+        somatic = [sec for g, sec in zip(built, self.sections) if "soma" in g.name.lower()]
         # The soma is where the current goes in and the voltage is read; the root when unnamed.
         self.soma = somatic[0] if somatic else self.sections[0]
         self.stimulus = h.IClamp(self.soma(0.5))
@@ -359,23 +370,26 @@ class Cell:
 _ACTIVE: Cell | None = None
 
 
-def get_cell(morphology: str, nseg: Discretization) -> Cell:
+def get_cell(morphology: str, nseg: Discretization, geometry: GeometryBuilder = read_morphology) -> Cell:
     """The process's cell for a morphology, built on first use, discretised as asked.
 
     Arguments:
         morphology: the path of the morphology file.
         nseg: segments per section, or ``"d_lambda"``.
+        geometry: builds the sections from the path: the full reconstruction, or a reduced model
+            (a module-level function, so that the same builder compares equal on every call).
 
     Returns:
-        The active cell (the previous one is deleted if it had another morphology).
+        The active cell (the previous one is deleted if it had another morphology or builder:
+        never two cells alive, an LF and an HF simulator alternating in one process rebuild).
     """
     global _ACTIVE
     with simulation_lock:
-        if _ACTIVE is None or _ACTIVE.morphology != morphology:
+        if _ACTIVE is None or _ACTIVE.morphology != morphology or _ACTIVE.geometry != geometry:
             if _ACTIVE is not None:
                 _ACTIVE.close()
                 _ACTIVE = None
-            _ACTIVE = Cell(morphology)
+            _ACTIVE = Cell(morphology, geometry)
         _ACTIVE.discretize(nseg)
         return _ACTIVE
 

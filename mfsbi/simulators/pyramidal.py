@@ -11,6 +11,8 @@ Summary statistics, x (k = 4): the number of spikes (upward crossings of 0 mV by
 voltage, with 10 mV hysteresis), the mean and the standard deviation of the somatic voltage at rest
 (from 5 ms to the stimulus onset) and the mean somatic voltage during the stimulus. A row whose
 voltage is not finite or exceeds 1 000 mV in magnitude is returned as failed, with a reason.
+``statistics="rich"`` adds first-spike latency, mean ISI, adaptation index, AP peak and AP
+half-width (k = 9; :func:`rich_statistics`).
 
 The step amplitude is calibrated for this morphology and the noise amplitude chosen as documented
 in docs/tasks-pyramidal.md.
@@ -24,8 +26,9 @@ from typing import Literal
 import numpy as np
 from torch.distributions import Distribution
 
-from mfsbi.simulators.base import Task
-from mfsbi.simulators.neuron_cell import Discretization, demo_pyramid_path, get_cell, simulation_lock
+from mfsbi.simulators.base import FidelityLevel, Task
+from mfsbi.simulators.neuron_cell import Discretization, GeometryBuilder, demo_pyramid_path, get_cell
+from mfsbi.simulators.neuron_cell import read_morphology, simulation_lock
 
 __all__ = [
     "DT",
@@ -36,13 +39,17 @@ __all__ = [
     "PARAMETER_NAMES",
     "PRIOR_HIGH",
     "PRIOR_LOW",
+    "RICH_STATISTIC_NAMES",
     "SPIKE_HYSTERESIS",
     "SPIKE_THRESHOLD",
     "STATISTIC_NAMES",
     "STIMULUS_AMPLITUDE",
     "PyramidalSimulator",
     "pyramidal",
+    "rich_statistics",
     "spike_count",
+    "spike_onsets",
+    "statistic_names",
     "summary_statistics",
     "trace",
 ]
@@ -51,6 +58,10 @@ PARAMETER_NAMES: tuple[str, ...] = ("gNa", "gK")
 PRIOR_LOW: tuple[float, ...] = (0.005, 1e-6)
 PRIOR_HIGH: tuple[float, ...] = (0.8, 0.15)
 STATISTIC_NAMES: tuple[str, ...] = ("spike_count", "rest_mean", "rest_std", "stimulus_mean")
+RICH_STATISTIC_NAMES: tuple[str, ...] = (
+    "spike_count", "first_spike_latency", "mean_isi", "adaptation_index", "ap_peak", "ap_half_width",
+    "rest_mean", "rest_std", "stimulus_mean",
+)
 
 HF_NSEG = 8
 LF_NSEG = 1
@@ -70,7 +81,7 @@ SPIKE_THRESHOLD = 0.0  # mV
 SPIKE_HYSTERESIS = 10.0  # mV
 MAX_ABS_VOLTAGE = 1e3  # mV: beyond this the integration has blown up.
 
-Statistics = Literal["paper"]
+Statistics = Literal["paper", "rich"]
 
 
 def spike_count(v: np.ndarray, threshold: float = SPIKE_THRESHOLD, hysteresis: float = SPIKE_HYSTERESIS) -> int:
@@ -85,13 +96,7 @@ def spike_count(v: np.ndarray, threshold: float = SPIKE_THRESHOLD, hysteresis: f
         The number of spikes. A trace that starts above the threshold counts no spike until it has
         fallen below ``threshold - hysteresis``.
     """
-    above = v >= threshold
-    below = v < threshold - hysteresis
-    # Each sample is an event: below the re-arm level (+1), above the threshold (-1), or neither.
-    # A spike is an "above" event whose previous event was "below": vectorised Schmitt trigger.
-    event = np.where(below, 1, np.where(above, -1, 0))
-    events = event[event != 0]
-    return int(np.count_nonzero((events[1:] == -1) & (events[:-1] == 1)))
+    return int(spike_onsets(v, threshold, hysteresis).size)
 
 
 def summary_statistics(
@@ -121,6 +126,97 @@ def summary_statistics(
     )
 
 
+def spike_onsets(
+    v: np.ndarray, threshold: float = SPIKE_THRESHOLD, hysteresis: float = SPIKE_HYSTERESIS
+) -> np.ndarray:
+    """The sample indices of the spikes that :func:`spike_count` counts (first sample above threshold).
+
+    Arguments:
+        v: a voltage trace, mV.
+        threshold, hysteresis: as in :func:`spike_count`.
+
+    Returns:
+        Increasing indices, int64; ``len(spike_onsets(v)) == spike_count(v)``.
+    """
+    # Each sample is an event: below the re-arm level (+1), above the threshold (-1), or neither.
+    # A spike is an "above" event whose previous event was "below": vectorised Schmitt trigger.
+    event = np.where(v < threshold - hysteresis, 1, np.where(v >= threshold, -1, 0))
+    where = np.flatnonzero(event)
+    events = event[where]
+    return where[1:][(events[1:] == -1) & (events[:-1] == 1)]
+
+
+def _half_width(v: np.ndarray, peak: int, level: float, lo: int, hi: int, dt: float) -> float:
+    """Time (ms) that v stays at or above ``level`` around ``peak`` within [lo, hi), interpolated."""
+    below = np.flatnonzero(v[lo:peak] < level)
+    rise = lo + below[-1] if below.size else lo  # last sample below the level before the peak
+    after = np.flatnonzero(v[peak:hi] < level)
+    fall = peak + after[0] if after.size else hi - 1  # first sample below it after the peak
+    # Linear interpolation of both crossings between the samples that bracket them.
+    t_rise = rise + (level - v[rise]) / (v[rise + 1] - v[rise]) if v[rise] < level else float(rise)
+    t_fall = fall - 1 + (v[fall - 1] - level) / (v[fall - 1] - v[fall]) if v[fall] < level else float(fall)
+    return float(t_fall - t_rise) * dt
+
+
+def rich_statistics(
+    v: np.ndarray,
+    dt: float = DT,
+    start: float = STIMULUS_START,
+    duration: float = STIMULUS_DURATION,
+    settle: float = SETTLE,
+) -> np.ndarray:
+    """Nine statistics of one somatic trace: the paper's four plus spike timing and AP shape.
+
+    Spikes are those of :func:`spike_count`; the timing and shape statistics use the spikes whose
+    onset lies in the stimulus window. Silent cases get finite values (NaN would fail the row):
+
+    - ``first_spike_latency``: onset minus stimulus start, ms; no spike: ``duration``;
+    - ``mean_isi``: mean interval between onsets, ms; fewer than 2 spikes: ``duration``;
+    - ``adaptation_index``: last ISI / first ISI; fewer than 3 spikes: 1 (no adaptation seen);
+    - ``ap_peak``: mean spike peak, mV; no spike: the maximum voltage during the stimulus;
+    - ``ap_half_width``: mean width at half height, ms, the height measured from the spike's base
+      (the minimum since the previous peak or the stimulus onset) to its peak; no spike: 0.
+
+    Arguments:
+        v, dt, start, duration, settle: as in :func:`summary_statistics`.
+
+    Returns:
+        Shape ``(9,)``, float64, in the order of :data:`RICH_STATISTIC_NAMES`.
+    """
+    spike, rest_mean, rest_std, stimulus_mean = summary_statistics(v, dt, start, duration, settle)
+    i_start, i_stop = round(start / dt), round((start + duration) / dt)
+    every = spike_onsets(v)
+    inside = (every >= i_start) & (every < i_stop)
+    onsets = every[inside]
+    latency, isi, adaptation, width = duration, duration, 1.0, 0.0
+    peak_v = float(v[i_start:i_stop].max())
+    if onsets.size:
+        latency = (onsets[0] - i_start) * dt
+        intervals = np.diff(onsets) * dt
+        isi = float(intervals.mean()) if intervals.size else duration
+        adaptation = float(intervals[-1] / intervals[0]) if intervals.size >= 2 else 1.0
+        # A spike's peak and width are sought up to the next spike's onset (after the window too).
+        ends = np.append(every[1:], v.size)[inside]
+        peaks, widths, lo = [], [], i_start
+        for onset, end in zip(onsets, ends):
+            peak = int(onset + np.argmax(v[onset:end]))
+            base = float(v[lo : onset + 1].min())
+            widths.append(_half_width(v, peak, (v[peak] + base) / 2, lo, end, dt))
+            peaks.append(float(v[peak]))
+            lo = peak
+        peak_v, width = float(np.mean(peaks)), float(np.mean(widths))
+    return np.array(
+        [spike, latency, isi, adaptation, peak_v, width, rest_mean, rest_std, stimulus_mean], dtype=np.float64
+    )
+
+
+def statistic_names(statistics: Statistics) -> tuple[str, ...]:
+    """The names of the statistics of a ``statistics`` setting (``"paper"`` or ``"rich"``)."""
+    if statistics not in ("paper", "rich"):
+        raise ValueError(f"statistics must be 'paper' or 'rich', got {statistics!r}")
+    return STATISTIC_NAMES if statistics == "paper" else RICH_STATISTIC_NAMES
+
+
 @dataclass(frozen=True)
 class PyramidalSimulator:
     """The HH pyramidal-cell simulator of one discretisation (picklable: holds only its config).
@@ -137,7 +233,7 @@ class PyramidalSimulator:
         start, duration: the step current's window, ms.
         settle: the resting window is ``[settle, start)``, ms.
         dt: the time step, ms.
-        statistics: ``"paper"`` (the four statistics).
+        statistics: ``"paper"`` (the four statistics) or ``"rich"`` (nine, :func:`rich_statistics`).
     """
 
     nseg: Discretization = HF_NSEG
@@ -159,19 +255,22 @@ class PyramidalSimulator:
                 "need 0 <= settle < start <= start + duration <= tstop, got "
                 f"settle={self.settle}, start={self.start}, duration={self.duration}, tstop={self.tstop}"
             )
-        if self.statistics != "paper":
-            raise ValueError(f"statistics must be 'paper', got {self.statistics!r}")
+        statistic_names(self.statistics)  # raises on an unknown setting
         if self.noise_std < 0 or self.dt <= 0:
             raise ValueError("noise_std must be >= 0 and dt > 0")
 
     @property
     def x_dim(self) -> int:
         """The number of statistics."""
-        return len(STATISTIC_NAMES)
+        return len(statistic_names(self.statistics))
 
     def _morphology(self) -> str:
         # Resolved in the worker: the demo's path depends on where NEURON is installed there.
         return str(demo_pyramid_path() if self.morphology is None else self.morphology)
+
+    def _geometry(self) -> GeometryBuilder:
+        # The full reconstruction; a reduced model (mfsbi.simulators.reduced_cell) overrides this.
+        return read_morphology
 
     def _noise(self, seed: int, row: int) -> np.ndarray:
         # One stream per (batch seed, row): a row's noise does not depend on the other rows.
@@ -194,7 +293,7 @@ class PyramidalSimulator:
         noise = self._noise(seed, row)
         # Held across both calls: another thread must not switch the cell or its nseg in between.
         with simulation_lock:
-            cell = get_cell(self._morphology(), self.nseg)
+            cell = get_cell(self._morphology(), self.nseg, self._geometry())
             return cell.run(gna, gk, self.amplitude, self.start, self.duration, noise, self.tstop, self.dt, V_INIT)
 
     def __call__(self, theta: np.ndarray, seed: int) -> tuple[np.ndarray, list[str | None]]:
@@ -205,7 +304,7 @@ class PyramidalSimulator:
             seed: the batch's seed.
 
         Returns:
-            ``x`` of shape ``(n, 4)``, float64, NaN in failed rows, and one reason per row
+            ``x`` of shape ``(n, x_dim)``, float64, NaN in failed rows, and one reason per row
             (``None`` for a good row).
         """
         theta = np.asarray(theta, dtype=np.float64)
@@ -225,7 +324,8 @@ class PyramidalSimulator:
             elif (peak := float(np.abs(v).max())) > MAX_ABS_VOLTAGE:
                 reason = f"numerical blow-up: |V| reached {peak:.3g} mV"
             else:
-                stats = summary_statistics(v, self.dt, self.start, self.duration, self.settle)
+                statistics = summary_statistics if self.statistics == "paper" else rich_statistics
+                stats = statistics(v, self.dt, self.start, self.duration, self.settle)
                 if np.all(np.isfinite(stats)):
                     x[i] = stats
                 else:
@@ -270,7 +370,7 @@ def _prior() -> Distribution:
 
 # Measured on the reference machine (2 cores, one process, one thread), averaged over prior draws;
 # see docs/tasks-pyramidal.md.
-COST_SECONDS = {"lf": 0.034, "hf": 0.158}
+COST_SECONDS = {"lf": 0.034, "mf": 0.051, "hf": 0.158}
 
 
 def pyramidal(
@@ -279,6 +379,7 @@ def pyramidal(
     amplitude: float = STIMULUS_AMPLITUDE,
     noise_std: float = NOISE_STD,
     tstop: float = TSTOP,
+    statistics: Statistics = "paper",
 ) -> Task:
     """The pyramidal-neuron task: infer (gNa, gK) of an HH multicompartment cell.
 
@@ -288,21 +389,31 @@ def pyramidal(
         amplitude: the step current, nA (the default is calibrated for ``pyramid.nrn``).
         noise_std: the white-noise current's standard deviation per 0.025 ms step, nA.
         tstop: the run length, ms (the stimulus stays at 10..110 ms, so at least 110).
+        statistics: ``"paper"`` (4) or ``"rich"`` (9, :func:`rich_statistics`; version ``"1-rich"``).
 
     Returns:
-        The task (LF: 1 segment per section).
+        The task (LF: 1 segment per section; between LF and HF, ``"mf"``: NEURON's d_lambda rule,
+        unless the HF is that rule). The fidelities are coupled: the same θ, batch seed and row
+        inject the same noise current at every level.
     """
-    config = dict(morphology=morphology, amplitude=amplitude, noise_std=noise_std, tstop=tstop)
+    config = dict(
+        morphology=morphology, amplitude=amplitude, noise_std=noise_std, tstop=tstop, statistics=statistics
+    )
+    between = () if hf_nseg == "d_lambda" else (
+        FidelityLevel("mf", PyramidalSimulator(nseg="d_lambda", **config), "d_lambda rule (0.1 λ at 100 Hz)"),  # type: ignore[arg-type]
+    )
     return Task(
         name="pyramidal",
         prior=_prior(),
         parameter_names=PARAMETER_NAMES,
         low_fidelity=PyramidalSimulator(nseg=LF_NSEG, **config),  # type: ignore[arg-type]
         high_fidelity=PyramidalSimulator(nseg=hf_nseg, **config),  # type: ignore[arg-type]
-        x_dim=len(STATISTIC_NAMES),
+        x_dim=len(statistic_names(statistics)),
         low_fidelity_parameters=(0, 1),
         references={},
-        version="1",
+        version="1" if statistics == "paper" else "1-rich",
         description="HH multicompartment pyramidal cell (NEURON), (gNa, gK); LF: 1 segment per section",
         cost_seconds=dict(COST_SECONDS),
+        intermediate=between,
+        coupled=True,
     )

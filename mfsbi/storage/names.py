@@ -15,10 +15,16 @@ __all__ = [
     "check_artifact_name",
     "check_fidelity",
     "check_task",
+    "fidelity_order",
+    "is_budgeted",
 ]
 
 ARTIFACTS = "artifacts"
+# The two ends of every task's chain of fidelities. Intermediate levels ("mf", ...) are any other
+# short lowercase word; they sort between the two (:func:`fidelity_order`).
 FIDELITIES = ("lf", "hf")
+# The same rule as mfsbi.simulators.base.LEVEL_NAME: the store does not import the simulators.
+_FIDELITY = re.compile(r"[a-z][a-z0-9]{0,15}")
 
 # A task name is one path component: it starts with a letter or digit, so "." and ".." and
 # hidden names are impossible, and "/" or "\" cannot occur. Matched with fullmatch: "$" would
@@ -62,12 +68,25 @@ def check_task(task: str) -> str:
 
 
 def check_fidelity(fidelity: str) -> str:
-    """Validates a fidelity, ``"lf"`` or ``"hf"``."""
+    """Validates a fidelity: ``"lf"``, ``"hf"`` or an intermediate level's short lowercase name."""
 
-    if fidelity not in FIDELITIES:
-        raise StoreError(f"invalid fidelity {fidelity!r}: expected one of {FIDELITIES}")
+    if not isinstance(fidelity, str) or not _FIDELITY.fullmatch(fidelity) or _reserved(fidelity):
+        raise StoreError(f"invalid fidelity {fidelity!r}: expected 'lf', 'hf' or an intermediate level's name "
+                         "(lowercase letters and digits, starting with a letter, at most 16)")
 
     return fidelity
+
+
+def is_budgeted(fidelity: str) -> bool:
+    """Whether a table of this fidelity may hold a budget: every level above LF (the HF budget rules)."""
+
+    return check_fidelity(fidelity) != "lf"
+
+
+def fidelity_order(fidelity: str) -> tuple[int, str]:
+    """A sort key: ``"lf"`` first, intermediate levels by name, ``"hf"`` last."""
+
+    return ({"lf": 0, "hf": 2}.get(fidelity, 1), fidelity)
 
 
 def check_artifact_name(name: str) -> str:

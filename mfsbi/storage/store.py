@@ -18,7 +18,7 @@ from zarr.storage import LocalStore
 
 from .errors import StoreError, StoreMismatchError
 from .layout import create_arrays, table_attrs, write_parameter_names
-from .names import ARTIFACTS, FIDELITIES, check_artifact_name, check_fidelity, check_task
+from .names import ARTIFACTS, check_artifact_name, check_fidelity, check_task, fidelity_order
 from .stamps import mfsbi_version, utc_now
 from .table import SimulationTable
 
@@ -176,7 +176,7 @@ class SimulationStore:
 
         Arguments:
             task: the task name.
-            fidelity: ``"lf"`` or ``"hf"``.
+            fidelity: ``"lf"``, an intermediate level's name, or ``"hf"``.
 
         Returns:
             The table, or None if there is none.
@@ -267,7 +267,7 @@ class SimulationStore:
 
         Arguments:
             task: the task name.
-            fidelity: ``"lf"`` or ``"hf"``.
+            fidelity: ``"lf"``, an intermediate level's name, or ``"hf"``.
             theta_dim: the number of parameters per row.
             x_dim: the number of outputs per row.
             chunk_size: the number of rows per chunk (one simulator batch).
@@ -319,7 +319,11 @@ class SimulationStore:
             if task == ARTIFACTS:
                 continue
 
-            for fidelity in FIDELITIES:
+            task_group = self._group(task)
+            if task_group is None:
+                continue
+            # Every fidelity of the task's chain: lf, intermediate levels, hf.
+            for fidelity in sorted(task_group.group_keys(), key=fidelity_order):
                 group = self._group(f"{task}/{fidelity}")
 
                 if group is not None and "mfsbi_table" in group.attrs:

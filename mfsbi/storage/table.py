@@ -50,6 +50,7 @@ from .layout import (
     Status,
     batch_values,
 )
+from .names import is_budgeted
 from .payload import adjacent, chunk_lock, joined, write_payload
 from .reading import StatusName, TableReader
 from .stamps import utc_now
@@ -135,8 +136,8 @@ class SimulationTable(TableReader):
 
         self._writable()
 
-        if self.fidelity != "hf":
-            raise ValueError(f"budget: only the hf table has a budget, not '{self.key}'")
+        if not is_budgeted(self.fidelity):
+            raise ValueError(f"budget: only tables above LF (hf, intermediate levels) have a budget, not '{self.key}'")
         if isinstance(total, bool) or int(total) != total:
             raise ValueError(f"budget: total must be an integer, got {total!r}")
 
@@ -203,7 +204,7 @@ class SimulationTable(TableReader):
         stop = start + n
 
         # The budget is checked before anything is written.
-        budget = self.budget() if self.fidelity == "hf" else None
+        budget = self.budget() if is_budgeted(self.fidelity) else None
 
         if budget is not None and n > budget.remaining:
             raise BudgetExceededError(requested=n, remaining=budget.remaining)

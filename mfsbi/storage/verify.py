@@ -11,8 +11,8 @@ Checked, per table ``<task>/<fidelity>``:
 * statuses are 0, 1 or 2; ok rows have finite ``x``; failed rows a non-empty reason; pending rows
   NaN ``x``; every reserved row a finite ``theta``, a written ``seed`` (not the fill value -1) and a
   round >= 0;
-* the high-fidelity budget, when set: ``reserved`` equals the number of rows and neither exceeds
-  ``total``.
+* the budget of an HF or intermediate-level table, when set: ``reserved`` equals the number of
+  rows and neither exceeds ``total``.
 
 For the store: every ``latest.json`` artifact names a run whose ``posterior.pt`` exists, and a lock
 file (:mod:`mfsbi.storage.lock`) is reported, live or stale.
@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from .errors import StoreError
 from .lock import read_lock
-from .names import ARTIFACTS, FIDELITIES, check_artifact_name
+from .names import ARTIFACTS, check_artifact_name, check_fidelity, fidelity_order, is_budgeted
 from .store import SimulationStore
 from .layout import ARRAYS, RESERVED_ARRAYS, Status
 
@@ -92,6 +93,14 @@ def _rows(rows: np.ndarray, limit: int = 10) -> str:
     return f"[{head}{more}]"
 
 
+def _is_fidelity(name: str) -> bool:
+    try:
+        check_fidelity(name)
+    except StoreError:
+        return False
+    return True
+
+
 def verify_store(store: str | os.PathLike) -> VerifyReport:
     """Checks a store's consistency, changing nothing.
 
@@ -118,7 +127,9 @@ def verify_store(store: str | os.PathLike) -> VerifyReport:
         if task == ARTIFACTS:
             continue
         task_group = root[task]
-        for fidelity in FIDELITIES:
+        members = set(task_group.group_keys()) | set(task_group.array_keys())
+        # Every fidelity of the chain the task's folder holds: lf, intermediate levels, hf.
+        for fidelity in sorted((m for m in members if _is_fidelity(m)), key=fidelity_order):
             try:
                 group = task_group[fidelity]
             except KeyError:
@@ -199,8 +210,8 @@ def _verify_budget(key: str, attrs: dict[str, Any], n: int, add) -> None:
     budget = attrs.get("budget")
     if budget is None:
         return
-    if not key.endswith("/hf"):
-        add(Problem(key, "budget", "a budget on a table other than hf"))
+    if not is_budgeted(key.rsplit("/", 1)[-1]):
+        add(Problem(key, "budget", "a budget on an LF table (only hf and intermediate levels have one)"))
     try:
         total = int(budget["total"])
         reserved = int(budget["reserved"])
