@@ -8,7 +8,7 @@ learning curves of :mod:`mfsbi.inference.allocation` are refitted to every score
 step is the one with the highest expected loss reduction per second of compute. The run stops when
 the budget or the expected gain runs out, and keeps the allocation that scored best.
 
-Compute is what the run's jobs measured: simulator seconds and training seconds, summed over
+Compute is what the run's jobs measured: simulator seconds and training CPU seconds, summed over
 workers (the planning pairs included; the held-out test pairs of the final metrics are not, as in
 every run). A fidelity with a declared cost (``simulation_cost``) is charged and planned at that
 cost instead, to plan as if a simulator were that slow; the summary says which were declared.
@@ -63,8 +63,9 @@ class ComputeLedger:
         self.simulations[fidelity] = self.simulations.get(fidelity, 0.0) + cost
 
     def charge_training(self, result: TrainResult | None) -> None:
+        # CPU seconds: what the training cost, whatever else shared the machine.
         if result is not None:
-            self.training += result.seconds
+            self.training += result.cpu_seconds or result.seconds
 
     def seconds_per_simulation(self, fidelity: str, default: float | None) -> float:
         """The declared cost, else the mean measured so far, else the task's documented cost."""
@@ -125,7 +126,7 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
             ledger.charge_simulations(step.fidelity, step.simulations)
             ledger.charge_training(step.train)
             if step.train is not None:
-                train_seconds[step.fidelity] = step.train.seconds
+                train_seconds[step.fidelity] = step.train.cpu_seconds or step.train.seconds
         ledger.charge_simulations("hf", run.simulate(table=run.hf_table, fidelity="hf", num_rows=allocation["hf"],
                                                      seed=config.seed, budget=allocation["hf"]))
         (result,) = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=allocation["hf"],
@@ -133,7 +134,7 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
                                              pretrained=checkpoint)],
                               label=f"fine-tune on {allocation['hf']} HF ({_describe(allocation)})")
         ledger.charge_training(result)
-        train_seconds["hf"] = result.seconds
+        train_seconds["hf"] = result.cpu_seconds or result.seconds
         posterior = estimator_from_bytes(result.checkpoint, task.prior).posterior()
         loss = -float(pair_log_probs(posterior, plan_theta, plan_x).mean())
         entry = _Trained(dict(allocation), loss, result, ledger.spent)

@@ -9,6 +9,7 @@ together (:func:`mfsbi.inference.coupled_levels`). No Prefect here.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,7 @@ def train_multilevel(job: MultilevelJob) -> TrainResult:
 
     from mfsbi.inference import EstimatorConfig, TrainingConfig, estimator_to_bytes, train_ml_npe
 
+    started = time.process_time()
     torch.set_num_threads(job.threads)
     task = task_for(job.task_spec)
     data = read_levels(store_for(job.store_url), job.levels)
@@ -87,4 +89,5 @@ def train_multilevel(job: MultilevelJob) -> TrainResult:
                            on_epoch=epoch_sink(job))
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, trained.num_simulations, job.device, worker_name(),
-                       torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses))
+                       torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses),
+                       cpu_seconds=time.process_time() - started)
