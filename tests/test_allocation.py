@@ -68,7 +68,7 @@ def test_a_planned_run_spends_its_budget_and_keeps_the_best_allocation(tmp_path,
 
     config = RunConfig(task="ou2", method="mf-npe", lf_sims=200, hf_sims=10, compute_budget=40.0,
                        simulation_cost={"lf": 0.001, "hf": 0.2}, planning_pairs=20, store=str(tmp_path / "store"),
-                       seed=1, num_test_observations=1, num_nltp_pairs=10, posterior_samples=100, max_num_epochs=3,
+                       seed=1, num_test_observations=0, num_nltp_pairs=10, posterior_samples=100, max_num_epochs=3,
                        lf_chunk_size=100, hf_chunk_size=10, transfer_guard="off")
 
     @flow

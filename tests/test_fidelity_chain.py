@@ -111,7 +111,7 @@ def test_mf_npe_fine_tunes_through_the_chain_and_resumes_mid_chain(tmp_path, pre
     from mfsbi.storage import SimulationStore
 
     config = RunConfig(task="ou2-euler", method="mf-npe", lf_sims=300, level_sims={"mf": 40}, hf_sims=20,
-                       store=str(tmp_path / "store"), seed=3, num_test_observations=1, num_nltp_pairs=10,
+                       store=str(tmp_path / "store"), seed=3, num_test_observations=0, num_nltp_pairs=10,
                        posterior_samples=100, max_num_epochs=3, lf_chunk_size=100, hf_chunk_size=10,
                        transfer_guard="off")
     real_simulate = Run.simulate
@@ -161,7 +161,7 @@ def test_ml_npe_trains_on_coupled_twins_through_three_levels(tmp_path, prefect_s
     from mfsbi.storage import SimulationStore
 
     config = RunConfig(task="ou2-euler", method="ml-npe", lf_sims=300, level_sims={"mf": 30}, hf_sims=20,
-                       store=str(tmp_path / "store"), seed=2, num_test_observations=1, num_nltp_pairs=10,
+                       store=str(tmp_path / "store"), seed=2, num_test_observations=0, num_nltp_pairs=10,
                        posterior_samples=100, max_num_epochs=3, lf_chunk_size=100, hf_chunk_size=10)
 
     @flow
