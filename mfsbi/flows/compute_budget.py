@@ -3,10 +3,12 @@
 The run starts at the ``--sims`` counts and grows one fidelity of the chain at a time. Every
 allocation is trained as MF-NPE trains (pretrain on LF, fine-tune through each level, fine-tune on
 HF; checkpoints of the chain below HF are reused when only a higher level grew) and scored by its
-held-out HF loss on planning pairs that no training sees. After a probe of each fidelity, the
-learning curves of :mod:`mfsbi.inference.allocation` are refitted to every score so far and the next
-step is the one with the highest expected loss reduction per second of compute. The run stops when
-the budget or the expected gain runs out, and keeps the allocation that scored best.
+held-out HF loss on planning pairs that no training sees. After two probes of each fidelity and one
+training on all they simulated, the learning curves of :mod:`mfsbi.inference.allocation` are
+refitted to every score so far and the next step is the one with the highest expected loss
+reduction per second of compute. The run stops when
+the budget or the expected gain runs out. Its result is the allocation it ends at, which uses every
+simulation it paid for.
 
 Compute is what the run's jobs measured: simulator seconds and training CPU seconds, summed over
 workers (the planning pairs included; the held-out test pairs of the final metrics are not, as in
@@ -94,7 +96,7 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
     """Plans and trains MF-NPE within ``compute_budget`` seconds (see the module).
 
     Returns:
-        The HF training of the allocation that scored best, as a one-member list (what the
+        The HF training of the allocation the planner ended at, as a one-member list (what the
         amortised flow evaluates, stores and publishes). ``summary.planner`` holds every
         evaluation, decision and the fitted curve; the learning-curve plot is in the store and the UI.
     """
@@ -156,25 +158,47 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
                     growth=config.planner_growth)
 
     decisions: list[dict] = []
-    train(counts)
-    # A probe of each fidelity, cheapest first, so that every learning curve has two points.
-    for fidelity in fidelities:
-        if ledger.remaining <= 0:
-            break
-        probe = dict(counts)
-        probe[fidelity] = int(np.ceil(counts[fidelity] * config.planner_growth))
-        step_options = options(counts)
-        cost = ((probe[fidelity] - counts[fidelity]) * step_options["seconds_per_simulation"][fidelity]
-                + step_options["retraining_seconds"][fidelity])
+
+    def _step_or_skip(allocation: dict[str, int], retrain_from: str, kind: str, why: str) -> None:
+        """Trains a probe or the merge when the budget allows it; records the decision either way.
+
+        Its expected cost: the simulations beyond those already paid for, and retraining from
+        ``retrain_from`` up (the checkpoints below it are stored).
+        """
+        paid = {f: max(t.counts[f] for t in trained) for f in fidelities}
+        per = options(allocation)
+        cost = sum(max(0, allocation[f] - paid[f]) * per["seconds_per_simulation"][f] for f in fidelities)
+        cost += sum(train_seconds.get(f, 0.0) * (config.planner_growth if f == retrain_from and kind == "probe" else 1)
+                    for f in fidelities[fidelities.index(retrain_from):])
+        fidelity = retrain_from if kind == "probe" else None
         if cost > ledger.remaining:
-            decisions.append({"fidelity": fidelity, "counts": probe, "expected_seconds": cost,
-                              "reason": f"probe of {fidelity} skipped: {cost:.0f} s > {ledger.remaining:.0f} s left"})
-            continue
-        decisions.append({"fidelity": fidelity, "counts": probe, "expected_seconds": cost,
-                          "reason": f"probe: grow {fidelity} to {probe[fidelity]} to measure its learning curve"})
-        train(probe)
-    counts = dict(min(trained, key=lambda t: t.loss).counts) if trained else counts
-    # Greedy steps from the best allocation so far, on curves refitted after every step.
+            decisions.append({"fidelity": fidelity, "counts": allocation, "expected_seconds": cost,
+                              "reason": f"{kind} skipped: {cost:.0f} s needed, {ledger.remaining:.0f} s left"})
+            return
+        decisions.append({"fidelity": fidelity, "counts": allocation, "expected_seconds": cost,
+                          "reason": f"{kind}: {why}"})
+        spent_before = ledger.spent
+        done = train(allocation)
+        decisions[-1]["measured_seconds"] = round(ledger.spent - spent_before, 3)
+        decisions[-1]["measured_loss"] = done.loss
+
+    train(counts)
+    # Two probes of each fidelity, cheapest first (its count times growth, then growth²; the others
+    # at the start): every learning curve gets three points before any decision rests on it. Two
+    # points were too few: at small counts one training's noise can make the larger count score
+    # worse, and a curve fitted to that promises nothing.
+    start = dict(counts)
+    for fidelity in fidelities:
+        for power in (1, 2):
+            probe = dict(start)
+            probe[fidelity] = int(np.ceil(start[fidelity] * config.planner_growth ** power))
+            _step_or_skip(probe, fidelity, "probe", f"grow {fidelity} to {probe[fidelity]} to measure its learning curve")
+    # Every simulation paid for is used from here on: the probes' largest counts, trained together.
+    counts = {f: max(t.counts[f] for t in trained) for f in fidelities}
+    if counts != start:
+        # The LF-pretrained checkpoint at the largest LF count is stored: the levels above are retrained.
+        _step_or_skip(counts, fidelities[1], "merge", "train on every simulation the probes paid for")
+    # Greedy steps on curves refitted after every step.
     curve = None
     for _ in range(MAX_STEPS):
         curve = fit_learning_curve([Evaluation(t.counts, t.loss) for t in trained], fidelities)
@@ -189,19 +213,22 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
         counts = step.counts
     else:
         decisions.append({"fidelity": None, "counts": dict(counts), "reason": f"steps: stopped after {MAX_STEPS}"})
-    best = min(trained, key=lambda t: t.loss)
+    # The result is the allocation the planner ends at, which holds every simulation it kept: more
+    # rows of the same method are never worse in expectation, while picking the lowest of noisy
+    # held-out scores would favour a lucky training.
+    final = next((t for t in trained if t.counts == counts), None) or train(counts)
     summary.planner = {
         "fidelities": fidelities, "ledger": ledger.to_dict(), "overrun_seconds": round(max(0.0, -ledger.remaining), 3),
         "evaluations": [{"counts": t.counts, "held_out_loss": t.loss, "spent_seconds": round(t.spent, 3)}
                         for t in trained],
-        "decisions": decisions, "curve": curve.to_dict() if curve else None, "chosen": best.counts,
+        "decisions": decisions, "curve": curve.to_dict() if curve else None, "chosen": final.counts,
         "stop_reason": decisions[-1]["reason"], "planning_pairs": len(plan_theta),
     }
     summary.hf = dataclasses.asdict(SimulationReport(run.hf_table, "hf", ledger.simulated.get("hf", 0), 0,
-                                                     ledger.measured.get("hf", 0.0), best.counts["hf"]))
+                                                     ledger.measured.get("hf", 0.0), final.counts["hf"]))
     summary.hf_budget = dataclasses.asdict(run.store.table(run.hf_table, "hf").budget())
     _publish(run, summary, curve)
-    return [best.result]
+    return [final.result]
 
 
 def _describe(counts: dict[str, int]) -> str:
