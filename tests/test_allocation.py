@@ -94,3 +94,27 @@ def test_a_planned_run_spends_its_budget_and_keeps_the_best_allocation(tmp_path,
                                                     abs=0.01)
     assert summary["train"]["simulations"] == best["hf"]
     assert summary["planner_plot"].endswith("learning-curves.png") and np.isfinite(summary["metrics"]["nltp"])
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--compute-budget", "abc"], "--compute-budget: 'abc' is not a duration"),
+    (["--compute-budget", "-5"], "--compute-budget: Input should be greater than 0"),
+    (["--method", "npe", "--compute-budget", "1h"], "--compute-budget: npe takes counts"),
+    (["--compute-budget", "1h", "--simulation-cost", "xf=1"], "--simulation-cost: 'xf' is not a fidelity of this run"),
+    (["--compute-budget", "1h", "--simulation-cost", "hf=abc"], "--simulation-cost: 'hf=abc' is not fidelity=seconds"),
+    (["--compute-budget", "1h", "--ensemble", "3"], "--ensemble: the compute-budget planner trains one estimator"),
+])
+def test_bad_budgets_are_refused_with_one_line_and_nothing_written(tmp_path, arguments, message):
+    from typer.testing import CliRunner
+
+    from mfsbi.app.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--task", "ou2", *arguments, "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_durations_parse():
+    from mfsbi.flows.options import parse_duration
+
+    assert [parse_duration(v) for v in ("2h", "90m", "45s", "1.5h", "3600", 7.0)] == [7200, 5400, 45, 5400, 3600, 7.0]
