@@ -34,6 +34,7 @@ def test_epochs_on_dask_workers_reach_the_flow_process_and_the_prefect_ui(tmp_pa
                                                                          caplog):
     import prefect.artifacts
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from mfsbi.flows import training_progress
 
@@ -64,13 +65,16 @@ def test_epochs_on_dask_workers_reach_the_flow_process_and_the_prefect_ui(tmp_pa
         return run_amortized(config, DaskExecutor(dask_cluster_client))
 
     try:
-        summary = probe()
+        state = probe(return_state=True)
+        summary = state.result()
     finally:
         progress.listen_epochs(events.append, on=False)
     mine = [e for e in events if e["label"] == "train on 40 HF"]
     assert [e["epoch"] for e in mine] == list(range(1, summary.train["epochs"] + 1))
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts()
+        # Filtered by this flow run: the session's server holds more artifacts than one page (200).
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     assert any(a.type == "progress" and a.data == 100.0 and "train on 40 HF: done after" in (a.description or "")
                for a in artifacts)
     assert len(updates) >= 2, updates  # intermediate epochs, not only the final 100 %
