@@ -46,7 +46,12 @@ def test_the_step_with_the_most_gain_per_second_wins(hf_cost, expected):
 def test_it_stops_when_the_budget_or_the_gain_runs_out():
     curve = fit_learning_curve(_grid(), FIDELITIES, prior_weight=1e-3)
     costs = dict(seconds_per_simulation={"lf": 1.0, "hf": 10.0}, retraining_seconds={"lf": 10.0, "hf": 1.0})
-    poor = next_step(curve, {"lf": 1000, "hf": 20}, remaining_seconds=100.0, **costs)
+    # Doubling HF (20 more at 10 s + 1 s) does not fit in 100 s; the 9 that fit do (>= a quarter of 20).
+    rest = next_step(curve, {"lf": 1000, "hf": 20}, remaining_seconds=100.0, **costs)
+    assert rest.fidelity == "hf" and rest.counts == {"lf": 1000, "hf": 29} and rest.expected_seconds == 91.0
+    assert "the rest of the budget" in rest.reason and rest.expected_seconds <= 100.0
+    # 4 HF fit in 50 s: less than a quarter of the full step, so it stops.
+    poor = next_step(curve, {"lf": 1000, "hf": 20}, remaining_seconds=50.0, **costs)
     assert poor.fidelity is None and poor.reason.startswith("budget")
     saturated = next_step(curve, {"lf": 1000, "hf": 20}, remaining_seconds=1e9, min_gain=10.0, **costs)
     assert saturated.fidelity is None and saturated.reason.startswith("gain")
