@@ -69,7 +69,10 @@ def one(case: str, seed: int, args) -> dict:
     mf = fine_tune(pretrained, hf_theta, hf_x, training=fine_tuning)
     npe = train_npe(task.prior, hf_theta, hf_x, training=scratch)
     c2st_mf, c2st_npe = _c2st(task, mf.posterior(), test_x, seed), _c2st(task, npe.posterior(), test_x, seed)
-    row = {"case": case, "seed": seed, "verdict": check.verdict, "wilcoxon_pvalue": round(check.wilcoxon_pvalue, 4), "median_difference": round(check.median_difference, 4),
+    row = {"case": case, "seed": seed, "verdict": check.verdict, "ranking_auc": round(check.ranking_auc, 4),
+           "ranking_auc_interval": [round(check.ranking_auc_lower, 4), round(check.ranking_auc_upper, 4)],
+           "ranking_pvalue": round(check.ranking_pvalue, 5), "log_prob_restandardized": round(check.log_prob_restandardized, 3),
+           "wilcoxon_pvalue": round(check.wilcoxon_pvalue, 4), "median_difference": round(check.median_difference, 4),
            "difference": round(check.difference, 4), "standard_error": round(check.standard_error, 4),
            "log_prob_prior": round(check.log_prob_prior, 3), "log_prob_pretrained": round(check.log_prob_pretrained, 3),
            "log_prob_scratch": round(check.log_prob_scratch, 3), "log_prob_fine_tuned": round(check.log_prob_fine_tuned, 3),

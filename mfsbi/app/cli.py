@@ -206,8 +206,9 @@ def check_transfer(
 ) -> None:
     """Before the HF budget goes: will the LF model help? A pilot of paired simulations decides.
 
-    Verdict helps / no-evidence / harmful from fine-tuned vs from-scratch estimators,
-    cross-validated on the pilot (docs/calibration.md says how it was validated).
+    Verdict helps / no-evidence / harmful from how well the LF-pretrained estimator tells the
+    pilots' θ apart on their HF outputs, and fine-tuned vs from-scratch estimators cross-validated
+    on the pilot (docs/calibration.md says how it was validated).
     """
     import numpy as np
 
@@ -233,8 +234,12 @@ def check_transfer(
     table.add_row("verdict", f"[bold]{report['verdict']}[/bold]")
     table.add_row("mean log q(θ|x_HF) on the pilot: prior", f"{report['log_prob_prior']:.3f}")
     table.add_row("  LF-pretrained as it is", f"{report['log_prob_pretrained']:.3f}")
+    table.add_row("  LF-pretrained, x z-scoring refit on the pilot", f"{report['log_prob_restandardized']:.3f}")
     table.add_row(f"  from scratch ({report['folds']}-fold cross-validated)", f"{report['log_prob_scratch']:.3f}")
     table.add_row(f"  fine-tuned ({report['folds']}-fold cross-validated)", f"{report['log_prob_fine_tuned']:.3f}")
+    table.add_row("ranking AUC of the pilot's θ (90 % interval; permutation p)",
+                  f"{report['ranking_auc']:.3f} ({report['ranking_auc_lower']:.3f}–{report['ranking_auc_upper']:.3f}; "
+                  f"p={report['ranking_pvalue']:.3g})")
     table.add_row("fine-tuned − scratch: median, Wilcoxon p",
                   f"{report['median_difference']:+.3f}, p={report['wilcoxon_pvalue']:.3g}")
     correlations = [c for c in report["output_correlation"] if c == c]
@@ -245,9 +250,9 @@ def check_transfer(
     print_table(table)
     console.print(report["reason"], highlight=False)
     if report["verdict"] == "no-evidence":
-        console.print("no evidence either way is not evidence of no transfer: on OU2, 50 pilot pairs never showed "
-                      "MF-NPE's measured gain and 200 did (docs/calibration.md); a larger --pilot-hf spends no extra HF "
-                      "(the run reuses the pilot).", highlight=False)
+        console.print("no evidence either way is not evidence of no transfer: a larger --pilot-hf narrows the "
+                      "ranking's interval and spends no extra HF (the run reuses the pilot; docs/calibration.md).",
+                      highlight=False)
 
 
 @app.command()

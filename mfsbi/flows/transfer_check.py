@@ -83,6 +83,9 @@ def run_transfer_check(config: RunConfig, executor: BatchExecutor, pilot: int) -
     rows = ["| quantity | value |", "|---|---|", f"| verdict | **{check.verdict}** |", f"| why | {check.reason} |",
             f"| mean log q on the pilot: prior / pretrained as is | {check.log_prob_prior:.3f} / "
             f"{check.log_prob_pretrained:.3f} |",
+            f"| ranking AUC of the pilot's θ, x z-scoring refit (90 % interval; permutation p) | "
+            f"{check.ranking_auc:.3f} ({check.ranking_auc_lower:.3f}–{check.ranking_auc_upper:.3f}; "
+            f"p={check.ranking_pvalue:.3g}) |",
             f"| cross-validated: from scratch / fine-tuned | {check.log_prob_scratch:.3f} / "
             f"{check.log_prob_fine_tuned:.3f} |"]
     create_markdown_artifact(key=f"transfer-check-{run.task.name}".lower().replace("_", "-").replace(".", "-"),
