@@ -180,7 +180,7 @@ def report(document: dict, plot: Path | None) -> str:
         mf = _curve(document, variant, "mf-npe")
         lines += ["", f"How many HF simulations NPE needs to match MF-NPE (mean NLTP over seeds, {variant}'s pairs):", ""]
         for statistic in ("mean", "median"):
-            for m in (50, 100):
+            for m in (50, 100, 1000):
                 if m in mf:
                     target = float(np.mean([_score(v, statistic) for v in mf[m]["views"]]))
                     lines.append(f"- by the {statistic} −log q over pairs: MF-NPE at {m} HF: {target:.2f} → NPE: "
