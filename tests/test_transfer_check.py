@@ -99,14 +99,14 @@ def test_pairing_scores_are_log_q_of_every_theta_given_every_x_whatever_the_batc
 
 
 def test_the_ranking_sees_the_pairing_with_the_hf_z_scoring(ou2_pretrained):
-    from mfsbi.inference.training import x_standardizer
-    from mfsbi.inference.transfer import _pairing_scores, _ranking, _restandardized
+    from mfsbi.inference.training import restandardized_copy, x_standardizer
+    from mfsbi.inference.transfer import _pairing_scores, _ranking
 
     task, pretrained = ou2_pretrained
     theta = task.sample_prior(40, seed=5)
     x_hf = task.high_fidelity(theta, seed=6)
     before = x_standardizer(pretrained.network)._mean.clone()
-    network = _restandardized(pretrained, x_hf)
+    network = restandardized_copy(pretrained, x_hf)
     # The copy z-scores as fine-tuning on the pilot would; the pretrained estimator is untouched.
     assert torch.allclose(x_standardizer(network)._mean, torch.as_tensor(x_hf.mean(0), dtype=torch.float32), atol=1e-4)
     assert torch.equal(x_standardizer(pretrained.network)._mean, before)

@@ -36,6 +36,7 @@ __all__ = [
     "fine_tune",
     "pretrain",
     "refit_x_standardizer",
+    "restandardized_copy",
     "train_npe",
     "x_standardizer",
 ]
@@ -189,6 +190,27 @@ def refit_x_standardizer(network: nn.Module, x: ArrayLike, structured: bool = Fa
     standardize.mean, standardize.std = standardize._mean, standardize._std
 
 
+def restandardized_copy(pretrained: TrainedEstimator, x: Tensor) -> nn.Module:
+    r"""A CPU copy of a pretrained network whose x z-scoring is refit on the valid rows of ``x``.
+
+    What :func:`fine_tune` starts from (with ``refit_x_zscore``); a network without x z-scoring is
+    copied as it is.
+
+    Arguments:
+        pretrained: the estimator to copy (not modified).
+        x: observations, shape ``(n, k)``; rows with NaN/inf are left out of the refit.
+
+    Returns:
+        The copy.
+    """
+    network = copy.deepcopy(pretrained.network).to("cpu")
+    if pretrained.estimator.z_score_x != "none":
+        x_t = torch.as_tensor(x, dtype=torch.float32)
+        refit_x_standardizer(network, x_t[torch.isfinite(x_t).all(dim=1)],
+                             structured=pretrained.estimator.z_score_x == "structured")
+    return network
+
+
 def _fit(
     theta: Tensor,
     x: Tensor,
@@ -324,14 +346,9 @@ def fine_tune(
     if x_t.shape[1] != pretrained.x_dim:
         raise ValueError(f"x_hf has {x_t.shape[1]} columns, the pretrained estimator expects {pretrained.x_dim}")
 
-    network = copy.deepcopy(pretrained.network).to("cpu")
+    network = restandardized_copy(pretrained, x_t) if refit_x_zscore else copy.deepcopy(pretrained.network).to("cpu")
     for parameter in network.parameters():
         parameter.requires_grad_(True)
-    if refit_x_zscore and pretrained.estimator.z_score_x != "none":
-        valid = torch.isfinite(x_t).all(dim=1)
-        refit_x_standardizer(
-            network, x_t[valid], structured=pretrained.estimator.z_score_x == "structured"
-        )
 
     # The builder is called once with the HF training split; returning the copy makes the loop
     # continue from the pretrained weights.

@@ -35,7 +35,6 @@ LF-pretrained estimator:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +44,7 @@ import torch
 from torch.distributions import Distribution
 
 from .config import EstimatorConfig, TrainingConfig
-from .training import TrainedEstimator, fine_tune, refit_x_standardizer, train_npe, x_standardizer
+from .training import TrainedEstimator, fine_tune, restandardized_copy, train_npe, x_standardizer
 
 __all__ = ["HARMFUL", "HELPS", "NO_EVIDENCE", "TransferCheck", "check_transfer"]
 
@@ -83,14 +82,6 @@ class TransferCheck:
 def _log_prob(estimator: TrainedEstimator, theta: torch.Tensor, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return (-estimator.network.loss(theta, x)).double().numpy()
-
-
-def _restandardized(pretrained: TrainedEstimator, x_hf: np.ndarray) -> torch.nn.Module:
-    """A copy of the pretrained network whose x z-scoring is refit on ``x_hf``, as :func:`fine_tune` does."""
-    network = copy.deepcopy(pretrained.network)
-    if pretrained.estimator.z_score_x != "none":
-        refit_x_standardizer(network, x_hf, structured=pretrained.estimator.z_score_x == "structured")
-    return network
 
 
 def _pairing_scores(network: torch.nn.Module, theta: torch.Tensor, x: torch.Tensor, rows: int = 8192) -> np.ndarray:
@@ -204,8 +195,7 @@ def check_transfer(
         tuned_lp[held] = _log_prob(tuned, theta_t[held], x_t[held])
     from scipy.stats import wilcoxon
 
-    restandardized = _restandardized(pretrained, x_hf)
-    scores = _pairing_scores(restandardized, theta_t, x_t)
+    scores = _pairing_scores(restandardized_copy(pretrained, x_t), theta_t, x_t)
     auc, auc_p, auc_lower, auc_upper = _ranking(scores, permutations, seed)
     d = tuned_lp - scratch_lp
     mean, se, median = float(d.mean()), float(d.std(ddof=1) / np.sqrt(n)), float(np.median(d))
