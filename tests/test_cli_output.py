@@ -119,7 +119,7 @@ def test_status_json_without_an_api(tmp_path, no_api):
     document = json.loads(result.stdout)
     assert document == {
         "store": str(store),
-        "tables": [{"task": "ou2", "fidelity": "hf", "ok": 0, "failed": 0, "pending": 10,
+        "tables": [{"task": "ou2", "fidelity": "hf", "ok": 0, "failed": 0, "pending": 10, "role": "budget",
                     "budget": {"reserved": 10, "total": 10}}],
         "flow_runs": None,
     }

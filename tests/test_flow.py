@@ -46,17 +46,26 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     assert len(calibration["sbc_ks_pvalues"]) == 2 and 0 <= calibration["tarp_ks_pvalue"] <= 1
     assert saved["calibration_plot"].endswith("calibration.png")
     assert (tmp_path / "store" / saved["calibration_plot"]).read_bytes()[:4] == b"\x89PNG"
-    # The transfer guard trained from scratch on the same 30 HF rows and compared on the 10 pairs.
-    guard = saved["transfer_guard"]
-    assert guard["compared"] and guard["num_pairs"] == 10 and guard["mode"] == "select"
-    assert guard["kept"] == guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
-    assert guard["scratch_train"]["simulations"] == 30
+    # MF-NPE chose its estimator by 5-fold cross-validation on its own 30 HF rows: every candidate scored
+    # out of fold with an interval, the kept one named with the reason, its fold trainings recorded.
+    selection = saved["selection"]
+    assert set(selection["scores"]) == {"pretrained", "anchored", "fine-tuned", "scratch"}
+    assert summary["train"]["simulations"] == 30  # the kept estimator trained on every budget row
+    assert selection["folds"] == 5 and selection["rows"] == 30 and selection["mode"] == "select"
+    assert selection["kept"] in selection["scores"] and selection["reason"]
+    for row in selection["scores"].values():
+        assert row["lower"] <= row["mean"] <= row["upper"]
+    assert all(len(fold) == 5 and all(t["simulations"] == 24 for t in fold)
+               for fold in selection["trainings"].values())
+    assert np.isfinite(saved["out_of_fold"]["nltp"]) and saved["out_of_fold"]["rows"] == 30
     # Each training says where it ran and on which CPU kernels (numbers compare only between equals).
     import torch
 
-    for step in ("pretrain", "train"):
-        assert saved[step]["device"] == "cpu" and saved[step]["worker"]
-        assert saved[step]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    trained = saved["train"] if isinstance(saved["train"], list) else [saved["train"]]
+    for record in [saved["pretrain"], *trained]:
+        if record["epochs"]:  # the pretrained estimator kept as it is trained nothing now
+            assert record["device"] == "cpu" and record["worker"]
+            assert record["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     # The run and its metrics artifact are visible through the Prefect API.
     with get_client(sync_client=True) as client:
@@ -102,22 +111,45 @@ def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_p
     assert all(0.4 <= v <= 1.0 for v in summary["metrics"]["c2st"].values())
 
 
-def test_negative_transfer_keeps_the_estimator_from_scratch_and_says_so(tmp_path, prefect_server, monkeypatch, caplog):
-    import mfsbi.flows.amortized as amortized
+def test_a_clearly_better_candidate_is_kept_and_its_checkpoint_is_the_posterior(tmp_path, prefect_server, monkeypatch):
+    import mfsbi.flows.selection as selection
+    from mfsbi.flows.amortized import amortized_flow
 
-    real = amortized._log_probs
-    calls = []
+    real = selection.log_q
 
-    def scratch_scores_better(run, results, theta, x):
-        calls.append(results)
-        values = real(run, results, theta, x)
-        return values - 5.0 if len(calls) == 1 else values  # the first scored is the fine-tuned
+    def pretrained_scores_better(estimator, theta, x):
+        return real(estimator, theta, x) + 5.0  # log_q scores only the pretrained estimator here
 
-    monkeypatch.setattr(amortized, "_log_probs", scratch_scores_better)
+    monkeypatch.setattr(selection, "log_q", pretrained_scores_better)
     config = _tiny(tmp_path, lf_sims=200, hf_sims=20)
-    summary = amortized.amortized_flow(config).to_dict()
-    guard = summary["transfer_guard"]
-    assert guard["better"] == guard["kept"] == "from scratch" and guard["difference"] < 0
-    # The run's estimator is the one from scratch: its training record, and its checkpoint as the posterior.
-    assert summary["train"] == guard["scratch_train"]
-    assert any("negative transfer" in r.getMessage() for r in caplog.records)
+    summary = amortized_flow(config).to_dict()
+    selection_summary = summary["selection"]
+    assert selection_summary["kept"] == "pretrained" and "clearly better" in selection_summary["reason"]
+    # The posterior is the pretrained checkpoint itself: nothing was trained for it now.
+    store = tmp_path / "store"
+    assert (store / summary["posterior"]).read_bytes() == (store / summary["pretrained"]).read_bytes()
+    assert summary["train"]["epochs"] == 0
+
+
+def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_server):
+    """No leak: whatever test data a run reports on, the same estimator is kept (issue 30, item 1)."""
+    import torch
+
+    from mfsbi.flows.amortized import amortized_flow
+    from mfsbi.inference import estimator_from_bytes
+    from mfsbi.simulators import get_task
+
+    config_prior = get_task("ou2").prior
+    weights = []
+    for pairs in (0, 100, 1000):
+        config = _tiny(tmp_path / str(pairs), lf_sims=200, hf_sims=20, num_nltp_pairs=pairs,
+                       num_test_observations=0)
+        summary = amortized_flow(config).to_dict()
+        store = tmp_path / str(pairs) / "store"
+        paths = summary["posterior"] if isinstance(summary["posterior"], list) else [summary["posterior"]]
+        members = [estimator_from_bytes((store / p).read_bytes(), config_prior) for p in paths]
+        weights.append([m.network.state_dict() for m in members])
+        assert summary["metrics"]["num_nltp_pairs"] == pairs
+    for other in weights[1:]:
+        assert len(other) == len(weights[0])
+        assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights[0], other))

@@ -77,8 +77,12 @@ def run(
     cluster: Annotated[Optional[str], typer.Option(
         help="'slurm' or FILE.yaml: Dask workers as SLURM jobs, scaled with the work (mfsbi/runtime/slurm.yaml)")] = None,
     device: Annotated[Device, typer.Option(help="where to train (auto: cuda when visible)")] = "auto",
-    num_test_observations: Annotated[int, typer.Option(help="held-out HF observations for C2ST")] = 5,
-    num_nltp_pairs: Annotated[int, typer.Option(help="held-out HF pairs for NLTP")] = 100,
+    num_test_observations: Annotated[Optional[int], typer.Option(
+        help="held-out HF observations for C2ST, outside the budget [default: 5 with an exact reference, else 0]")] = None,
+    num_nltp_pairs: Annotated[Optional[int], typer.Option(
+        "--test-pairs", "--num-nltp-pairs",
+        help="held-out HF test pairs for NLTP and calibration, simulated outside the HF budget (their estimated "
+             "cost is printed first) [default: 100 with an exact reference, else 0: out-of-fold only]")] = None,
     max_num_epochs: Annotated[int, typer.Option(help="cap on training epochs (early stopping first)")] = 2**31 - 1,
     rounds: Annotated[int, typer.Option(help="sequential methods: rounds R")] = 5,
     observation_index: Annotated[int, typer.Option(help="sequential methods without --observation: held-out test observation")] = 0,

@@ -76,9 +76,18 @@ def store_tables(handle: SimulationStore) -> list[dict[str, Any]]:
         counts = sim_table.counts()
         budget = sim_table.budget()
         rows.append({"task": task_name, "fidelity": fidelity, "ok": counts["ok"], "failed": counts["failed"],
-                     "pending": counts["pending"],
+                     "pending": counts["pending"], "role": _role(task_name, fidelity, budget),
                      "budget": None if budget is None else {"reserved": budget.reserved, "total": budget.total}})
     return rows
+
+
+def _role(table: str, fidelity: str, budget: Any) -> str:
+    """What a table's simulations are for: a budget's, evaluation outside any budget, or LF."""
+    if table.endswith("-test") and budget is None:  # the held-out test pairs (RunPlan.test_table)
+        return "evaluation (outside the budget)"
+    if budget is not None:
+        return "budget"
+    return "LF" if fidelity == "lf" else "-"
 
 
 def print_store_tables(store: str, rows: list[dict[str, Any]]) -> None:
@@ -86,10 +95,11 @@ def print_store_tables(store: str, rows: list[dict[str, Any]]) -> None:
     table = Table(title=f"store {store}")
     name_column(table, "task")
     name_column(table, "fidelity")
+    table.add_column("role")
     for column in ("ok", "failed", "pending", "HF budget used / total"):
         table.add_column(column, justify="right")
     for row in rows:
         budget = row["budget"]
-        table.add_row(row["task"], row["fidelity"], str(row["ok"]), str(row["failed"]), str(row["pending"]),
-                      f"{budget['reserved']} / {budget['total']}" if budget else "-")
+        table.add_row(row["task"], row["fidelity"], row["role"], str(row["ok"]), str(row["failed"]),
+                      str(row["pending"]), f"{budget['reserved']} / {budget['total']}" if budget else "-")
     print_table(table)

@@ -24,6 +24,21 @@ def _print_rounds(summary: RunSummary) -> None:
     print_table(table)
 
 
+def _selection_rows(table: Table, summary: RunSummary) -> None:
+    """One row per candidate MF-NPE cross-validated (score and interval), then what it kept and why."""
+    selection = summary.selection
+    if summary.out_of_fold is not None:
+        table.add_row(f"NLTP out of fold ({summary.out_of_fold['rows']} HF budget rows)",
+                      f"{summary.out_of_fold['nltp']:.3f}")
+    if not selection:
+        return
+    for name, row in selection["scores"].items():
+        mark = " (kept)" if name == selection["kept"] else ""
+        table.add_row(f"candidate {name}{mark}: out-of-fold mean log q",
+                      f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]")
+    table.add_row("kept", selection["reason"])
+
+
 def print_summary(summary: RunSummary) -> None:
     """Prints what a run gave: metrics, simulations stored, where the posterior and the plot are."""
     if summary.rounds is not None:
@@ -39,6 +54,7 @@ def print_summary(summary: RunSummary) -> None:
         table.add_row(f"NLTP ({metrics.num_nltp_pairs} held-out pairs)", f"{metrics.nltp:.3f}")
     if metrics.nrmse is not None:
         table.add_row("NRMSE", f"{metrics.nrmse:.3f}")
+    _selection_rows(table, summary)
     guard = summary.transfer_guard
     if guard and guard.get("compared"):
         table.add_row("transfer guard: mean log q, fine-tuned / from scratch",

@@ -20,7 +20,7 @@ from mfsbi.flows.multilevel import train_multilevel_run
 from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
-from mfsbi.flows.transfer_guard import compare_with_scratch, not_compared, warn_on_negative_transfer
+from mfsbi.flows.selection import select_estimator
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -42,7 +42,7 @@ def _posterior(run: Run, results: list[TrainResult]):
 def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
     progress.report("evaluate", 0, 1)
     metrics = evaluate_posterior(_posterior(run, results), run.task, test_theta, test_x,
-                                 num_c2st=run.config.num_test_observations,
+                                 num_c2st=run.num_test_observations,
                                  num_samples=run.config.posterior_samples, seed=run.config.test_seed)
     progress.report("evaluate", 1, 1)
     return metrics
@@ -58,43 +58,20 @@ def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_th
         run.record_calibration(summary, result, on)
 
 
-def _log_probs(run: Run, results: list[TrainResult], theta: np.ndarray, x: np.ndarray) -> np.ndarray:
-    from mfsbi.inference import pair_log_probs
+def _train_at_counts(run: Run, summary: RunSummary) -> list[TrainResult]:
+    """NPE or MF-NPE at the configured counts: the chain below HF, the HF budget, the choice of estimator.
 
-    return pair_log_probs(_posterior(run, results), theta, x).numpy()
-
-
-def guard_transfer(run: Run, summary: RunSummary, fine_tuned: list[TrainResult], seeds: list[int],
-                   test_theta: np.ndarray, test_x: np.ndarray) -> list[TrainResult]:
-    """Negative transfer is never silent: the fine-tuned estimator against one trained from scratch.
-
-    Both are scored by the mean log q(θ | x) on the held-out HF pairs (the NLTP the run reports);
-    ``select`` keeps the better, ``report`` the fine-tuned. The comparison is in the summary under
-    ``transfer_guard``, and a warning says when the estimator from scratch scored better.
+    MF-NPE (one estimator, the guard not off) chooses among its candidates by cross-validation on
+    the HF budget's own rows (:mod:`mfsbi.flows.selection`); held-out test pairs are not passed in.
     """
-    config = run.config
-    if len(test_x) < 2:
-        summary.transfer_guard = not_compared("no held-out HF pairs to compare on (--num-nltp-pairs 0)")
-        return fine_tuned
-    scratch = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
-                                       learning_rate=config.hf_training_rate(False), seed=seed, pretrained=None)
-                         for seed in seeds], label=f"transfer guard: train on {config.hf_sims} HF from scratch")
-    summary.transfer_guard = compare_with_scratch(
-        _log_probs(run, fine_tuned, test_theta, test_x), _log_probs(run, scratch, test_theta, test_x),
-        mode=config.transfer_guard, on="held-out HF pairs",
-        scratch_train=scratch[0].record() if len(scratch) == 1 else [r.record() for r in scratch])
-    warn_on_negative_transfer(summary.transfer_guard)
-    return scratch if summary.transfer_guard["kept"] == "from scratch" else fine_tuned
-
-
-def _train_at_counts(run: Run, summary: RunSummary, test_theta: np.ndarray, test_x: np.ndarray) -> list[TrainResult]:
-    """NPE or MF-NPE at the configured counts: the chain below HF, the HF budget, the guard."""
     config = run.config
     pretrained = run.pretrained_through_chain(summary) if run.method.uses_lf else None
     hf = run.simulate(table=run.hf_table, fidelity="hf", num_rows=config.hf_sims, seed=config.seed,
                       budget=config.hf_sims)
     summary.hf = dataclasses.asdict(hf)
     summary.hf_budget = dataclasses.asdict(run.store.table(run.hf_table, "hf").budget())
+    if pretrained is not None and config.transfer_guard != "off" and config.ensemble == 1:
+        return select_estimator(run, summary, pretrained)
     label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
     members = config.ensemble
     if members > 1:
@@ -105,8 +82,6 @@ def _train_at_counts(run: Run, summary: RunSummary, test_theta: np.ndarray, test
                                        learning_rate=config.hf_training_rate(pretrained is not None), seed=seed,
                                        pretrained=pretrained)
                          for seed in seeds], label=label)
-    if pretrained is not None and config.transfer_guard != "off":
-        results = guard_transfer(run, summary, results, seeds, test_theta, test_x)
     return results
 
 
@@ -114,14 +89,15 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
     run = Run.start(config, executor)
     summary = run.new_summary()
-    test_theta, test_x = run.test_pairs(max(config.num_test_observations, config.num_nltp_pairs))
     if config.compute_budget is not None:
         # The planner chooses the counts; the run then evaluates and stores its best allocation.
         results = spend_compute_budget(run, summary)
     elif run.method.multilevel:
         results = train_multilevel_run(run, summary)
     else:
-        results = _train_at_counts(run, summary, test_theta, test_x)
+        results = _train_at_counts(run, summary)
+    # Evaluation only reports: its pairs are simulated after every choice is made.
+    test_theta, test_x = run.test_pairs(run.evaluation_pairs)
     members = len(results)
     if members == 1:
         summary.train = results[0].record()
@@ -155,10 +131,15 @@ def _publish(run: Run, summary: RunSummary) -> None:
     paths = [summary.posterior] if isinstance(summary.posterior, str) else summary.posterior
     lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in summary.metrics.as_rows()]
-    if summary.transfer_guard and summary.transfer_guard.get("compared"):
-        guard = summary.transfer_guard
-        lines.append(f"| transfer guard: mean log q fine-tuned / from scratch | {guard['log_prob_fine_tuned']:.3f} / "
-                     f"{guard['log_prob_scratch']:.3f} (kept {guard['kept']}) |")
+    if summary.out_of_fold is not None:
+        lines.append(f"| NLTP out of fold ({summary.out_of_fold['rows']} HF budget rows) | "
+                     f"{summary.out_of_fold['nltp']:.3f} |")
+    if summary.selection:
+        selection = summary.selection
+        lines += [f"| candidate {name}{' (kept)' if name == selection['kept'] else ''}: out-of-fold mean log q | "
+                  f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}] |"
+                  for name, row in selection["scores"].items()]
+        lines.append(f"| kept | {selection['reason']} |")
     if summary.calibration:
         lines.append(f"| calibration (SBC + TARP, {summary.calibration['on']}) | {summary.calibration['verdict']} |")
     lines += [

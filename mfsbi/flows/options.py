@@ -64,8 +64,14 @@ class CommonOptions(_Options):
         description="LF rows per zarr chunk; default 1000, more for simulators faster than 1 ms (~8 MiB of x)",
     )
     hf_chunk_size: int = Field(10, ge=1, le=100_000, description="HF rows per zarr chunk")
-    num_test_observations: int = Field(5, ge=0, le=10_000, description="held-out HF observations for C2ST")
-    num_nltp_pairs: int = Field(100, ge=0, le=1_000_000, description="held-out HF pairs for NLTP")
+    num_test_observations: int | None = Field(
+        None, ge=0, le=10_000,
+        description="held-out HF observations for C2ST (outside the budget); default 5 for a task with an exact "
+                    "reference (the paper's protocol), else 0")
+    num_nltp_pairs: int | None = Field(
+        None, ge=0, le=1_000_000,
+        description="held-out HF test pairs for NLTP and calibration (outside the budget, `--test-pairs`); default "
+                    "100 for a task with an exact reference (the paper's protocol), else 0: the run reports out of fold")
     test_seed: int = Field(2026, ge=0, lt=2**63, description="seed of the held-out test set, fixed across run seeds")
     posterior_samples: int = Field(1000, ge=10, le=10_000_000)
     max_num_epochs: int = Field(2**31 - 1, ge=1, description="cap on epochs (early stopping ends training before)")
@@ -136,8 +142,10 @@ class TransferGuardOptions(_Options):
     """MF methods (MF-NPE, MF-TSNPE, A-MF-TSNPE): the fine-tuned estimator against one trained from scratch."""
 
     transfer_guard: Literal["select", "report", "off"] = Field(
-        "select", description="also train from scratch on the same HF rows and compare on HF pairs neither trained "
-                              "on; select: keep the better, report: keep the fine-tuned, off: do not train it")
+        "select", description="MF-NPE: cross-validate its candidates (pretrained as it is, anchored and plain "
+                              "fine-tuning, from scratch) on the HF budget's own rows; select: keep the default "
+                              "(fine-tuned) unless another is clearly better, report: keep it, off: fine-tune once. "
+                              "Sequential MF: compare with from scratch on the last round's new rows")
 
 
 class SequentialOptions(_Options):

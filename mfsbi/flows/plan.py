@@ -99,9 +99,30 @@ class RunPlan:
             tables.append(PlannedTable(self.shared_table, "lf", config.chunk_rows("lf", self.task), config.seed))
         for level, _ in self.levels:
             tables.append(PlannedTable(self.shared_table, level, config.chunk_rows(level, self.task), config.seed))
-        if max(config.num_test_observations, config.num_nltp_pairs) or config.observation is None:
+        if self.evaluation_pairs or config.observation is None:
             tables.append(PlannedTable(self.test_table, "hf", hf_chunk, config.test_seed))
         return tables
+
+    @property
+    def num_test_observations(self) -> int:
+        """Held-out observations for C2ST: as given, else 5 where the task has an exact reference, else 0."""
+        given = self.config.num_test_observations
+        return given if given is not None else (5 if self.task.references else 0)
+
+    @property
+    def num_test_pairs(self) -> int:
+        """Held-out HF pairs for NLTP: as given, else 100 where the task has an exact reference, else 0.
+
+        They are simulated outside the HF budget: a task without a reference spends no HF on
+        evaluation unless asked (``--test-pairs``); the run reports out of fold instead.
+        """
+        given = self.config.num_nltp_pairs
+        return given if given is not None else (100 if self.task.references else 0)
+
+    @property
+    def evaluation_pairs(self) -> int:
+        """The held-out HF test pairs an amortised run simulates to report on (C2ST's and NLTP's)."""
+        return max(self.num_test_observations, self.num_test_pairs)
 
     def config_hash(self, fidelity: str, chunk_size: int, seed: int) -> str:
         return self.config.simulation_hash(fidelity, chunk_size, self.task.version, seed)

@@ -176,11 +176,13 @@ class Run(RunPlan):
         return sim_table
 
     def train_job(self, *, table: str, fidelity: str, limit: int, learning_rate: float, seed: int,
-                  pretrained: bytes | None, refit_x_zscore: bool = True, batch_size: int = 200) -> TrainJob:
-        """A training job on the first ``limit`` rows of a table, with the paper's estimator."""
+                  pretrained: bytes | None, refit_x_zscore: bool = True, batch_size: int = 200,
+                  anchor_penalty: float = 0.0, exclude_rows: tuple[int, ...] = ()) -> TrainJob:
+        """A training job on the first ``limit`` rows of a table (but ``exclude_rows``), with the paper's estimator."""
         return TrainJob(self.store.url, self.config.task, table, fidelity, limit, self.estimator_config(),
-                        self.training_config(learning_rate, seed, batch_size), pretrained, self.device,
-                        refit_x_zscore=refit_x_zscore, training_memory=self.config.training_memory)
+                        self.training_config(learning_rate, seed, batch_size, anchor_penalty), pretrained, self.device,
+                        refit_x_zscore=refit_x_zscore, training_memory=self.config.training_memory,
+                        exclude_rows=exclude_rows)
 
     def estimator_config(self) -> dict:
         """The paper's estimator for this task, as a job carries it."""
@@ -191,12 +193,13 @@ class Run(RunPlan):
             return EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured").to_dict()
         return EstimatorConfig().to_dict()
 
-    def training_config(self, learning_rate: float, seed: int, batch_size: int = 200) -> dict:
+    def training_config(self, learning_rate: float, seed: int, batch_size: int = 200,
+                        anchor_penalty: float = 0.0) -> dict:
         """The training settings of a job, as it carries them."""
         from mfsbi.inference import TrainingConfig
 
         return TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed,
-                              batch_size=batch_size).to_dict()
+                              batch_size=batch_size, anchor_penalty=anchor_penalty).to_dict()
 
     def train(self, jobs: list[TrainJob | MultilevelJob], label: str) -> list[TrainResult]:
         """Trains one estimator per job (ensemble members in parallel across workers), in job order.
@@ -312,13 +315,32 @@ class Run(RunPlan):
         chunk = self.config.chunk_rows("hf", task)
         # Whole chunks: a batch's random stream depends on its rows, so a half-filled chunk would give
         # other observations than a full one, and the held-out set would depend on its requested size.
-        self.simulate(table=self.test_table, fidelity="hf", num_rows=-(-num_rows // chunk) * chunk,
-                      seed=self.config.test_seed, budget=None)
+        requested = -(-num_rows // chunk) * chunk
+        self._announce_evaluation(requested)
+        self.simulate(table=self.test_table, fidelity="hf", num_rows=requested, seed=self.config.test_seed,
+                      budget=None)
         sim_table = self.store.table(self.test_table, "hf")
         rows = sim_table.rows("ok")
         theta, x = sim_table.read("ok")
         keep = rows < num_rows
         return theta[keep], x[keep]
+
+    def _announce_evaluation(self, requested: int) -> None:
+        """Says, before any is simulated, how many HF simulations evaluation spends outside the budget and
+        what they are expected to cost (the median measured HF simulation, else the task's documented cost)."""
+        existing = self.store.table(self.test_table, "hf")
+        missing = max(0, requested - (existing.num_rows if existing is not None else 0))
+        if missing == 0:
+            return
+        measured = [t.seconds_per_row() for t in (existing, self.store.table(self.hf_table, "hf")) if t is not None]
+        measured = [s for s in measured if s is not None]
+        if measured:
+            each, how = measured[0], "measured"
+        else:
+            each, how = (getattr(self.task, "cost_seconds", None) or {}).get("hf"), "documented"
+        cost = "cost unknown" if each is None else f"about {missing * each:.0f} s of HF simulation ({each:.3g} s each, {how})"
+        get_run_logger().warning("evaluation: simulating %d held-out HF test pairs outside the HF budget, %s; "
+                                 "--test-pairs 0 skips them", missing, cost)
 
     def target_observation(self) -> tuple[np.ndarray, np.ndarray | None]:
         """x_o of a run at one observation and, for a held-out test observation, its true θ."""

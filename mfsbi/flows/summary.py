@@ -120,7 +120,9 @@ class RunSummary:
     metrics: Metrics = field(default_factory=Metrics)
     planner: dict[str, Any] | None = None         # --compute-budget: evaluations, decisions, curve, ledger
     planner_plot: str | None = None
-    transfer_guard: dict[str, Any] | None = None  # MF-NPE: fine-tuned vs from scratch on held-out HF pairs
+    transfer_guard: dict[str, Any] | None = None  # sequential MF: fine-tuned vs from scratch on a round's rows
+    selection: dict[str, Any] | None = None       # MF-NPE: candidates cross-validated on the HF budget's rows
+    out_of_fold: dict[str, Any] | None = None     # NLTP of the kept estimator's kind, out of fold, in the budget
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
     calibration_plot: str | None = None
     budget_plot: str | None = None

@@ -132,6 +132,9 @@ class TrainingConfig:
         clip_max_norm: gradient-norm clipping; ``None`` disables it.
         max_num_epochs: hard cap on the number of epochs.
         seed: seeds network initialisation, the train/validation split and the minibatch order.
+        anchor_penalty: fine-tuning only: lambda of an L2-SP penalty (Li et al. 2018),
+            ``lambda * sum((w - w_pretrained) ** 2)`` over the weights, added to the mean loss of
+            every batch: it keeps a fine-tuning near the pretrained estimator; 0 turns it off.
     """
 
     batch_size: int = 200
@@ -141,6 +144,7 @@ class TrainingConfig:
     clip_max_norm: Optional[float] = 5.0
     max_num_epochs: int = 2**31 - 1
     seed: int = 0
+    anchor_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "stop_after_epochs", "max_num_epochs"):
@@ -162,6 +166,12 @@ class TrainingConfig:
             isinstance(vf, (int, float)) and not isinstance(vf, bool) and 0.0 < vf < 1.0,
             "validation_fraction",
             f"must lie in (0, 1), got {vf!r}",
+        )
+        a = self.anchor_penalty
+        _require(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) and a >= 0,
+            "anchor_penalty",
+            f"must be a finite float >= 0, got {a!r}",
         )
         c = self.clip_max_norm
         _require(

@@ -128,7 +128,8 @@ def _mean_loss(network: nn.Module, batches: Batches, epoch: int) -> tuple[float,
 
 
 def fit(network: nn.Module, train: Batches, validation: Batches, training: TrainingConfig,
-        device: str = "cpu", on_epoch: Optional[EpochCallback] = None) -> Fitted:
+        device: str = "cpu", on_epoch: Optional[EpochCallback] = None,
+        penalty: Optional[Callable[[], Tensor]] = None) -> Fitted:
     r"""Trains ``network`` in place until early stopping, and loads its best-validation weights.
 
     Deterministic for the same network, batches and config on the same machine (no random draw
@@ -141,6 +142,8 @@ def fit(network: nn.Module, train: Batches, validation: Batches, training: Train
         training: learning rate, clipping, patience and the epoch cap.
         device: where the network trains (the batches must be there).
         on_epoch: called with an :class:`EpochReport` after every epoch.
+        penalty: a term added to every batch's mean loss (a fine-tuning's pull toward the
+            pretrained weights); the reported and validation losses leave it out.
 
     Returns:
         The trained network (in eval mode) with its validation losses, one per epoch.
@@ -162,7 +165,7 @@ def fit(network: nn.Module, train: Batches, validation: Batches, training: Train
         for theta, x in train.epoch(epoch):
             optimizer.zero_grad(set_to_none=True)
             loss = network.loss(theta, x)
-            loss.mean().backward()
+            (loss.mean() + penalty() if penalty is not None else loss.mean()).backward()
             if training.clip_max_norm is not None:
                 nn.utils.clip_grad_norm_(parameters, max_norm=training.clip_max_norm)
             optimizer.step()

@@ -218,6 +218,7 @@ def _fit(
     training: TrainingConfig,
     device: str,
     on_epoch: Optional[EpochCallback] = None,
+    penalty: Optional[Callable[[], Tensor]] = None,
 ) -> tuple[Fitted, int, float]:
     """Splits the valid rows as sbi does, builds the network on the training rows and fits it,
     all under a private, seeded copy of torch's global RNG."""
@@ -247,6 +248,7 @@ def _fit(
             training,
             device,
             on_epoch,
+            penalty,
         )
     return fitted, n, time.perf_counter() - start
 
@@ -312,6 +314,20 @@ def train_npe(
 pretrain = train_npe
 
 
+def _anchor(network: nn.Module, strength: float, device: str) -> Callable[[], Tensor]:
+    """L2-SP (Li et al. 2018): ``strength * sum((w - w_start) ** 2)``, w_start the weights as they are now.
+
+    Written here: torch's weight decay pulls toward zero, not toward a starting point.
+    """
+    parameters = list(network.parameters())
+    start = [p.detach().clone().to(device) for p in parameters]
+
+    def penalty() -> Tensor:
+        return strength * sum(((p - s) ** 2).sum() for p, s in zip(parameters, start))
+
+    return penalty
+
+
 def fine_tune(
     pretrained: TrainedEstimator,
     theta_hf: ArrayLike,
@@ -355,6 +371,7 @@ def fine_tune(
     def builder(batch_theta: Tensor, batch_x: Tensor) -> nn.Module:
         return network
 
-    fitted, num_valid, seconds = _fit(theta_t, x_t, builder, training, device, on_epoch)
+    penalty = _anchor(network, training.anchor_penalty, device) if training.anchor_penalty > 0 else None
+    fitted, num_valid, seconds = _fit(theta_t, x_t, builder, training, device, on_epoch, penalty)
     return _trained(fitted, prior, pretrained.estimator, training, num_valid, seconds, pretrained.theta_dim,
                     pretrained.x_dim)

@@ -57,6 +57,8 @@ class TrainJob:
     member: int = 0
     # Bytes of training data this training may hold; more is streamed. None: half the worker's memory.
     training_memory: int | None = None
+    # Rows (store row indices) left out: a cross-validation fold trains on the others.
+    exclude_rows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,11 +88,11 @@ class TrainResult:
                 "cpu_capability": self.cpu_capability, "streamed": self.streamed}
 
 
-def read_training_data(table: object, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ok rows among the first ``limit`` rows of a table (failed rows never train)."""
+def read_training_data(table: object, limit: int, exclude: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The ok rows among the first ``limit`` rows of a table but ``exclude`` (failed rows never train)."""
     rows = table.rows("ok")
     theta, x = table.read("ok")
-    keep = rows < limit
+    keep = (rows < limit) & ~np.isin(rows, np.asarray(exclude, dtype=np.int64))
     return theta[keep], x[keep]
 
 
@@ -194,8 +196,11 @@ def _train(job: TrainJob) -> TrainResult:
     task = task_for(job.task_spec)
     table = store_for(job.store_url).table(job.table, job.fidelity)
     if streams(job, table):
+        if job.exclude_rows:
+            raise ValueError(f"cross-validating on '{table.key}' needs its rows in memory: raise --training-memory "
+                             "or choose with --transfer-guard off")
         return _train_streaming(job, task, table)
-    theta, x = read_training_data(table, job.limit)
+    theta, x = read_training_data(table, job.limit, job.exclude_rows)
     theta_t = torch.as_tensor(theta, dtype=torch.float32)
     x_t = torch.as_tensor(x, dtype=torch.float32)
     training = TrainingConfig.from_dict(job.training)

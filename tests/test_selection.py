@@ -1,0 +1,120 @@
+"""Choosing MF-NPE's estimator on the HF budget's own rows (mfsbi.inference.selection)."""
+
+import numpy as np
+import pytest
+import torch
+
+from mfsbi.inference import TrainingConfig, fine_tune, train_npe
+from mfsbi.inference.selection import (
+    CANDIDATES, choose, cross_validate, fold_assignment, log_q, out_of_fold_scores,
+)
+from toy import QUICK, TINY, make_prior, sample_prior, simulate_hf, simulate_lf, state_equal
+
+
+def test_folds_cover_every_row_once_in_near_equal_parts_and_are_seeded():
+    folds = fold_assignment(53, 5, seed=4)
+    assert sorted(np.bincount(folds)) == [10, 10, 11, 11, 11]
+    assert np.array_equal(folds, fold_assignment(53, 5, seed=4))
+    assert not np.array_equal(folds, fold_assignment(53, 5, seed=5))
+    with pytest.raises(ValueError, match="folds"):
+        fold_assignment(3, 5, seed=0)
+
+
+def _noisy(mean: float, n: int = 50, seed: int = 0, spread: float = 1.0) -> np.ndarray:
+    return mean + spread * np.random.default_rng(seed).standard_normal(n)
+
+
+@pytest.mark.parametrize("winner", ["pretrained", "anchored", "scratch"])
+def test_a_candidate_clearly_better_than_the_default_is_kept(winner):
+    # A "task built for" each candidate: its out-of-fold scores beat the default's on every row by 1 nat.
+    base = _noisy(-1.0)
+    scores = {name: base + (1.0 if name == winner else -0.05 * i) for i, name in enumerate(CANDIDATES)}
+    scores["fine-tuned"] = base
+    choice = choose(scores, default="fine-tuned", margin=0.1)
+    assert choice.kept == winner and "clearly better" in choice.reason
+    assert choice.scores[winner]["vs_default_lower"] > 0.1
+
+
+def test_a_difference_inside_the_noise_keeps_the_default():
+    # Independent noise of 1 nat per row over 50 rows: a mean lead of 0.1 is well inside it.
+    scores = {"fine-tuned": _noisy(-1.0, seed=1), "scratch": _noisy(-0.9, seed=2),
+              "pretrained": _noisy(-1.2, seed=3)}
+    choice = choose(scores, default="fine-tuned", margin=0.0)
+    assert choice.kept == "fine-tuned" and "kept the default" in choice.reason
+    assert choice.scores["scratch"]["vs_default_mean"] > 0  # it led, but not clearly
+
+
+def test_the_margin_and_exclusions_are_respected():
+    base = _noisy(-1.0, spread=0.1)
+    scores = {"fine-tuned": base, "scratch": base + 0.3, "anchored": base + 0.2}
+    assert choose(scores, default="fine-tuned", margin=0.0).kept == "scratch"
+    assert choose(scores, default="fine-tuned", margin=0.5).kept == "fine-tuned"
+    excluded = choose(scores, default="fine-tuned", margin=0.0, miscalibrated={"scratch": "over-confident"})
+    assert excluded.kept == "anchored" and "over-confident" in excluded.reason
+    with pytest.raises(ValueError, match="default"):
+        choose({"scratch": base}, default="fine-tuned", margin=0.0)
+
+
+def test_a_miscalibrated_default_loses_to_a_calibrated_candidate_of_similar_score():
+    scores = {"fine-tuned": _noisy(-1.0, seed=1), "anchored": _noisy(-1.05, seed=2),
+              "scratch": _noisy(-3.0, seed=3, spread=0.1)}
+    choice = choose(scores, default="fine-tuned", margin=0.5, miscalibrated={"fine-tuned": "biased"})
+    assert choice.kept == "anchored" and "biased out of fold" in choice.reason
+    # Clearly worse (scratch) does not replace it, nor does another miscalibrated one.
+    both = choose(scores, default="fine-tuned", margin=0.5, miscalibrated={"fine-tuned": "biased",
+                                                                          "anchored": "over-confident"})
+    assert both.kept == "fine-tuned"
+
+
+def _pretrained(seed: int = 0):
+    theta = sample_prior(600, seed=seed)
+    return train_npe(make_prior(), theta, simulate_lf(theta, seed=seed), estimator=TINY, training=QUICK)
+
+
+def test_out_of_fold_scores_come_from_the_estimator_that_did_not_see_the_row():
+    pretrained = _pretrained()
+    theta = sample_prior(20, seed=7)
+    x = simulate_hf(theta, seed=7)
+    folds = fold_assignment(20, 4, seed=0)
+    training = TrainingConfig(max_num_epochs=3, seed=1)
+    estimators = [fine_tune(pretrained, theta[folds != k], x[folds != k], training=training) for k in range(4)]
+    scores = out_of_fold_scores(estimators, theta, x, folds)
+    for k in range(4):
+        assert np.allclose(scores[folds == k], log_q(estimators[k], theta[folds == k], x[folds == k]))
+    assert not np.allclose(scores, log_q(estimators[0], theta, x))
+
+
+def test_cross_validation_is_seeded_and_leaves_the_pretrained_estimator_untouched():
+    pretrained = _pretrained()
+    before = {k: v.clone() for k, v in pretrained.network.state_dict().items()}
+    theta = sample_prior(20, seed=8)
+    x = simulate_hf(theta, seed=8)
+    folds = fold_assignment(20, 4, seed=1)
+    anchored = CANDIDATES["anchored"]
+    a = cross_validate(pretrained, theta, x, folds, candidates=["pretrained", anchored], seed=3, max_num_epochs=5)
+    b = cross_validate(pretrained, theta, x, folds, candidates=["pretrained", anchored], seed=3, max_num_epochs=5)
+    assert np.array_equal(a.scores["anchored"], b.scores["anchored"])
+    assert all(state_equal(m, n) for m, n in zip([e.network for e in a.fold_estimators["anchored"]],
+                                                  [e.network for e in b.fold_estimators["anchored"]]))
+    assert all(torch.equal(before[k], v) for k, v in pretrained.network.state_dict().items())
+    # The pretrained estimator is one estimator, not a mixture of copies; it scores every row itself.
+    assert a.fold_ensemble("pretrained") is pretrained
+    assert np.allclose(a.scores["pretrained"], log_q(pretrained, theta, x))
+    assert len(a.fold_ensemble("anchored")) == 4
+
+
+def test_an_anchored_fine_tuning_stays_nearer_the_pretrained_weights():
+    pretrained = _pretrained()
+    theta = sample_prior(40, seed=9)
+    x = simulate_hf(theta, seed=9)
+
+    def distance(training):
+        tuned = fine_tune(pretrained, theta, x, training=training)
+        return sum(float(((p - q) ** 2).sum()) for p, q in zip(tuned.network.parameters(),
+                                                               pretrained.network.parameters()))
+
+    free = distance(TrainingConfig(max_num_epochs=15, seed=2, learning_rate=1e-3))
+    anchored = distance(TrainingConfig(max_num_epochs=15, seed=2, learning_rate=1e-3, anchor_penalty=10.0))
+    assert anchored < 0.5 * free
+    with pytest.raises(ValueError, match="anchor_penalty"):
+        TrainingConfig(anchor_penalty=-1.0)
