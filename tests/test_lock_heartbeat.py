@@ -18,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from typer.testing import CliRunner
+
+from mfsbi.app.cli import app
 from mfsbi.storage import SimulationStore, StoreError, StoreLock, StoreLockedError
 from mfsbi.storage import lock as lock_module
 from mfsbi.storage.lock import LOCK_NAME, read_lock
@@ -194,6 +197,16 @@ def test_stale_after_from_the_environment(store, monkeypatch):
         with pytest.raises(StoreError, match="MFSBI_LOCK_STALE_AFTER=.* is not a number of seconds > 0") as error:
             StoreLock(store, owner="run")
         assert "\n" not in str(error.value)
+
+
+def test_a_bad_stale_time_stops_a_run_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFSBI_LOCK_STALE_AFTER", "5min")
+    store = tmp_path / "store"
+    result = CliRunner().invoke(app, ["run", "--store", str(store), "--task", "ou2", "--method", "npe",
+                                      "--hf-sims", "10"])
+    assert result.exit_code == 2, result.output
+    assert "MFSBI_LOCK_STALE_AFTER='5min' is not a number of seconds > 0" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not store.exists()
 
 
 def test_a_reader_never_takes_a_lock_before_the_holder_promised(store):
