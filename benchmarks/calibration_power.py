@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from collections import Counter
@@ -135,7 +136,7 @@ def main() -> None:
                     sets = args.exact_sets if kind == "exact" else args.sets
                     rows += [one_row(model, kind, right, amount, num_pairs, num_samples, sets, args.pair_seed0,
                                      args.sample_seed0, args.level) for amount in amounts]
-    run = {"label": args.label, "command": "python " + " ".join(sys.argv), "pair_seed0": args.pair_seed0,
+    run = {"label": args.label, "command": "python " + shlex.join(sys.argv), "pair_seed0": args.pair_seed0,
            "sample_seed0": args.sample_seed0, "level": args.level, "machine": platform.platform(),
            "torch": torch.__version__, "numpy": np.__version__, "rows": rows}
     document = json.loads(args.out.read_text()) if args.append and args.out.exists() else {"runs": []}

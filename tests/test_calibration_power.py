@@ -68,7 +68,7 @@ def test_false_alarms_on_exact_posteriors_are_at_most_ten_percent():
 ])
 def test_a_clearly_distorted_posterior_is_flagged_with_the_right_name(distortion, right):
     # Measured on other seeds (docs/calibration-power.json, 100 pairs, d = 2): the right name in
-    # 92-100 % of sets. At least 32 of 40 here: if the true rate were 0.9, this fails with
+    # 95-100 % of sets. At least 32 of 40 here: if the true rate were 0.9, this fails with
     # probability P(X <= 31) for X ~ Binomial(40, 0.9), 1.5 % (0.2 % were it 0.95).
     assert binom.cdf(31, 40, 0.9) < 0.016 and binom.cdf(31, 40, 0.95) < 0.002
     torch.set_num_threads(1)

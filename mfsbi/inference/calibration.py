@@ -15,8 +15,8 @@ over the number of samples, a mean of u away from 1/2 (a t-test at the same corr
 *biased*; otherwise a variance of u above 1/12 (U-shaped ranks) is *over-confident*, below it
 (∩-shaped) *under-confident*.
 
-On exact posteriors (2 and 4 parameters, 50 and 100 pairs) the verdict is not *calibrated* in
-about 5 % of pair sets; its power against known distortions is measured by
+On exact posteriors (2 and 4 parameters, 50 and 100 pairs) the verdict was not *calibrated* in
+2.8-6.2 % of pair sets; that and its power against known distortions are measured by
 benchmarks/calibration_power.py (docs/calibration.md, "Power and false alarms of the verdict").
 """
 
@@ -69,7 +69,7 @@ def _rank_shape(u: np.ndarray, level: float) -> tuple[str, str]:
 
     n = len(u)
     # Off-centre: a t-test of the mean against 1/2 with the ranks' own variance. A z-test with the
-    # uniform's variance 1/12 named 17-19 % of clearly over-confident posteriors (SD x 0.5) biased:
+    # uniform's variance 1/12 named 16-19 % of clearly over-confident posteriors (SD x 0.5) biased:
     # U-shaped ranks have a larger variance, so their mean wanders further from 1/2
     # (docs/calibration.md, "Power and false alarms of the verdict").
     shift = ttest_1samp(u, 0.5)
@@ -191,9 +191,9 @@ def clearly_miscalibrated(result: Calibration | None) -> bool:
     True when the verdict is *biased* or *over-confident* (:data:`MISLEADING_VERDICTS`): its
     credible regions miss the truth more often than they claim. *Under-confident* (too wide, safe)
     and *calibrated* are not penalised, nor is a missing calibration (``None``: too few pairs).
-    On exact posteriors the verdict is one of these two in about 4 % of pair sets at 50 or 100
-    pairs (a calibrated candidate is wrongly penalised that often); docs/calibration-power.json has
-    the measured rates and the power against known distortions.
+    On exact posteriors the verdict was one of these two in 2.3-4.8 % of pair sets at 50 or 100
+    pairs (a calibrated candidate is wrongly penalised that often), as was an under-confident one
+    (SD x 1.3 to 2) in 0.5-5 %; docs/calibration-power.json has the rates and the power.
 
     Arguments:
         result: the candidate's calibration on held-out pairs, or None.
