@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BIASED", "CALIBRATED", "MISLEADING_VERDICTS", "OVER_CONFIDENT", "UNDER_CONFIDENT", "Calibration",
-           "calibration", "calibration_at", "clearly_miscalibrated"]
+__all__ = ["BIASED", "CALIBRATED", "CALIBRATION_BATCH_BYTES", "MISLEADING_VERDICTS", "OVER_CONFIDENT",
+           "UNDER_CONFIDENT", "Calibration", "calibration", "calibration_at", "calibration_from_samples",
+           "clearly_miscalibrated", "pairs_per_batch", "samples_on_pairs"]
 
 CALIBRATED, OVER_CONFIDENT, UNDER_CONFIDENT, BIASED = "calibrated", "over-confident", "under-confident", "biased"
 # The verdicts whose credible regions cover the truth less often than they claim. An under-confident
@@ -131,8 +132,59 @@ def _checked(theta, x, level: float) -> tuple[Tensor, Tensor]:
     return theta, x
 
 
+#: Bytes the repeated observations of one batch of calibration pairs may take by default (256 MiB).
+CALIBRATION_BATCH_BYTES = 2**28
+
+
+def pairs_per_batch(num_posterior_samples: int, x_dim: int, max_bytes: int) -> int:
+    """How many pairs one batched sampling call may take within ``max_bytes``.
+
+    sbi's batched sampler repeats each pair's x for every draw: a batch of b pairs holds
+    ``b * num_posterior_samples * x_dim`` floats of x, and the network's first layer as many
+    again (4 bytes each). 100 pairs x 1 000 draws x 16 384 values took 6.5 GB in one call.
+    """
+    return max(1, int(max_bytes) // max(1, 8 * num_posterior_samples * x_dim))
+
+
+def samples_on_pairs(posterior: Any, x: Tensor, num_posterior_samples: int,
+                     max_bytes: int = CALIBRATION_BATCH_BYTES) -> Tensor:
+    """``(num_posterior_samples, n, d)`` draws at each of the n observations, sampled in batches within ``max_bytes``."""
+    from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
+
+    # An ensemble has no batched sampler; sbi then samples pair by pair.
+    batched = type(posterior).__name__ != "EnsemblePosterior"
+    step = pairs_per_batch(num_posterior_samples, x.shape[1], max_bytes)
+    return torch.cat([get_posterior_samples_on_batch(x[i:i + step], posterior, (num_posterior_samples,),
+                                                     use_batched_sampling=batched).cpu()
+                      for i in range(0, len(x), step)], dim=1)
+
+
+def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, level: float = 0.05) -> Calibration:
+    """SBC and TARP from draws already made: ``samples[:, i]`` are draws for the pair whose truth is ``theta[i]``.
+
+    For out-of-fold calibration, where each pair is sampled from the estimator that did not train on it.
+
+    Arguments:
+        samples: ``(num_posterior_samples, n, d)`` posterior draws.
+        theta: ``(n, d)`` the true parameters.
+        level: the tests' significance level.
+
+    Returns:
+        A :class:`Calibration`.
+    """
+    theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
+    samples = torch.as_tensor(samples, dtype=torch.float32)
+    if samples.ndim != 3 or samples.shape[1:] != theta.shape or len(theta) < 2:
+        raise ValueError(f"samples must be (num_samples, n, d) for theta (n, d) with n >= 2, got "
+                         f"{tuple(samples.shape)} and {tuple(theta.shape)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+    return _from_samples(samples, theta, samples.shape[0], level)
+
+
 def calibration(posterior: Any, theta: Tensor | np.ndarray, x: Tensor | np.ndarray, *,
-                num_posterior_samples: int = 1000, level: float = 0.05, seed: int = 0) -> Calibration:
+                num_posterior_samples: int = 1000, level: float = 0.05, seed: int = 0,
+                max_batch_bytes: int = CALIBRATION_BATCH_BYTES) -> Calibration:
     """SBC ranks and TARP coverage of an amortised ``posterior`` on held-out pairs ``(theta, x)``.
 
     Arguments:
@@ -142,20 +194,17 @@ def calibration(posterior: Any, theta: Tensor | np.ndarray, x: Tensor | np.ndarr
         num_posterior_samples: posterior samples per pair.
         level: the tests' significance level.
         seed: seeds the posterior samples and TARP's reference points; the caller's RNG is untouched.
+        max_batch_bytes: the memory one sampling call's repeated observations may take
+            (:func:`pairs_per_batch`); the pairs are sampled in as many calls as that needs.
 
     Returns:
         A :class:`Calibration`.
     """
-    from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
-
     theta, x = _checked(theta, x, level)
-    # An ensemble has no batched sampler; sbi then samples pair by pair.
-    batched = type(posterior).__name__ != "EnsemblePosterior"
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         # One set of samples for both diagnostics (sbi's run_sbc and run_tarp would each draw their own).
-        samples = get_posterior_samples_on_batch(x, posterior, (num_posterior_samples,),
-                                                 use_batched_sampling=batched).cpu()
+        samples = samples_on_pairs(posterior, x, num_posterior_samples, max_batch_bytes)
         return _from_samples(samples, theta, num_posterior_samples, level)
 
 
