@@ -197,7 +197,7 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
                              "use auto or cpu, or --dask-address of a cluster with a GPU worker")
     if config.cluster:
         check_cluster(config.cluster, config.dask_address, label)
-    from mfsbi.storage import check_unlocked
+    from mfsbi.storage import StoreError, check_unlocked
 
     try:
         check_store(config, task)
@@ -205,6 +205,8 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
         check_unlocked(config.store, error=UsageError)
     except PreflightError as error:
         raise UsageError(label.relabel(str(error))) from None
+    except StoreError as error:  # MFSBI_LOCK_STALE_AFTER is not a number of seconds
+        raise UsageError(str(error)) from None
     except (OSError, ValueError, ImportError) as error:
         # A NUL in the path, a name too long, a URL whose file system is not installed.
         raise UsageError(f"{label('store')}: {config.store!r} cannot be opened "

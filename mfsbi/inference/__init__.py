@@ -23,7 +23,9 @@ from .checkpoint import (
     save_estimator,
 )
 from .config import PAPER_CODE_LF_LEARNING_RATE, EstimatorConfig, TrainingConfig
-from .calibration import Calibration, calibration, calibration_at
+from .calibration import (
+    Calibration, calibration, calibration_at, calibration_from_samples, clearly_miscalibrated, samples_on_pairs,
+)
 from .metrics import c2st, median_bandwidth, mmd_squared, nltp, nrmse, pair_log_probs
 from .training import (
     EpochCallback,
@@ -89,6 +91,7 @@ __all__ = [
     "Calibration",
     "calibration",
     "calibration_at",
+    "clearly_miscalibrated",
     "ArrayChunks",
     "ChunkLoader",
     "ChunkSource",

@@ -27,7 +27,7 @@ The number of rows ``n`` is the length of ``status``; after a crash during a res
 arrays may be longer, and their extra rows mean nothing. Read ``status`` before ``x``: it is
 written last. No consolidated metadata (it goes stale on resize) and no sharding (concurrent
 writers lose rows): each chunk is one file, written by one worker at a time (for a local folder
-``write_batch`` takes a per-chunk ``flock`` under the system temporary folder to ensure it).
+``write_batch`` takes a per-chunk ``flock`` in a folder beside the store to ensure it).
 ``R`` is a multiple of ``chunk_size`` (up to 65 536 rows or 4 MiB of theta,
 :func:`~mfsbi.storage.layout.reservation_chunk_rows`): those arrays are written only by
 ``reserve`` in the flow process; tables of layout 1 have ``R = chunk_size``.

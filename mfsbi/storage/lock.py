@@ -1,27 +1,37 @@
 r"""The run lock of a store: one run at a time writes a store.
 
-A run holds ``DIR/.mfsbi.lock``, a small JSON file ``{pid, hostname, owner, started_at, token}``
-created atomically (``O_CREAT | O_EXCL``), for as long as it runs; a second run on the same store
-is refused with :class:`StoreLockedError`. The lock file survives the death of its process, so
-whether it is still held is decided from its content:
+A run holds ``DIR/.mfsbi.lock``, a small JSON file ``{pid, hostname, owner, started_at, token,
+stale_after}`` created atomically (``O_CREAT | O_EXCL``), for as long as it runs; a second run on
+the same store is refused with :class:`StoreLockedError`. While it holds the lock, a background
+thread of the holder touches the file (its modification time) every ``stale_after / 5`` seconds:
+the **heartbeat**. The lock file survives the death of its process, so whether it is still held is
+decided from it:
 
-* same host, the process is alive (``os.kill(pid, 0)``) and started when the lock's process did
-  (its start time since boot, from ``/proc/PID/stat``, and the boot's id): held, the new run is
-  refused; a pid reused by an unrelated process since (another start time, or another boot) is
-  recognised and the lock is stale;
-* same host, the process is gone: **stale**, the next run recovers it (a warning is logged) by
-  writing its own lock to a temporary file and ``os.replace``-ing the stale one, then re-reading
-  it to check that it won;
-* another host: the pid cannot be checked from here, so the lock counts as held unless it is older
-  than ``stale_after`` (24 hours by default); a run on a shared file system that lasts longer than
-  that on another machine is not protected.
+* on any host, a lock whose heartbeat is older than ``stale_after`` (the larger of the reader's
+  and the one the holder wrote; 300 s by default, ``MFSBI_LOCK_STALE_AFTER`` in seconds) is
+  **stale**: its holder is gone, frozen or cut off. A live holder keeps it fresh however long it
+  runs;
+* on the same host (same hostname and pid namespace), it is stale at once when its process is
+  gone (``os.kill(pid, 0)``) or its pid now names another process (the start time since boot,
+  from ``/proc/PID/stat``, and the boot's id differ);
+* otherwise it is held, and the new run is refused.
+
+A stale lock is recovered by the next run (a warning is logged): it writes its own lock to a
+temporary file, ``os.replace``-s the stale one, then re-reads it to check that it won. A holder
+whose heartbeat finds the file gone or someone else's logs an error and stops claiming it
+(:attr:`StoreLock.lost`). Recovery and release are serialised with ``flock`` on a file beside the
+store (never on a directory, which NFS cannot lock); where ``flock`` fails, a warning is logged and
+they go on unserialised, guarded only by the token check.
+
+The heartbeat is judged by the reader's clock against the file's modification time (the file
+server's clock on NFS): the clocks of the machines sharing a store must agree to well within
+``stale_after`` (NTP). docs/deploy.md ("Shared machines and file systems") says what the file
+system must provide.
 
 Limits: only local folders (a path or a ``file://`` URL) are locked; for other zarr stores (object
 stores, ``memory://``) :class:`StoreLock` does nothing, as there is no portable atomic create
-there. Where ``/proc`` is missing (not Linux), a pid reused by an unrelated process after a crash
-makes a stale lock look held: remove the file by hand then (the message names it). Stale-lock recovery is serialised between processes of
-one machine with ``flock`` on the store folder; between machines only the ``O_EXCL`` create is
-atomic (and only on file systems where it is, which excludes some NFS versions).
+there. Between machines the ``O_EXCL`` create is atomic only on file systems where it is (NFSv3
+and later, Lustre, GPFS).
 
 Example:
     >>> with StoreLock("runs/gaussian", owner="npe-hf100"):
@@ -33,12 +43,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +65,48 @@ except ImportError:  # pragma: no cover - not POSIX
 
 __all__ = [
     "LOCK_NAME",
+    "STALE_AFTER",
+    "STALE_AFTER_ENV",
     "LockInfo",
     "StoreLock",
     "StoreLockedError",
     "check_unlocked",
     "read_lock",
+    "stale_after_seconds",
 ]
 
 LOCK_NAME = ".mfsbi.lock"
-STALE_AFTER = 24 * 3600.0
+STALE_AFTER = 300.0
+STALE_AFTER_ENV = "MFSBI_LOCK_STALE_AFTER"
+HEARTBEATS_PER_STALE = 5  # a lock goes stale only after this many missed heartbeats
 
 logger = logging.getLogger(__name__)
 
 
 class StoreLockedError(StoreError):
     """Another live run holds the store's lock."""
+
+
+def stale_after_seconds(value: float | None = None) -> float:
+    """The time without heartbeat after which a lock is stale: ``value``, else the environment's.
+
+    Arguments:
+        value: seconds, or None for ``MFSBI_LOCK_STALE_AFTER`` (default 300).
+
+    Raises:
+        StoreError: the value is not a number of seconds > 0.
+    """
+
+    source = "stale_after"
+    if value is None:
+        source, value = STALE_AFTER_ENV, os.environ.get(STALE_AFTER_ENV, STALE_AFTER)
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise StoreError(f"{source}={value!r} is not a number of seconds > 0; use e.g. {source}=300")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -126,21 +165,28 @@ def process_start(pid: int) -> str | None:
         return None
 
 
-def _age_seconds(data: dict[str, Any], path: Path) -> float:
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (Linux): two containers may share a hostname, never one."""
     try:
-        started = datetime.fromisoformat(str(data["started_at"]))
-        if started.tzinfo is None:
-            started = started.replace(tzinfo=timezone.utc)
-        return (datetime.now(timezone.utc) - started).total_seconds()
-    except (KeyError, ValueError, TypeError):
-        try:
-            return time.time() - path.stat().st_mtime
-        except OSError:
-            return 0.0
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
-def read_lock(store: str | os.PathLike, stale_after: float = STALE_AFTER) -> LockInfo | None:
+def _same_machine(data: dict[str, Any]) -> bool:
+    """Whether the lock's pid can be checked from here."""
+    if str(data.get("hostname")) != socket.gethostname():
+        return False
+    recorded = data.get("pid_namespace")
+    return recorded is None or recorded == _pid_namespace()
+
+
+def read_lock(store: str | os.PathLike, stale_after: float | None = None) -> LockInfo | None:
     """Reads and classifies a store's lock file, changing nothing.
+
+    Arguments:
+        store: the store folder or URL.
+        stale_after: seconds without heartbeat after which a lock is stale (None: the default).
 
     Returns:
         The lock, or None if there is none (or the store is not a local folder).
@@ -149,43 +195,43 @@ def read_lock(store: str | os.PathLike, stale_after: float = STALE_AFTER) -> Loc
     path = _lock_path(store)
     if path is None:
         return None
-    return _classify(path, stale_after)
+    return _classify(path, stale_after_seconds(stale_after))
 
 
 def _classify(path: Path, stale_after: float) -> LockInfo | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            text = file.read().decode("utf-8", errors="replace")
+            # fstat after open: NFS revalidates the attributes on open, a bare stat may be cached.
+            beat = os.fstat(file.fileno()).st_mtime
     except FileNotFoundError:
         return None
     except OSError as error:
         return LockInfo(path, {}, "corrupt", f"unreadable ({error})")
+    silent = time.time() - beat
 
     try:
         data = json.loads(text)
         pid = int(data["pid"])
-        hostname = str(data["hostname"])
+        if not isinstance(data["hostname"], str):
+            raise TypeError("hostname")
+        limit = max(stale_after, float(data.get("stale_after") or 0.0))
     except (ValueError, KeyError, TypeError):
         # A lock being written right now is briefly empty: young corrupt files count as held.
-        try:
-            age = time.time() - path.stat().st_mtime
-        except OSError:
-            return None
-        if age < 10:
+        if silent < 10:
             return LockInfo(path, {}, "live", "being written")
         return LockInfo(path, {}, "corrupt", "not a valid lock file")
 
-    if hostname == socket.gethostname():
+    if _same_machine(data):
         if not _pid_alive(pid):
             return LockInfo(path, data, "stale", "its process is gone")
         recorded, now = data.get("process_start"), process_start(pid)
         if recorded and now and recorded != now:
             return LockInfo(path, data, "stale", f"its pid {pid} now belongs to another process")
-        return LockInfo(path, data, "live", "its process is alive")
 
-    age = _age_seconds(data, path)
-    if age > stale_after:
-        return LockInfo(path, data, "stale", f"from another host and older than {stale_after:.0f} s")
-    return LockInfo(path, data, "live", "from another host, not older than stale_after")
+    if silent > limit:
+        return LockInfo(path, data, "stale", f"no heartbeat for {silent:.0f} s (stale after {limit:.0f} s)")
+    return LockInfo(path, data, "live", f"heartbeat {silent:.0f} s ago (stale after {limit:.0f} s)")
 
 
 def _locked_message(store: Any, info: LockInfo) -> str:
@@ -197,7 +243,7 @@ def _locked_message(store: Any, info: LockInfo) -> str:
 
 def check_unlocked(
     store: str | os.PathLike,
-    stale_after: float = STALE_AFTER,
+    stale_after: float | None = None,
     error: type[Exception] = StoreLockedError,
 ) -> None:
     """Raises ``error`` with one line if a live run holds the store; writes nothing.
@@ -206,7 +252,7 @@ def check_unlocked(
 
     Arguments:
         store: the store folder or URL.
-        stale_after: seconds after which a lock from another host counts as stale.
+        stale_after: seconds without heartbeat after which a lock is stale (None: the default).
         error: the exception class to raise (the CLI passes its ``UsageError``).
     """
 
@@ -216,44 +262,73 @@ def check_unlocked(
 
 
 @contextlib.contextmanager
-def _folder_mutex(folder: Path):
-    """Serialises lock recovery and release between processes of this machine."""
+def _store_mutex(folder: Path) -> Iterator[None]:
+    """Serialises lock recovery and release between processes (between machines where the file
+    system's ``flock`` reaches them, docs/deploy.md).
+
+    The ``flock`` is taken on a file beside the store, where the chunk locks live: NFS cannot lock
+    a directory (it opens read-only, and NFS's ``flock`` needs a file open for writing). Where no
+    ``flock`` can be had, a warning says so and the caller goes on unserialised.
+    """
 
     if fcntl is None:  # pragma: no cover - not POSIX
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
+    root = folder.resolve()
+    mutex = root.parent / f".{root.name}.mfsbi-locks" / "run-lock.mutex"
+    file = None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        mutex.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        file = open(mutex, "a+b")
+        fcntl.flock(file, fcntl.LOCK_EX)
+    except OSError as error:
+        logger.warning(
+            "store %s: no flock on %s (%s): taking over or releasing the run lock is not serialised "
+            "between processes here (docs/deploy.md, 'Shared machines and file systems')",
+            folder, mutex, error,
+        )
+    try:
         yield
     finally:
-        os.close(fd)  # closing releases the flock
+        if file is not None:
+            file.close()  # closing releases the flock
 
 
 class StoreLock:
-    r"""An exclusive run lock on a store folder; a context manager.
+    r"""An exclusive run lock on a store folder, kept alive by a heartbeat; a context manager.
 
     Arguments:
         store: the store folder, ``file://`` URL or any zarr store URL (not locked: see the module).
         owner: who holds it, shown to a refused run (the run name).
-        stale_after: seconds after which a lock from another host counts as stale.
+        stale_after: seconds without heartbeat after which a lock counts as stale; None reads
+            ``MFSBI_LOCK_STALE_AFTER`` (default 300). The heartbeat beats every ``stale_after / 5``.
 
     Raises:
         StoreLockedError: on enter, if a live run holds the store.
+        StoreError: ``stale_after`` (or the environment variable) is not a number of seconds > 0.
     """
 
-    def __init__(self, store: str | os.PathLike, owner: str, stale_after: float = STALE_AFTER):
+    def __init__(self, store: str | os.PathLike, owner: str, stale_after: float | None = None):
         self.store = store
         self.owner = str(owner)
-        self.stale_after = float(stale_after)
+        self.stale_after = stale_after_seconds(stale_after)
         self.path = _lock_path(store)
         self._data: dict[str, Any] | None = None
+        self._lost = False
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     @property
     def held(self) -> bool:
         """Whether this object holds the lock now."""
 
-        return self._data is not None
+        return self._data is not None and not self._lost
+
+    @property
+    def lost(self) -> bool:
+        """Whether the heartbeat found the lock taken over (or removed) while this object held it."""
+
+        return self._lost
 
     def __enter__(self) -> StoreLock:
         self.acquire()
@@ -266,9 +341,11 @@ class StoreLock:
         return {
             "pid": os.getpid(),
             "process_start": process_start(os.getpid()),
+            "pid_namespace": _pid_namespace(),
             "hostname": socket.gethostname(),
             "owner": self.owner,
             "started_at": utc_now(),
+            "stale_after": self.stale_after,
             "token": uuid.uuid4().hex,
         }
 
@@ -279,8 +356,44 @@ class StoreLock:
             return False
         return isinstance(data, dict) and data.get("token") == self._data["token"]
 
+    def _took(self, data: dict[str, Any]) -> None:
+        """Records the lock as ours and starts its heartbeat."""
+
+        self._data, self._lost = data, False
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(self._stop, self.stale_after / HEARTBEATS_PER_STALE),
+            name=f"mfsbi-lock-heartbeat-{self.owner}", daemon=True,
+        )
+        self._heartbeat.start()
+
+    def _beat(self, stop: threading.Event, every: float) -> None:
+        """The heartbeat: touches the lock file while it is ours; says so once it is not."""
+
+        while not stop.wait(every):
+            if not self._owns_file():
+                if stop.is_set():
+                    return  # released meanwhile
+                self._lost = True
+                logger.error(
+                    "store %s: run %r lost its lock %s (removed, or taken over as stale after more than "
+                    "%.0f s without heartbeat); another run may now write this store",
+                    self.store, self.owner, self.path, self.stale_after,
+                )
+                return
+            try:
+                os.utime(self.path)
+            except OSError as error:  # a passing file-system error: the next beat tries again
+                logger.warning("store %s: the lock's heartbeat failed (%s); retrying", self.store, error)
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join()
+        self._heartbeat = None
+
     def acquire(self) -> None:
-        """Takes the lock, recovering a stale one; see the class."""
+        """Takes the lock, recovering a stale one, and starts the heartbeat; see the class."""
 
         if self.path is None or self.held:
             return
@@ -304,7 +417,7 @@ class StoreLock:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                self._data = data
+                self._took(data)
                 return
 
             info = _classify(self.path, self.stale_after)
@@ -313,7 +426,7 @@ class StoreLock:
             if info.state == "live":
                 raise StoreLockedError(_locked_message(self.store, info))
 
-            with _folder_mutex(folder):
+            with _store_mutex(folder):
                 # Re-read under the mutex: another process may have recovered it already.
                 again = _classify(self.path, self.stale_after)
                 if again is None or again.state == "live":
@@ -330,23 +443,24 @@ class StoreLock:
                     temporary.unlink(missing_ok=True)
                 self._data = data
                 if self._owns_file():
+                    self._took(data)
                     return
                 self._data = None
 
         raise StoreLockedError(f"store {str(self.store)!r}: could not take the lock {self.path}; try again")
 
     def release(self) -> None:
-        """Deletes the lock file if this object holds it; never a lock it does not own."""
+        """Stops the heartbeat and deletes the lock file if this object holds it; never a lock it
+        does not own."""
 
-        if self.path is None or not self.held:
+        if self.path is None or self._data is None:
             return
+        self._stop_heartbeat()
         try:
-            with _folder_mutex(self.path.parent):
+            with _store_mutex(self.path.parent):
                 if self._owns_file():
                     self.path.unlink(missing_ok=True)
                 else:
                     logger.warning("store %s: the lock is no longer ours; left in place", self.store)
-        except FileNotFoundError:
-            pass
         finally:
             self._data = None

@@ -18,6 +18,8 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
+from .errors import StoreError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
@@ -49,7 +51,13 @@ def chunk_lock(store: Any, path: str, chunk: int) -> Iterator[None]:
 
     # flock locks belong to the open file, so threads of one process exclude each other too.
     with open(folder / f"{chunk}.lock", "a+b") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX)
+        except OSError as error:  # e.g. Lustre without `-o flock`: writing unlocked would lose rows
+            raise StoreError(
+                f"cannot lock {file.name} ({error.strerror}): the store's file system must support flock "
+                "(docs/deploy.md, 'Shared machines and file systems'); or use a store on a local disk"
+            ) from error
         try:
             yield
         finally:

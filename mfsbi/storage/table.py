@@ -17,9 +17,10 @@ silently): nothing but ``write_batch`` writes ``x``, ``reason``, ``elapsed`` or 
 two batches of the **same chunk** must not be written at the same time.
 :meth:`SimulationTable.pending_batches` never returns a batch that spans two chunks, but it returns
 several batches for one chunk when a reservation ended inside it or seeds differ inside it.
-For a local folder, ``write_batch`` holds an exclusive per-chunk file lock (``flock``, under the
-system temporary folder) so such batches are serialised between processes and threads of one
-machine; for other stores (or several machines) the caller must serialise them, e.g. by grouping
+For a local folder, ``write_batch`` holds an exclusive per-chunk file lock (``flock``, in a folder
+beside the store) so such batches are serialised between processes and threads, and between
+machines where the file system's ``flock`` reaches across them (docs/deploy.md, "Shared machines
+and file systems"); for other stores the caller must serialise them, e.g. by grouping
 batches by ``batch.start // table.chunk_size``. Reserving whole chunks with one seed per chunk
 gives exactly one batch per chunk.
 
