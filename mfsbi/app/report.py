@@ -30,12 +30,17 @@ def _selection_rows(table: Table, summary: RunSummary) -> None:
     if summary.out_of_fold is not None:
         table.add_row(f"NLTP out of fold ({summary.out_of_fold['rows']} HF budget rows)",
                       f"{summary.out_of_fold['nltp']:.3f}")
+        if summary.out_of_fold.get("calibration"):
+            table.add_row(f"calibration out of fold (SBC + TARP, {summary.out_of_fold['rows']} HF budget rows)",
+                          summary.out_of_fold["calibration"])
     if not selection:
         return
     for name, row in selection["scores"].items():
         mark = " (kept)" if name == selection["kept"] else ""
+        calibrated = (selection.get("calibration") or {}).get(name)
         table.add_row(f"candidate {name}{mark}: out-of-fold mean log q",
-                      f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]")
+                      f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]"
+                      + (f", {calibrated['verdict']}" if calibrated else ""))
     table.add_row("kept", selection["reason"])
 
 

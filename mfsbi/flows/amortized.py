@@ -53,7 +53,8 @@ def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_th
               test_x: np.ndarray) -> None:
     """SBC and TARP on the held-out HF pairs, into the summary, the store and the UI."""
     result, on = calibration_on_pairs(_posterior(run, results), test_theta, test_x,
-                                      num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"))
+                                      num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"),
+                                      max_bytes=run.config.training_memory)
     if result is not None:
         run.record_calibration(summary, result, on)
 
@@ -136,9 +137,10 @@ def _publish(run: Run, summary: RunSummary) -> None:
                      f"{summary.out_of_fold['nltp']:.3f} |")
     if summary.selection:
         selection = summary.selection
-        lines += [f"| candidate {name}{' (kept)' if name == selection['kept'] else ''}: out-of-fold mean log q | "
-                  f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}] |"
-                  for name, row in selection["scores"].items()]
+        verdicts = {name: (c or {}).get("verdict", "-") for name, c in (selection.get("calibration") or {}).items()}
+        lines += [f"| candidate {name}{' (kept)' if name == selection['kept'] else ''}: out-of-fold mean log q "
+                  f"[90 % interval], calibration | {row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}], "
+                  f"{verdicts.get(name, '-')} |" for name, row in selection["scores"].items()]
         lines.append(f"| kept | {selection['reason']} |")
     if summary.calibration:
         lines.append(f"| calibration (SBC + TARP, {summary.calibration['on']}) | {summary.calibration['verdict']} |")

@@ -22,14 +22,19 @@ CALIBRATION_MAX_SAMPLES = 1000
 CALIBRATION_REFERENCE_DRAWS = 200
 
 
-def calibration_on_pairs(posterior, theta: np.ndarray, x: np.ndarray, *, num_samples: int, seed: int):
-    """SBC + TARP of an amortised posterior on held-out pairs, with ``on`` (what it ran on); None under 2 pairs."""
+def calibration_on_pairs(posterior, theta: np.ndarray, x: np.ndarray, *, num_samples: int, seed: int,
+                         max_bytes: int | None = None):
+    """SBC + TARP of an amortised posterior on held-out pairs, with ``on`` (what it ran on); None under 2 pairs.
+
+    ``max_bytes`` bounds one sampling call's memory (the run's ``--training-memory``; default 256 MiB).
+    """
     from mfsbi.inference import calibration
 
     if len(theta) < 2:
         return None, ""
+    bound = {} if max_bytes is None else {"max_batch_bytes": max_bytes}
     result = calibration(posterior, theta, x, num_posterior_samples=min(num_samples, CALIBRATION_MAX_SAMPLES),
-                         seed=seed)
+                         seed=seed, **bound)
     return result, f"{len(theta)} held-out HF pairs"
 
 

@@ -192,8 +192,9 @@ def choose(scores: dict[str, np.ndarray], *, default: str, margin: float, seed: 
     """The rule of the module: keep ``default`` unless another candidate is clearly better.
 
     A candidate clearly miscalibrated (biased or over-confident out of fold) is never switched to;
-    and when the default is, a candidate that is not and scores not clearly worse (the 95 % upper
-    bound of its difference to the default above zero) replaces it: the best-scoring such one.
+    and when the default is, a candidate that is not and scores about as well (its mean difference
+    to the default no lower than ``-margin``, the 95 % upper bound of it above zero) replaces it: the
+    best-scoring such one.
 
     Arguments:
         scores: out-of-fold log q per row, by candidate (the same rows for all).
@@ -223,7 +224,7 @@ def choose(scores: dict[str, np.ndarray], *, default: str, margin: float, seed: 
             if name not in miscalibrated:
                 if row["vs_default_lower"] > margin:
                     clear.append((row["mean"], name))
-                if row["vs_default_upper"] > 0:
+                if row["vs_default_upper"] > 0 and row["vs_default_mean"] >= -margin:
                     similar.append((row["mean"], name))
         table[name] = row
     if clear:
@@ -233,7 +234,7 @@ def choose(scores: dict[str, np.ndarray], *, default: str, margin: float, seed: 
                   f"{table[kept]['vs_default_lower']:+.3f} above the margin {margin:g}")
     elif default in miscalibrated and similar:
         kept = max(similar)[1]
-        reason = (f"{default} is {miscalibrated[default]} out of fold; {kept} is not and scores not clearly worse "
+        reason = (f"{default} is {miscalibrated[default]} out of fold; {kept} is not and scores about as well "
                   f"(mean out-of-fold log q {table[kept]['mean']:.3f} vs {table[default]['mean']:.3f})")
     else:
         kept = default
