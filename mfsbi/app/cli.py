@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mfsbi import __version__
 from mfsbi.app import listings, service_cli
+from mfsbi.app.observe import observe
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
@@ -266,6 +267,9 @@ def sample(
     samples = sample_posterior(posterior, x_o, num_samples, seed)
     np.save(out, samples, allow_pickle=False)
     console.print(f"wrote {num_samples} samples of {prefix} to {out}")
+
+
+app.command(cls=OneLineCommand)(observe)
 
 
 @app.command()
