@@ -108,3 +108,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, simulated, c
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: " + expected.format(path=repr(str(path)), tmp=tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.nwb"]  # no x_o, no leftover part
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--task", "pyramidal"], "error: --nwb: required (see `mfsbi observe --help`)"),
+    (["--bogus", "1"], "error: --bogus: no such option of `mfsbi observe`"),
+])
+def test_a_malformed_command_line_is_one_line_naming_observe(args, expected):
+    result = observe(*args)
+    assert result.exit_code == 2 and result.output.strip().startswith(expected), result.output
+    assert len(result.output.strip().splitlines()) == 1
