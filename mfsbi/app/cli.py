@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mfsbi import __version__
 from mfsbi.app import listings, service_cli
+from mfsbi.app.observe import observe
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
@@ -143,16 +144,14 @@ def run(
 
 
 def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
-    """Runs a flow (default: the config's method) with the Prefect API and the progress bars; exits 1 on failure."""
+    """Runs a flow (default: the config's method) with the Prefect API and its progress shown; exits 1 on failure."""
     import logging
     import os
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from mfsbi.app.prefect_server import ServiceError, prefect_api
-    from mfsbi.flows.training_progress import describe_epoch
-    from mfsbi.runtime import progress as progress_events
+    from mfsbi.app.progress_display import progress_display, progress_interval
 
+    interval = progress_interval()  # a bad value ends the command here, before the run's try
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     try:
@@ -162,27 +161,8 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
 
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
-            with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
-                          transient=False) as bars:
-                ids: dict[str, object] = {}
-
-                def listener(step: str, done: int, total: int) -> None:
-                    if step not in ids:
-                        ids[step] = bars.add_task(step, total=total, detail="")
-                    bars.update(ids[step], completed=done, total=total)
-
-                def epochs(event: dict) -> None:  # a training's epoch: shown beside its bar
-                    if event.get("label") in ids:
-                        bars.update(ids[event["label"]], detail=describe_epoch(event))
-
-                progress_events.listen(listener)
-                progress_events.listen_epochs(epochs)
-                try:
-                    return flow_function(config, *arguments)
-                finally:
-                    progress_events.listen(None)
-                    progress_events.listen_epochs(epochs, on=False)
+            with progress_display(console, interval, config.max_num_epochs):
+                return flow_function(config, *arguments)
     except ServiceError as error:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
@@ -287,6 +267,9 @@ def sample(
     samples = sample_posterior(posterior, x_o, num_samples, seed)
     np.save(out, samples, allow_pickle=False)
     console.print(f"wrote {num_samples} samples of {prefix} to {out}")
+
+
+app.command(cls=OneLineCommand)(observe)
 
 
 @app.command()
