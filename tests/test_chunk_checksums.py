@@ -169,3 +169,13 @@ def test_tables_written_before_checksums_still_read_verify_and_are_named(tmp_pat
                                                           "config_hash": "h"})
     assert any(isinstance(c, zarr.codecs.Crc32cCodec) for c in new._array("x").metadata.codecs)
     assert new.attrs["mfsbi_table"] == layout.LAYOUT_VERSION == 3
+
+
+def test_repair_refuses_while_a_run_holds_the_store_and_changes_nothing(store):
+    from mfsbi.storage import StoreLock
+
+    _corrupt(_chunk_file(store, "x", 1), "zeroed")
+    with StoreLock(store, owner="a running flow"):
+        result = CliRunner().invoke(app, ["verify", "--repair", str(store)], terminal_width=300)
+    assert result.exit_code == 2 and "a running flow" in result.output, result.output
+    assert [p.chunk for p in verify_store(store) if p.corrupt_chunk] == [1]
