@@ -15,6 +15,7 @@ Where nothing can be mounted the drill is not run: its outcome says why (``detai
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -35,29 +36,35 @@ SIZE_MIB = 16
 # LF phase lasted ~2 s and a fill meant for mid-LF landed after it (seen: the first drill stopped on
 # an artifact of the pretraining). Delays only sleep: the numbers are the reference run's.
 DISK_SLOW = "lf_delay=0.004,hf_delay=0.2"
+# LF chunks of 200 rows, not 1 000: with 4 LF chunks on 2 workers the LF writes come in two pairs,
+# and a fill after the first pair's poll often landed after the second (seen twice). The chunking
+# differs from the kill drills' reference run, so the metrics are not compared (same result: -).
+CONFIG = {"lf_chunk_size": 200}
 
 
-def disk_full_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rng: np.random.Generator) -> Outcome:
+def disk_full_drill(kind: str, repeat: int, workdir: Path, rng: np.random.Generator) -> Outcome:
     """One run whose store's file system fills up mid-phase; then the same command after freeing it."""
     if kind not in DISK_KINDS:
         raise ValueError(f"kind: {kind!r} is not one of {DISK_KINDS}")
     mount = workdir / f"{kind}-{repeat}-fs"
     try:
         with small_filesystem(mount, SIZE_MIB) as filesystem:
-            outcome = _drill(kind, repeat, workdir, mount, reference, rng)
+            outcome = _drill(kind, repeat, workdir, mount, rng)
             outcome.extra["filesystem"] = f"{filesystem} {SIZE_MIB} MiB"
             return outcome
     except NoSmallFilesystem as reason:
         return Outcome(kind, repeat, detail=f"skipped: {reason}")
 
 
-def _drill(kind: str, repeat: int, workdir: Path, mount: Path, reference: dict | None,
-           rng: np.random.Generator) -> Outcome:
+def _drill(kind: str, repeat: int, workdir: Path, mount: Path, rng: np.random.Generator) -> Outcome:
     started = time.perf_counter()
     store, log, errors = mount / "store", workdir / f"{kind}-{repeat}.log", workdir / f"{kind}-{repeat}.err"
     env = _env(DISK_SLOW, log, workdir / "home")
+    config = workdir / "disk-full.json"
+    config.write_text(json.dumps(CONFIG))
+    args = [*AMORTIZED, "--config", str(config)]
     with open(errors, "wb") as stderr:
-        process = subprocess.Popen(_command(store, AMORTIZED), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         target = float(rng.uniform(0.05, 0.95))
         fidelity, total = ("lf", 4000) if kind == "disk-full-lf" else ("hf", 60)
         hit = _wait_until(process, lambda: _stored(store, lambda k: k.endswith(f"/{fidelity}")) >= target * total)
@@ -68,7 +75,8 @@ def _drill(kind: str, repeat: int, workdir: Path, mount: Path, reference: dict |
         free = free_bytes(mount)
         filled = fill(mount)
         rc = process.wait(timeout=900)
-    lines = [line for line in errors.read_text(errors="replace").splitlines() if line.startswith("error:")]
+    text = errors.read_text(errors="replace")
+    lines = [line for line in text.splitlines() if line.startswith("error:")]
     stop_line = lines[-1] if lines else ""
     named = len(lines) == 1 and str(store) in stop_line and "needed about" in stop_line
     time.sleep(0.5)  # any orphan of the stopped run gets to show itself in the log and the store
@@ -76,14 +84,14 @@ def _drill(kind: str, repeat: int, workdir: Path, mount: Path, reference: dict |
                             text=True)
     before, stop_at = _safe_tables(store), len(_log(log))
     (mount / "filler").unlink()
-    again = subprocess.run(_command(store, AMORTIZED), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    again = subprocess.run(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                            timeout=900)
-    outcome = _check(kind, repeat, store, log, before, stop_at, reference, started, [again.returncode])
+    outcome = _check(kind, repeat, store, log, before, stop_at, None, started, [again.returncode])
     outcome.extra = {"fill_at": round(target, 3), "free_before_fill": free, "filler_bytes": filled, "stop_rc": rc,
                      "stop_line": stop_line, "stopped_with_one_line": rc != 0 and named,
                      # The write that found the disk full was the phase's own table's (mid-phase).
                      "stopped_mid_phase": f"table 'ou2-faulty/{fidelity}'" in stop_line,
-                     "verified_after_stop": verify.returncode == 0}
+                     "verified_after_stop": verify.returncode == 0, "traceback_printed": "Traceback" in text}
     if verify.returncode:
         outcome.detail += f"verify after the stop: {verify.stdout.strip()[-300:]} "
     if not outcome.extra["stopped_with_one_line"]:

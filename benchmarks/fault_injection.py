@@ -317,16 +317,15 @@ def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
     outcomes = []
     for kind in kinds:
         for repeat in range(first, first + (simulator_repeats if kind in SIMULATOR_KINDS else repeats)):
-            if kind in KILL_KINDS or kind in DISK_KINDS:
+            if kind in DISK_KINDS:
+                from disk_full_drill import disk_full_drill  # imports this module (its helpers)
+
+                outcome = disk_full_drill(kind, repeat, workdir, rng)
+            elif kind in KILL_KINDS:
                 args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED  # the reference runs locally
                 if args[1] not in references:
                     references[args[1]] = reference_run(workdir, args)
-                if kind in DISK_KINDS:
-                    from disk_full_drill import disk_full_drill  # imports this module (its helpers)
-
-                    outcome = disk_full_drill(kind, repeat, workdir, references[args[1]], rng)
-                else:
-                    outcome = kill_drill(kind, repeat, workdir, references[args[1]], rng)
+                outcome = kill_drill(kind, repeat, workdir, references[args[1]], rng)
             else:
                 outcome = simulator_drill(kind, repeat, workdir)
             print(json.dumps(asdict(outcome)), flush=True)  # one line each: a crashed session keeps them

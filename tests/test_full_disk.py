@@ -119,10 +119,37 @@ def test_the_cli_stops_a_run_on_a_full_disk_with_that_one_line(prefect_server, c
 def test_a_run_whose_disk_fills_up_stops_with_one_line_and_the_same_command_finishes(prefect_server, tmp_path, kind):
     from disk_full_drill import disk_full_drill
 
-    outcome = disk_full_drill(kind, 0, tmp_path, None, np.random.default_rng(5))
+    outcome = disk_full_drill(kind, 0, tmp_path, np.random.default_rng(5))
     if outcome.detail.startswith("skipped"):
         pytest.skip(outcome.detail)
     assert outcome.extra["stopped_with_one_line"], outcome
     assert outcome.extra["verified_after_stop"], outcome
     assert outcome.completed and not outcome.detail, outcome
     assert (outcome.rows_lost, outcome.duplicates, outcome.budget_overruns) == (0, 0, 0), outcome
+
+
+@pytest.mark.parametrize("filtered", [True, False], ids=["cli", "without-the-filter"])
+def test_prefect_does_not_print_a_traceback_of_a_full_disk(prefect_server, capfd, monkeypatch, filtered):
+    import logging
+
+    import typer
+    from prefect import flow
+
+    from mfsbi.app import cli
+
+    real = cli._not_a_full_disk
+    if not filtered:  # the control: without the CLI's filter, Prefect prints the flow's traceback
+        monkeypatch.setattr(cli, "_not_a_full_disk", lambda record: True)
+
+    @flow
+    def filling(config):
+        raise StoreFullError("/mnt/store", "table 'ou2/lf' rows 0..9", 80_170, 512)
+
+    try:
+        with pytest.raises(typer.Exit):
+            cli._run_with_services(None, False, filling)
+    finally:
+        logging.getLogger("prefect.flow_runs").removeFilter(real)
+    err = capfd.readouterr().err
+    assert "error: store /mnt/store is full" in err
+    assert ("in filling" in err) is not filtered, err  # the flow's frame: Prefect's traceback of it

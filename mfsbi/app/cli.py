@@ -162,6 +162,8 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
 
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
+                # A full disk ends the run with its own line (below): not also Prefect's traceback of it.
+                logging.getLogger("prefect.flow_runs").addFilter(_not_a_full_disk)
             with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
                           transient=False) as bars:
@@ -191,6 +193,14 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
         # A full disk names the store, the space it needed and the fix; its type adds nothing.
         fail(str(error) if isinstance(error, StoreFullError) else f"the run failed: {type(error).__name__}: {error}",
              code=1)
+
+
+def _not_a_full_disk(record) -> bool:  # noqa: ANN001 -- a logging.LogRecord
+    """A logging filter: drops Prefect's records of a StoreFullError (the CLI prints it as one line)."""
+    from mfsbi.storage import StoreFullError
+
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, StoreFullError) and "StoreFullError" not in record.getMessage()
 
 
 @app.command("check-transfer", cls=OneLineCommand)
