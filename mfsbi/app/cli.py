@@ -163,7 +163,7 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
                 logging.getLogger("distributed").setLevel(logging.ERROR)
                 # A full disk ends the run with its own line (below): not also Prefect's traceback of it.
                 logging.getLogger("prefect.flow_runs").addFilter(_not_a_full_disk)
-            with progress_display(console, interval, config.max_num_epochs):
+            with progress_display(console, interval, getattr(config, "max_num_epochs", None)):
                 return flow_function(config, *arguments)
     except ServiceError as error:
         fail(str(error), code=1)
