@@ -49,7 +49,7 @@ def private_folder(path: Path) -> Path:
         path.mkdir(mode=0o700)  # never open, not even between mkdir and chmod
     except FileExistsError:
         pass
-    info = path.lstat()
+    info = path.stat()  # a home linked elsewhere (e.g. to scratch) is checked where it leads
     if not stat.S_ISDIR(info.st_mode):
         raise PrivateStateError(f"{path} is not a folder; move it away (mfsbi keeps its state there)")
     if info.st_uid != os.geteuid():
