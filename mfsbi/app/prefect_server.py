@@ -4,7 +4,8 @@ Prefect's ephemeral mode is not enough here (../shared/STACK.md): every process 
 API without a server starts a temporary one of its own. So unless ``PREFECT_API_URL`` points at a
 real server, :func:`prefect_api` starts ``prefect server start`` on 127.0.0.1 with its database in
 ``MFSBI_HOME`` (default ``~/.mfsbi``), so that every run stays visible afterwards in the UI
-(``mfsbi serve`` or ``prefect server start`` with the same ``PREFECT_HOME``).
+(``mfsbi serve``; a bare ``prefect server start`` on the same ``PREFECT_HOME`` needs
+``PREFECT_SERVER_API_AUTH_STRING`` set to the string, or it opens the database to every local user).
 
 That server requires the same auth string as ``mfsbi serve``'s (:func:`serve_auth_string`): 127.0.0.1
 is shared by every user of a login node, and a flow run queued in the shared database is run by
