@@ -68,7 +68,7 @@ def other_user():
 
 
 @pytest.fixture
-def reachable_home(prefect_server, tmp_path_factory):
+def reachable_home(prefect_server):
     """The session's ``$MFSBI_HOME`` with its parents traversable by others (mode +x, as a 711 or 755
     home on a login node is), so that only the home's own mode can stop the second user; restored after."""
     home = Path(os.environ["MFSBI_HOME"])
@@ -107,7 +107,7 @@ print(json.dumps({
 """
 
 
-def test_another_user_cannot_read_mfsbi_home(reachable_home, other_user, tmp_path_factory):
+def test_another_user_cannot_read_mfsbi_home(other_user, reachable_home):
     home = reachable_home
     client_auth_string()  # the session's server made it
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
@@ -146,7 +146,7 @@ print(json.dumps({"health": status("/health"), "flow runs": status("/flow_runs/f
 """
 
 
-def test_another_user_gets_401_from_the_runs_prefect_api(prefect_server, other_user):
+def test_another_user_gets_401_from_the_runs_prefect_api(other_user, prefect_server):
     outcome = other_user(_CALL_API, prefect_server)
     assert outcome.pop("health") == 200, outcome  # the control: the server is reachable, /health is open
     assert set(outcome.values()) == {401}, outcome
@@ -176,7 +176,7 @@ print(json.dumps({"plain tcp": attempt(tls.replace("tls://", "tcp://")),
 """
 
 
-def test_another_user_cannot_use_the_runs_dask_scheduler(dask_cluster_client, other_user):
+def test_another_user_cannot_use_the_runs_dask_scheduler(other_user, dask_cluster_client):
     from distributed import LocalCluster
 
     address = dask_cluster_client.scheduler.address
