@@ -12,7 +12,8 @@ every simulator call:
 
 Kinds: ``worker-kill`` (SIGKILL the Dask worker running an HF batch), ``flow-kill-lf``,
 ``flow-kill-hf`` (SIGKILL `mfsbi run` mid-LF / mid-HF), ``flow-kill-round`` (mid-run of a 3-round
-MF-TSNPE), ``exception``, ``nan-inf``, ``hang`` (simulator faults, each row counted). On SLURM
+MF-TSNPE), ``exception``, ``nan-inf``, ``hang`` (simulator faults, each row counted), ``disk-full-lf``,
+``disk-full-hf`` (the store's own small file system fills up: benchmarks/disk_full_drill.py). On SLURM
 (``--cluster FILE``, runs with ``mfsbi run --cluster FILE``): ``scancel-lf`` / ``scancel-hf``
 (``scancel`` of the job whose worker runs an LF / HF batch) and ``scancel-all`` (every worker job at
 once, mid-HF); the adaptive cluster submits new jobs and the run goes on.
@@ -54,6 +55,8 @@ KILL_KINDS = ("worker-kill", "flow-kill-lf", "flow-kill-hf", "flow-kill-round", 
 CLUSTER: list[str] = []  # ["--cluster", FILE] for the SLURM kinds (set by main)
 # Rates high enough that a few runs inject 20 faults of a kind (held-out rows included).
 SIMULATOR_KINDS = {"exception": "exception=0.1", "nan-inf": "nan=0.06,inf=0.04", "hang": "hang=0.1"}
+# The store's file system fills up mid-LF / mid-HF (benchmarks/disk_full_drill.py; root: a tmpfs is mounted).
+DISK_KINDS = ("disk-full-lf", "disk-full-hf")
 
 
 @dataclass
@@ -313,8 +316,12 @@ def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
     references: dict[str, dict] = {}
     outcomes = []
     for kind in kinds:
-        for repeat in range(first, first + (repeats if kind in KILL_KINDS else simulator_repeats)):
-            if kind in KILL_KINDS:
+        for repeat in range(first, first + (simulator_repeats if kind in SIMULATOR_KINDS else repeats)):
+            if kind in DISK_KINDS:
+                from disk_full_drill import disk_full_drill  # imports this module (its helpers)
+
+                outcome = disk_full_drill(kind, repeat, workdir, rng)
+            elif kind in KILL_KINDS:
                 args = SEQUENTIAL if kind == "flow-kill-round" else AMORTIZED  # the reference runs locally
                 if args[1] not in references:
                     references[args[1]] = reference_run(workdir, args)
@@ -385,8 +392,12 @@ def _main(args) -> None:
                                first=args.first)
         result = {"command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),
                   "outcomes": [asdict(o) for o in outcomes], "table": table(outcomes)}
+        if any(o.kind in DISK_KINDS for o in outcomes):
+            from disk_full_drill import disk_table
+
+            result["disk_table"] = disk_table(outcomes)
         args.out.write_text(json.dumps(result, indent=1))
-        print(table(outcomes))
+        print(table(outcomes), result.get("disk_table", ""), sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,8 @@ def test_a_handle_opened_before_a_reservation_never_loses_the_rows_reserved_afte
 def test_new_tables_store_x_with_lz4_and_reservations_in_large_chunks(tmp_path):
     sim = table(tmp_path, chunk_size=10)
     group = zarr.open_group(tmp_path / "toy" / "lf", mode="r")
-    (codec,) = group["x"].compressors
+    codec, checksum = group["x"].compressors  # LZ4, then crc32c (tests/test_chunk_checksums.py)
+    assert isinstance(checksum, zarr.codecs.Crc32cCodec)
     assert (codec.cname, codec.shuffle) == (X_CODEC.cname, X_CODEC.shuffle) and group["status"].chunks == (10,)
     rows = reservation_chunk_rows(10, 3)
     assert rows % 10 == 0 and rows > 10_000

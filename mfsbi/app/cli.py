@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mfsbi import __version__
 from mfsbi.app import listings, service_cli
+from mfsbi.app.observe import observe
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
@@ -147,16 +148,14 @@ def run(
 
 
 def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
-    """Runs a flow (default: the config's method) with the Prefect API and the progress bars; exits 1 on failure."""
+    """Runs a flow (default: the config's method) with the Prefect API and its progress shown; exits 1 on failure."""
     import logging
     import os
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from mfsbi.app.prefect_server import ServiceError, prefect_api
-    from mfsbi.flows.training_progress import describe_epoch
-    from mfsbi.runtime import progress as progress_events
+    from mfsbi.app.progress_display import progress_display, progress_interval
 
+    interval = progress_interval()  # a bad value ends the command here, before the run's try
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     try:
@@ -166,31 +165,26 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
 
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
-            with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console,
-                          transient=False) as bars:
-                ids: dict[str, object] = {}
-
-                def listener(step: str, done: int, total: int) -> None:
-                    if step not in ids:
-                        ids[step] = bars.add_task(step, total=total, detail="")
-                    bars.update(ids[step], completed=done, total=total)
-
-                def epochs(event: dict) -> None:  # a training's epoch: shown beside its bar
-                    if event.get("label") in ids:
-                        bars.update(ids[event["label"]], detail=describe_epoch(event))
-
-                progress_events.listen(listener)
-                progress_events.listen_epochs(epochs)
-                try:
-                    return flow_function(config, *arguments)
-                finally:
-                    progress_events.listen(None)
-                    progress_events.listen_epochs(epochs, on=False)
+                # A full disk ends the run with its own line (below): not also Prefect's traceback of it.
+                logging.getLogger("prefect.flow_runs").addFilter(_not_a_full_disk)
+            with progress_display(console, interval, getattr(config, "max_num_epochs", None)):
+                return flow_function(config, *arguments)
     except ServiceError as error:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
-        fail(f"the run failed: {type(error).__name__}: {error}", code=1)
+        from mfsbi.storage import StoreFullError
+
+        # A full disk names the store, the space it needed and the fix; its type adds nothing.
+        fail(str(error) if isinstance(error, StoreFullError) else f"the run failed: {type(error).__name__}: {error}",
+             code=1)
+
+
+def _not_a_full_disk(record) -> bool:  # noqa: ANN001 -- a logging.LogRecord
+    """A logging filter: drops Prefect's records of a StoreFullError (the CLI prints it as one line)."""
+    from mfsbi.storage import StoreFullError
+
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, StoreFullError) and "StoreFullError" not in record.getMessage()
 
 
 @app.command("check-transfer", cls=OneLineCommand)
@@ -293,6 +287,9 @@ def sample(
     console.print(f"wrote {num_samples} samples of {prefix} to {out}")
 
 
+app.command(cls=OneLineCommand)(observe)
+
+
 @app.command()
 def tasks(
     as_json: Annotated[bool, typer.Option("--json", help="print the tasks as one JSON document on stdout")] = False,
@@ -332,17 +329,27 @@ for _command in (service_cli.serve, service_cli.deploy, service_cli.submit, serv
 
 
 @app.command()
-def verify(store: Annotated[str, typer.Argument(help="the store folder or URL")]) -> None:
-    """Check a store's consistency without changing it: shapes, statuses, budget, attributes, lock.
+def verify(
+    store: Annotated[str, typer.Argument(help="the store folder or URL")],
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="make the rows of corrupt x/status chunks pending: the same `mfsbi run` simulates "
+                         "them again with their stored θ and seeds (no new HF budget)")] = False,
+) -> None:
+    """Check a store's consistency without changing it: shapes, statuses, budget, attributes, lock,
+    and that every chunk decodes (its checksum).
 
-    Exit code 0: consistent; 1: problems found (listed); 2: not a store.
+    Exit code 0: consistent (or every corrupt chunk repaired); 1: problems found (listed); 2: not a store.
     """
     from mfsbi.storage import StoreError, verify_store
 
     try:
-        report = verify_store(store)
+        report = _repair(store) if repair else verify_store(store)
     except (StoreError, FileNotFoundError) as error:
         fail(f"STORE: {error}")
+    if report.without_checksums:
+        console.print(f"note: {len(report.without_checksums)} tables were written before chunk checksums "
+                      f"({', '.join(report.without_checksums)}): a corrupt chunk there is found only if it "
+                      "fails to decompress", highlight=False)
     if report.ok:
         console.print(f"store OK: {report.tables} tables, {report.rows} rows", highlight=False)
         return
@@ -355,6 +362,22 @@ def verify(store: Annotated[str, typer.Argument(help="the store folder or URL")]
         table.add_row(problem.table, problem.field, problem.severity, problem.message)
     print_table(table)
     raise typer.Exit(1)
+
+
+def _repair(store: str):
+    """Repairs the corrupt chunks, prints one line per chunk, and returns the store's report after."""
+    from mfsbi.storage import repair_store, verify_store
+
+    done = repair_store(store)
+    for chunk in done.repaired:
+        cost = "" if chunk.seconds is None else f", about {chunk.seconds:.3g} s of simulator time again"
+        budget = "; HF budget unchanged: the rows stay reserved" if chunk.budgeted else ""
+        console.print(f"repaired {chunk.table} chunk {chunk.chunk} (rows {chunk.rows[0]}..{chunk.rows[1] - 1}): "
+                      f"{chunk.num_rows} rows pending again, simulated by the next `mfsbi run` with their "
+                      f"stored θ and seeds{cost}{budget}", highlight=False)
+    if not done.repaired and not done.not_repaired:
+        console.print("no corrupt chunk to repair", highlight=False)
+    return verify_store(store)
 
 
 def main() -> None:

@@ -157,6 +157,9 @@ def usage_line(error: Exception) -> str:
     """One line for a command line click could not parse: the option first, then the problem."""
     param = getattr(error, "param", None)
     option = getattr(error, "option_name", None)
+    command = f"mfsbi {getattr(getattr(error, 'ctx', None), 'info_name', None) or 'run'}"
+    if type(error).__name__ == "MissingParameter" and param is not None and getattr(param, "opts", None):
+        return f"{param.opts[0]}: required (see `{command} --help`)"
     if param is not None and getattr(param, "opts", None):
         # typer checks a Literal with pydantic, whose message starts with the error's kind.
         return f"{param.opts[0]}: {str(getattr(error, 'message', error)).removeprefix('Value error, ')}"
@@ -164,9 +167,9 @@ def usage_line(error: Exception) -> str:
         possible = getattr(error, "possibilities", None)
         if possible is not None:
             hint = f"; did you mean {sorted(possible)[0]}?" if possible else ""
-            return f"{option}: no such option of `mfsbi run`{hint} (see `mfsbi run --help`)"
+            return f"{option}: no such option of `{command}`{hint} (see `{command} --help`)"
         return f"{option}: {getattr(error, 'message', error)}"
-    return f"{error.format_message() if hasattr(error, 'format_message') else error} (see `mfsbi run --help`)"
+    return f"{error.format_message() if hasattr(error, 'format_message') else error} (see `{command} --help`)"
 
 
 def _choices_of(param: object) -> Choices | None:

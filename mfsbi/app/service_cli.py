@@ -33,7 +33,7 @@ def print_store_runs(store: str, show: bool = True) -> list[dict] | None:
         if show:
             console.print("no Prefect API reachable (PREFECT_API_URL or `mfsbi serve`): flow-run states not shown")
         return None
-    serve_stack.use_api(api_url)
+    _use_api(api_url)
     runs = [run for run in deployments.recent_runs(200) if _same_store(run.get("store"), store)]
     if not show:
         return runs
@@ -64,8 +64,19 @@ def require_api() -> str:
     api_url = serve_stack.resolve_api_url()
     if not api_url:
         fail("no Prefect API: start one with `mfsbi serve` (or docker compose) or set PREFECT_API_URL", code=1)
-    serve_stack.use_api(api_url)
+    _use_api(api_url)
     return api_url
+
+
+def _use_api(api_url: str) -> None:
+    """Points Prefect at ``api_url`` with this user's auth string; a non-private auth file: one line, exit 1."""
+    from mfsbi.app import stack as serve_stack
+    from mfsbi.app.prefect_server import ServiceError
+
+    try:
+        serve_stack.use_api(api_url)
+    except ServiceError as error:
+        fail(str(error), code=1)
 
 
 def serve(
@@ -109,7 +120,7 @@ def serve(
     except Exception as error:  # noqa: BLE001 -- e.g. ClusterStartError: one line, exit 1
         fail(f"the stack did not start: {type(error).__name__}: {error}", code=1)
     console.print(f"[bold]Prefect UI[/]   {stack.ui}\n[bold]Prefect API[/]  {stack.prefect_api_url}\n"
-                  f"[bold]Dask[/]         {stack.dask_address}  (dashboard {stack.dashboard})\n"
+                  f"[bold]Dask[/]         {stack.dask_address}  (dashboard {stack.dashboard or 'off'})\n"
                   f"[bold]work pool[/]    {serve_stack.WORK_POOL}\n"
                   f"logs in {stack.home / 'logs'}; addresses in {serve_stack.serve_file()}\n"
                   "next: `mfsbi deploy`, then `mfsbi submit mfsbi-amortized --param task=ou2 --follow`. "

@@ -24,8 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mfsbi.app.prefect_server import OFFLINE_SETTINGS, client_auth_string, healthy, mfsbi_home, serve_auth_string
+from mfsbi.app.prefect_server import (OFFLINE_SETTINGS, ServiceError, client_auth_string, healthy, mfsbi_home,
+                                      private_child, serve_auth_string)
 from mfsbi.runtime.cluster import WORKER_PRELOAD
+from mfsbi.runtime.home import PrivateStateError, open_private_log, private_folder, private_home, write_private
 from mfsbi.runtime.processes import die_with_parent
 from mfsbi.runtime.tls import certificates, client_environment, client_security, dask_cli_arguments
 
@@ -168,13 +170,13 @@ class Stack:
     def ui(self) -> str:
         return ui_url(self.prefect_api_url)
 
-    def start(self, name: str, command: list[str], env: dict[str, str]) -> Service:
-        log = self.home / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as handle:
+    def start(self, name: str, command: list[str], env: dict[str, str], private: bool = False) -> Service:
+        """Starts a service logging to ``logs/NAME.log`` (mode 600); ``private``: with umask 077 too."""
+        log = private_folder(self.home / "logs") / f"{name}.log"
+        with open_private_log(log) as handle:
             process = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True,
-                                       preexec_fn=die_with_parent)
+                                       preexec_fn=private_child if private else die_with_parent)
         service = Service(name, process, log)
         self.services.append(service)
         return service
@@ -201,8 +203,8 @@ class Stack:
                 "dask_address": self.dask_address, "dask_dashboard": self.dashboard,
                 "work_pool": WORK_POOL, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "processes": {s.name: s.process.pid for s in self.services}, "logs": str(self.home / "logs")}
-        serve_file().parent.mkdir(parents=True, exist_ok=True)
-        serve_file().write_text(json.dumps(info, indent=2))
+        private_home()
+        write_private(serve_file(), json.dumps(info, indent=2))
 
 
 class _suppress:
@@ -269,10 +271,12 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
     if running:
         raise ServeError(f"mfsbi serve is already running (pid {running['pid']}, UI {running['ui_url']}); "
                          f"stop it first or set MFSBI_HOME")
-    home = mfsbi_home()
-    home.mkdir(parents=True, exist_ok=True)
-    prefect_home = home / "prefect"
-    prefect_home.mkdir(parents=True, exist_ok=True)
+    try:
+        home = private_home()
+        prefect_home = private_folder(home / "prefect")
+        auth = serve_auth_string()
+    except (PrivateStateError, ServiceError) as error:
+        raise ServeError(str(error)) from None
     stack = Stack(home=home)
     try:
         prefect_port = _pick_port(prefect_port, "prefect")
@@ -281,7 +285,6 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
         stack.prefect_api_url = f"http://127.0.0.1:{prefect_port}/api"
         stack.dask_address = f"{'tls' if tls and not cluster else 'tcp'}://127.0.0.1:{dask_port}"
         stack.dashboard = f"http://127.0.0.1:{dashboard_port}/status"
-        auth = serve_auth_string()
         base = {**os.environ, **{k: os.environ.get(k, v) for k, v in OFFLINE_SETTINGS.items()},
                 "PREFECT_HOME": str(prefect_home), "PREFECT_API_AUTH_STRING": auth}
         base.pop("PREFECT_API_URL", None)
@@ -294,7 +297,8 @@ def start_stack(workers: int, prefect_port: int = 4200, dask_port: int = 8786, d
                               "--port", str(prefect_port)],
                              {**base, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_AUTH_STRING": auth,
                               "PREFECT_SERVER_API_PORT": str(prefect_port),
-                              "PREFECT_UI_API_URL": stack.prefect_api_url})
+                              "PREFECT_UI_API_URL": stack.prefect_api_url},
+                             private=True)  # writes only its database and log: umask 077
         client_env: dict[str, str] = {}
         if cluster:
             say(f"starting the Dask scheduler and SLURM worker jobs ({cluster})")
@@ -354,10 +358,12 @@ def _start_slurm(stack: Stack, cluster: str) -> dict[str, str]:
 
     from mfsbi.runtime.slurm import client_tls_environment, load_slurm_settings, slurm_cluster
 
-    jobs = stack.cluster.enter_context(slurm_cluster(load_slurm_settings(cluster)))
+    settings = load_slurm_settings(cluster)
+    jobs = stack.cluster.enter_context(slurm_cluster(settings))
     folder = stack.home / "slurm-tls" / "clients"
     stack.cluster.callback(shutil.rmtree, folder, ignore_errors=True)
-    stack.dask_address, stack.dashboard = jobs.scheduler_address, jobs.dashboard_link
+    stack.dask_address = jobs.scheduler_address
+    stack.dashboard = jobs.dashboard_link if settings.dashboard else ""  # off: only /health is served
     return client_tls_environment(jobs, folder)
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -154,9 +156,12 @@ def samples_on_pairs(posterior: Any, x: Tensor, num_posterior_samples: int,
     # An ensemble has no batched sampler; sbi then samples pair by pair.
     batched = type(posterior).__name__ != "EnsemblePosterior"
     step = pairs_per_batch(num_posterior_samples, x.shape[1], max_bytes)
-    return torch.cat([get_posterior_samples_on_batch(x[i:i + step], posterior, (num_posterior_samples,),
-                                                     use_batched_sampling=batched).cpu()
-                      for i in range(0, len(x), step)], dim=1)
+    with warnings.catch_warnings():
+        # sbi caps its own sampling batch (a memory guard of its own) and says so on every call.
+        warnings.filterwarnings("ignore", message="Capping max_sampling_batch_size")
+        return torch.cat([get_posterior_samples_on_batch(x[i:i + step], posterior, (num_posterior_samples,),
+                                                         use_batched_sampling=batched).cpu()
+                          for i in range(0, len(x), step)], dim=1)
 
 
 def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, level: float = 0.05) -> Calibration:

@@ -1,6 +1,7 @@
 """The Dask cluster a flow runs its jobs on: an existing scheduler, or a local cluster per run.
 
-The local cluster is the embedded default (nothing for the user to start); ``--dask-address`` or
+The local cluster is the embedded default (nothing for the user to start; mutual TLS with
+certificates made for the run, no dashboard); ``--dask-address`` or
 ``$MFSBI_DASK_ADDRESS`` (set by ``mfsbi serve`` and docker-compose for their Prefect workers) point at
 an existing scheduler instead.
 """
@@ -14,7 +15,7 @@ import signal
 from collections.abc import Iterator
 
 from mfsbi.runtime.home import mfsbi_home
-from mfsbi.runtime.tls import client_security
+from mfsbi.runtime.tls import client_security, scheduler_http_closed
 
 __all__ = ["CLUSTER_CLOSE_TIMEOUT", "WORKER_PRELOAD", "close_cluster", "dask_client", "planned_workers"]
 
@@ -72,14 +73,20 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
     # Prefect's logging setup lets the in-process scheduler's INFO chatter through; keep warnings.
     quiet = max(logging.WARNING, logging.getLogger("distributed").getEffectiveLevel())
     logging.getLogger("distributed").setLevel(quiet)
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0", silence_logs=40,
-        # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
-        # worker thread: import it at worker start (STACK.md). External workers need the same
-        # `--preload mfsbi.runtime.worker_setup`.
-        preload=[WORKER_PRELOAD],
-    )
+    with scheduler_http_closed():
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+            # Mutual TLS with certificates made for this run, in memory (workers get them through
+            # their nanny's pipe): 127.0.0.1 is shared by every user of a login node, and a Dask
+            # scheduler runs what any connected client sends.
+            security=True, protocol="tls://",
+            # No dashboard: nothing of `mfsbi run` shows it, and it has no authentication.
+            dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}, silence_logs=40,
+            # brian2 cannot be imported outside a process's main thread, and Dask runs tasks in a
+            # worker thread: import it at worker start (STACK.md). External workers need the same
+            # `--preload mfsbi.runtime.worker_setup`.
+            preload=[WORKER_PRELOAD],
+        )
     try:
         with Client(cluster) as client:
             logging.getLogger("distributed").setLevel(quiet)

@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from mfsbi.runtime.home import mfsbi_home
-from mfsbi.runtime.tls import client_environment
+from mfsbi.runtime.home import private_folder, private_home, write_private
+from mfsbi.runtime.tls import client_environment, scheduler_http_closed
 
 __all__ = ["DEFAULT_CONFIG", "ClusterConfigError", "ClusterStartError", "SlurmSettings", "client_tls_environment",
-           "gpu_job_command", "load_slurm_settings", "slurm_cluster"]
+           "gpu_job_command", "load_slurm_settings", "scheduler_options", "slurm_cluster"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("slurm.yaml")
 log = logging.getLogger("mfsbi")
@@ -56,6 +56,7 @@ class SlurmSettings:
         target_duration, wait_count: Dask Adaptive's ``target_duration`` and ``wait_count``.
         start_timeout: seconds to wait for the first worker.
         tls: encrypt and authenticate scheduler <-> worker traffic with per-run certificates.
+        dashboard: serve the scheduler's dashboard (no authentication) on its address.
         gpu_jobs: GPU worker jobs to start for training.
         gpu: ``jobqueue.slurm`` overrides for the GPU jobs.
     """
@@ -68,6 +69,7 @@ class SlurmSettings:
     wait_count: int
     start_timeout: float
     tls: bool
+    dashboard: bool
     gpu_jobs: int
     gpu: dict[str, Any]
 
@@ -112,7 +114,7 @@ def load_slurm_settings(spec: str) -> SlurmSettings:
         settings = SlurmSettings(source=path, jobqueue=jobqueue, minimum_jobs=minimum, maximum_jobs=maximum,
                                  target_duration=str(ours["target-duration"]), wait_count=int(ours["wait-count"]),
                                  start_timeout=float(ours["start-timeout"]), tls=bool(ours["tls"]),
-                                 gpu_jobs=int(ours["gpu-jobs"]), gpu=gpu)
+                                 dashboard=bool(ours["dashboard"]), gpu_jobs=int(ours["gpu-jobs"]), gpu=gpu)
     except (TypeError, ValueError):
         raise ClusterConfigError(f"cluster: mfsbi.slurm in {path} needs whole numbers for minimum-jobs, "
                                  f"maximum-jobs and gpu-jobs, seconds for start-timeout") from None
@@ -126,8 +128,8 @@ def gpu_job_command(settings: SlurmSettings, address: str, tls_args: list[str]) 
     """The ``sbatch`` command of one GPU training worker that joins the scheduler at ``address``."""
     job = {**settings.jobqueue, **settings.gpu}
     worker = [*shlex.split(job.get("python") or sys.executable), "-m", "distributed.cli.dask_worker", address,
-              "--nthreads", "1", "--memory-limit", str(job["memory"]), "--no-dashboard", "--name",
-              "mfsbi-gpu-$SLURM_JOB_ID", *map(str, job["worker-extra-args"]), *tls_args]
+              "--nthreads", "1", "--memory-limit", str(job["memory"]), "--no-dashboard",
+              *map(str, job["worker-extra-args"]), *tls_args]
     memory_mb = _megabytes(job["memory"])
     command = ["sbatch", "--parsable", "--job-name", "mfsbi-gpu-worker", f"--cpus-per-task={job['cores']}",
                f"--mem={memory_mb}M", f"--time={job['walltime']}"]
@@ -135,8 +137,10 @@ def gpu_job_command(settings: SlurmSettings, address: str, tls_args: list[str]) 
         command.append(f"--partition={job['queue']}")
     if job.get("account"):
         command.append(f"--account={job['account']}")
+    # The prologue is shell by design (the site's own lines); every worker argument is quoted, and
+    # only the job id is left for the shell to expand.
     prologue = "; ".join(job.get("job-script-prologue") or [])
-    shell = (prologue + "; " if prologue else "") + "exec " + " ".join(worker)
+    shell = (prologue + "; " if prologue else "") + "exec " + shlex.join(worker) + ' --name "mfsbi-gpu-$SLURM_JOB_ID"'
     return [*command, *map(str, job.get("job-extra-directives") or []), "--wrap", shell]
 
 
@@ -169,13 +173,16 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
     """
     from dask_jobqueue import SLURMCluster
 
-    home = mfsbi_home()
+    home = private_home()
     jobqueue = dict(settings.jobqueue)
     jobqueue["log-directory"] = jobqueue.get("log-directory") or str(home / "slurm-logs")
     jobqueue["shared-temp-directory"] = jobqueue.get("shared-temp-directory") or str(home / "slurm-tls")
     for folder in (jobqueue["log-directory"], jobqueue["shared-temp-directory"]):
-        Path(os.path.expandvars(folder)).expanduser().mkdir(parents=True, exist_ok=True)
-    cluster = SLURMCluster(security=True if settings.tls else None, **_cluster_arguments(jobqueue))
+        # Mode 700 when made here: the logs and the workers' TLS key are this user's only.
+        Path(os.path.expandvars(folder)).expanduser().mkdir(mode=0o700, parents=True, exist_ok=True)
+    arguments = _cluster_arguments(jobqueue, dashboard=settings.dashboard)
+    with contextlib.nullcontext() if settings.dashboard else scheduler_http_closed():
+        cluster = SLURMCluster(security=True if settings.tls else None, **arguments)
     gpu_jobs: list[str] = []
     stop = threading.Event()
     replacer = threading.Thread(target=_replace_ended_jobs, args=(cluster, stop), name="mfsbi-slurm-jobs",
@@ -210,7 +217,7 @@ def slurm_cluster(settings: SlurmSettings) -> Iterator[Any]:
 _DEPRECATED = {"extra", "env-extra", "job-extra"}
 
 
-def _cluster_arguments(jobqueue: dict[str, Any]) -> dict[str, Any]:
+def _cluster_arguments(jobqueue: dict[str, Any], dashboard: bool = False) -> dict[str, Any]:
     """``jobqueue.slurm`` settings as SLURMCluster's keywords (its jobs re-read dask.config lazily,
     so a temporary ``dask.config.set`` would not last the cluster's life)."""
     arguments = {}
@@ -218,7 +225,33 @@ def _cluster_arguments(jobqueue: dict[str, Any]) -> dict[str, Any]:
         if value is None or (key in _DEPRECATED and not value):
             continue
         arguments["job_name" if key == "name" else key.replace("-", "_")] = value
+    arguments["scheduler_options"] = scheduler_options(jobqueue, dashboard)
     return arguments
+
+
+def scheduler_options(jobqueue: dict[str, Any], dashboard: bool) -> dict[str, Any]:
+    """The scheduler's options: bound to one address, and its dashboard only when asked for.
+
+    dask-jobqueue's scheduler listens on every interface when ``interface`` is null, and its
+    dashboard on every interface without authentication. Here it binds the configured
+    ``interface``'s address, else the address the node reaches others by (``distributed.utils.get_ip``,
+    the one its workers were told anyway); the dashboard, when on, binds the same address.
+    ``scheduler-options`` ``host`` / ``interface`` / ``dashboard_address`` given in the file win.
+    """
+    from distributed.utils import get_ip, get_ip_interface  # like dask_jobqueue: loaded when a cluster is made
+
+    options = {key.replace("-", "_"): value for key, value in (jobqueue.get("scheduler-options") or {}).items()}
+    if options.get("interface") and not options.get("host"):
+        host = get_ip_interface(options.pop("interface"))
+    else:
+        interface = jobqueue.get("interface")
+        host = options.get("host") or (get_ip_interface(interface) if interface else get_ip())
+    options["host"] = host
+    options["dashboard"] = bool(dashboard)
+    given = str(options.get("dashboard_address") or "")
+    if not given or given.startswith(":"):  # a port alone means every interface: bind it to the host
+        options["dashboard_address"] = f"{host}:{given.lstrip(':') or 0}"
+    return options
 
 
 # Seconds between two looks at squeue for worker jobs that ended.
@@ -294,15 +327,13 @@ def client_tls_environment(cluster: Any, folder: Path) -> dict[str, str]:
     security = getattr(cluster, "security", None)
     if security is None or not getattr(security, "require_encryption", False):
         return {}
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
+    private_folder(folder)
     paths = {}
     for name, value in (("ca.pem", security.tls_ca_file), ("client.pem", security.tls_client_cert),
                         ("client-key.pem", security.tls_client_key)):
         if value and "\n" in value:  # an in-memory PEM (Security.temporary): give it a file
             path = folder / name
-            path.touch(mode=0o600)
-            path.write_text(value)
+            write_private(path, value)
             value = str(path)
         paths[name] = value
     return client_environment(paths["ca.pem"], paths["client.pem"], paths["client-key.pem"])

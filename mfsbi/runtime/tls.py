@@ -8,17 +8,25 @@ mode 600 in the user's own ``MFSBI_HOME``.
 
 The certificate is distributed's own ``Security.temporary()`` (a self-signed key and certificate
 for every role), written once to files so that separate processes share it; it is made again
-when it is missing, unreadable or within a day of expiring.
+when it is missing, unreadable or within a day of expiring. (``mfsbi run``'s local cluster uses
+TLS too, with certificates that live only in its memory: :mod:`mfsbi.runtime.cluster`.)
 """
 
 from __future__ import annotations
 
 import datetime
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Certificates", "certificates", "client_environment", "client_security", "dask_cli_arguments"]
+from mfsbi.runtime.home import private_folder, read_secret, write_private
+
+__all__ = ["Certificates", "certificates", "client_environment", "client_security", "dask_cli_arguments",
+           "scheduler_http_closed"]
+
+# What a scheduler started without its dashboard still serves over HTTP: only its health check,
+# not distributed's default info pages (worker logs, call stacks) and metrics, which have no
+# authentication either.
+HEALTH_ONLY = {"distributed.scheduler.http.routes": ["distributed.http.health"]}
 
 
 @dataclass(frozen=True)
@@ -41,16 +49,6 @@ def _valid(certificate: Path) -> bool:
     return remaining > datetime.timedelta(days=1)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` created with mode 600 (never readable by others, even briefly)."""
-    part = path.with_name(path.name + ".part")
-    part.unlink(missing_ok=True)
-    descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(part, path)
-
-
 def certificates(folder: Path) -> Certificates:
     """The certificates in ``folder`` (mode 700), made now if missing or about to expire.
 
@@ -59,17 +57,24 @@ def certificates(folder: Path) -> Certificates:
 
     Returns:
         The file paths; the CA file and the certificate are the same self-signed certificate.
+
+    Raises:
+        PrivateStateError: the key is not this user's, is readable by others or is empty.
     """
     from distributed.security import Security
 
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    files = Certificates(ca_file=folder / "cert.pem", cert=folder / "cert.pem", key=folder / "key.pem")
+    private_folder(folder)
+    files = _files(folder)
     if not (files.key.exists() and _valid(files.cert)):
         made = Security.temporary()
-        _write_private(files.key, made.tls_client_key)  # the key first: a cert on disk implies its key
-        _write_private(files.cert, made.tls_client_cert)
+        write_private(files.key, made.tls_client_key)  # the key first: a cert on disk implies its key
+        write_private(files.cert, made.tls_client_cert)
+    read_secret(files.key, "the Dask TLS key")
     return files
+
+
+def _files(folder: Path) -> Certificates:
+    return Certificates(ca_file=folder / "cert.pem", cert=folder / "cert.pem", key=folder / "key.pem")
 
 
 def dask_cli_arguments(files: Certificates) -> list[str]:
@@ -94,6 +99,7 @@ def client_security(address: str, folder: Path):
 
     Raises:
         FileNotFoundError: a ``tls://`` address, no TLS settings and no certificates in ``folder``.
+        PrivateStateError: the key in ``folder`` is not this user's, is readable by others or is empty.
     """
     import dask
     from distributed.security import Security
@@ -102,10 +108,18 @@ def client_security(address: str, folder: Path):
         return None
     if dask.config.get("distributed.comm.tls.ca-file", None):
         return Security()
-    files = Certificates(ca_file=folder / "cert.pem", cert=folder / "cert.pem", key=folder / "key.pem")
+    files = _files(folder)
     if not (files.cert.exists() and files.key.exists()):
         raise FileNotFoundError(f"the Dask scheduler {address} uses TLS and no certificate was found: set "
                                 f"DASK_DISTRIBUTED__COMM__TLS__CA_FILE/__CLIENT__CERT/__CLIENT__KEY, or use the "
                                 f"MFSBI_HOME of the `mfsbi serve` that started it ({folder} holds none)")
+    read_secret(files.key, "the Dask TLS key")
     return Security(require_encryption=True, tls_ca_file=str(files.ca_file), tls_client_cert=str(files.cert),
                     tls_client_key=str(files.key))
+
+
+def scheduler_http_closed():
+    """A context in which a scheduler made in this process serves only its health check over HTTP."""
+    import dask
+
+    return dask.config.set(HEALTH_ONLY)

@@ -1,6 +1,7 @@
 """Pure simulators: tasks with a prior, a low- and a high-fidelity simulator. No Prefect, no storage."""
 
 from mfsbi.simulators.base import Fidelity, FidelityLevel, ReferencePosterior, Simulator, Task, check_theta_batch
+from mfsbi.simulators.recording import Recording, RecordingError
 from mfsbi.simulators.registry import (
     TaskNotFoundError,
     available_tasks,
@@ -12,6 +13,8 @@ from mfsbi.simulators.registry import (
 __all__ = [
     "Fidelity",
     "FidelityLevel",
+    "Recording",
+    "RecordingError",
     "ReferencePosterior",
     "Simulator",
     "Task",

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.distributions import Distribution
 
+from mfsbi.simulators.recording import Recording, RecordingError
+
 __all__ = [
     "check_theta_batch",
     "Fidelity",
@@ -136,6 +138,8 @@ class Task:
         intermediate: fidelity levels between LF and HF, cheapest first (default: none).
         coupled: the same ``(theta, seed)`` gives outputs at every level that share their noise
             (same initial state, same random increments), as multilevel NPE needs.
+        recording: how a raw recording becomes ``x`` (:class:`~mfsbi.simulators.recording.Recording`;
+            ``mfsbi observe``); ``None``: observations come as statistics only.
     """
 
     name: str
@@ -153,6 +157,7 @@ class Task:
     cost_seconds: dict[str, float] = field(default_factory=dict)
     intermediate: tuple[FidelityLevel, ...] = ()
     coupled: bool = False
+    recording: Recording | None = None
 
     def __post_init__(self) -> None:
         d = len(self.parameter_names)
@@ -172,6 +177,28 @@ class Task:
                                  "word (letters and digits, starting with a letter) other than 'lf' and 'hf'")
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r}: intermediate fidelities {names} repeat a name")
+
+    def statistics_of_recording(self, trace: np.ndarray, rate: float) -> np.ndarray:
+        """``x`` of one raw recording, as the task's simulators would output it.
+
+        Arguments:
+            trace: the recorded samples in SI units (volts), shape ``(n,)``.
+            rate: the sampling rate, Hz (resampled to the task's own if it differs).
+
+        Returns:
+            ``x`` of shape ``(x_dim,)``, float64.
+
+        Raises:
+            RecordingError: the task has no :attr:`recording`, or the trace does not fit it.
+        """
+        if self.recording is None:
+            raise RecordingError(f"task {self.name!r} says no way to turn a recording into its statistics "
+                                 "(Task.recording); give the statistics as a .npy instead")
+        x = self.recording(trace, rate)
+        if x.shape != (self.x_dim,):
+            raise RecordingError(f"task {self.name!r}: its recording statistics gave shape {x.shape}, "
+                                 f"not ({self.x_dim},)")
+        return x
 
     @property
     def fidelities(self) -> tuple[str, ...]:

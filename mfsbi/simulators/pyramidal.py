@@ -21,6 +21,7 @@ in docs/tasks-pyramidal.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch.distributions import Distribution
 from mfsbi.simulators.base import FidelityLevel, Task
 from mfsbi.simulators.neuron_cell import Discretization, GeometryBuilder, demo_pyramid_path, get_cell
 from mfsbi.simulators.neuron_cell import read_morphology, simulation_lock
+from mfsbi.simulators.recording import Recording
 
 __all__ = [
     "DT",
@@ -46,6 +48,7 @@ __all__ = [
     "STIMULUS_AMPLITUDE",
     "PyramidalSimulator",
     "pyramidal",
+    "recording",
     "rich_statistics",
     "spike_count",
     "spike_onsets",
@@ -356,6 +359,26 @@ def trace(
     return simulator.dt * np.arange(v.size), v
 
 
+def recording(statistics: Statistics = "paper") -> Recording:
+    """How a recorded somatic current-clamp trace becomes the task's statistics (``mfsbi observe``).
+
+    The trace must hold the simulated protocol from its start: rest from t = 0, the step current
+    from 10 ms to 110 ms; it is resampled to 40 kHz (dt = 0.025 ms) and scaled from volts to mV.
+    The statistics are the simulators' own functions with the simulators' windows, so a simulated
+    trace written to a recording gives back the simulator's ``x``.
+
+    Arguments:
+        statistics: ``"paper"`` or ``"rich"``, as the task's.
+    """
+    function = summary_statistics if statistics == "paper" else rich_statistics
+    return Recording(
+        statistics=partial(function, dt=DT, start=STIMULUS_START, duration=STIMULUS_DURATION, settle=SETTLE),
+        rate=1e3 / DT, scale=1e3, duration=(STIMULUS_START + STIMULUS_DURATION) / 1e3,
+        protocol=f"somatic voltage from t = 0: rest, then a step current from {STIMULUS_START:g} to "
+                 f"{STIMULUS_START + STIMULUS_DURATION:g} ms",
+    )
+
+
 def _prior() -> Distribution:
     # sbi is imported here, not at module import: workers unpickle the simulators, which need only
     # numpy and NEURON, and importing sbi costs more than a second.
@@ -416,4 +439,5 @@ def pyramidal(
         cost_seconds=dict(COST_SECONDS),
         intermediate=between,
         coupled=True,
+        recording=recording(statistics),
     )

@@ -14,7 +14,7 @@ Layout (a local folder by default; any zarr store URL works)::
                                 simulator_version, prior, config_hash, theta_dim, x_dim,
                                 chunk_size, mfsbi_version, created_at, updated_at (ISO 8601 UTC),
                                 status_codes, budget={"total", "reserved"} (hf, once set),
-                                mfsbi_table (layout version: 2; 1 before large reservation chunks)
+                                mfsbi_table (layout version: 3; 2 before chunk checksums, 1 before large reservation chunks)
           theta    float64 (n, d)  parameters                 chunks (R, d)
           x        float64 (n, k)  outputs, NaN until stored  chunks (chunk_size, k), Blosc LZ4
           seed     int64   (n,)    seed of the row's batch    chunks (R,)
@@ -22,6 +22,9 @@ Layout (a local folder by default; any zarr store URL works)::
           status   int8    (n,)    0 pending, 1 ok, 2 failed
           reason   string  (n,)    failure reason ("" if none), variable-length UTF-8
           elapsed  float64 (n,)    simulator seconds per row (batch time / rows), NaN until stored
+
+Every array of layout 3 ends its codecs with zarr's ``crc32c``: a corrupt chunk raises when read,
+and ``mfsbi verify`` decodes every chunk to find them (``--repair`` makes their rows pending again).
 
 The number of rows ``n`` is the length of ``status``; after a crash during a reservation other
 arrays may be longer, and their extra rows mean nothing. Read ``status`` before ``x``: it is
@@ -45,12 +48,13 @@ Integrity: a run holds ``DIR/.mfsbi.lock`` (:class:`StoreLock`, local folders on
 :func:`verify_store` checks a store read-only (``mfsbi verify DIR``).
 """
 
-from .errors import BudgetExceededError, StoreError, StoreMismatchError
+from .errors import BudgetExceededError, StoreError, StoreFullError, StoreMismatchError
 from .store import FORMAT, FORMAT_VERSION, SimulationStore
 from .layout import Batch, BatchOutput, HighFidelityBudget, Status
 from .table import SimulationTable
 from .lock import StoreLock, StoreLockedError, check_unlocked
 from .verify import Problem, verify_store
+from .repair import RepairReport, repair_store
 from .names import check_artifact_name, check_task
 
 __all__ = [
@@ -61,15 +65,18 @@ __all__ = [
     "BudgetExceededError",
     "HighFidelityBudget",
     "Problem",
+    "RepairReport",
     "SimulationStore",
     "SimulationTable",
     "Status",
     "StoreError",
+    "StoreFullError",
     "StoreLock",
     "StoreLockedError",
     "StoreMismatchError",
     "check_artifact_name",
     "check_task",
     "check_unlocked",
+    "repair_store",
     "verify_store",
 ]

@@ -14,6 +14,12 @@ keep their layout, which zarr reads from the metadata, and work the same:
   :func:`reservation_chunk_rows` rows, a multiple of the table's chunk size: one zarr chunk is one
   file, and a file write costs about a millisecond here whatever its size, so 10-row HF chunks of
   three small arrays made a reservation of 1 000 rows cost 300 file writes.
+
+Tables of layout 3 (``mfsbi_table`` 3) also end every array's codecs with zarr's ``crc32c`` codec
+(:data:`CHECKSUM`): a chunk cut short, zeroed or with a flipped bit no longer decodes into other
+numbers, it raises, and ``mfsbi verify`` reports it (docs/decisions.md, "Chunk checksums").
+Tables made before keep their codecs and still read and verify; corruption there is found only
+where the compressor itself fails to decode.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from .stamps import mfsbi_version, utc_now
 
@@ -33,7 +39,10 @@ __all__ = [
     "ARRAYS",
     "Batch",
     "BatchOutput",
+    "CHECKSUM",
+    "DEFAULT_CODEC",
     "HighFidelityBudget",
+    "LAYOUT_VERSION",
     "RESERVED_ARRAYS",
     "ROW_ARRAYS",
     "Status",
@@ -121,6 +130,12 @@ class HighFidelityBudget:
 
 # The codec of x in new tables (see the module).
 X_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+# zarr's default compressor for the other arrays, named because the checksum follows it.
+DEFAULT_CODEC = ZstdCodec(level=0, checksum=False)
+# Last of every array's codecs: 4 bytes per chunk file, checked on every read (see the module).
+CHECKSUM = Crc32cCodec()
+# ``mfsbi_table`` of new tables: 1 small reservation chunks, 2 large ones, 3 chunk checksums.
+LAYOUT_VERSION = 3
 
 # name: (dtype, fill value, has a second axis, zarr's default codecs (else X_CODEC))
 ARRAYS: dict[str, tuple[Any, Any, bool, bool]] = {
@@ -179,11 +194,11 @@ def create_arrays(group: zarr.Group, theta_dim: int, x_dim: int, chunk_size: int
         rows = reserved_rows if name in RESERVED_ARRAYS else chunk_size
         shape = (0, dims[name]) if wide else (0,)
         chunks = (rows, dims[name]) if wide else (rows,)
-        codecs = {} if default_codecs else {"compressors": X_CODEC}
+        codecs = (DEFAULT_CODEC if default_codecs else X_CODEC, CHECKSUM)
 
         dimensions = ("row", f"{name}_dim") if wide else ("row",)
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                           dimension_names=dimensions, **codecs)
+                           dimension_names=dimensions, compressors=codecs)
 
 
 def write_parameter_names(group: zarr.Group, names: Sequence[str]) -> None:
@@ -191,7 +206,8 @@ def write_parameter_names(group: zarr.Group, names: Sequence[str]) -> None:
     if PARAMETER_COORDINATE in set(group.array_keys()):
         return
     coordinate = group.create_array(PARAMETER_COORDINATE, shape=(len(names),), chunks=(max(len(names), 1),),
-                                    dtype=str, fill_value="", dimension_names=(PARAMETER_COORDINATE,))
+                                    dtype=str, fill_value="", dimension_names=(PARAMETER_COORDINATE,),
+                                    compressors=(DEFAULT_CODEC, CHECKSUM))
     coordinate[:] = np.array(list(names), dtype=object)
 
 
@@ -275,7 +291,7 @@ def table_attrs(
     }
 
     attrs = {
-        "mfsbi_table": 2,
+        "mfsbi_table": LAYOUT_VERSION,
         "task": task,
         "fidelity": fidelity,
         "simulator": str(provenance["simulator"]),

@@ -96,7 +96,13 @@ async def write_payload(arrays: dict[str, zarr.Array], runs: list[tuple], chunk_
         for run in runs:
             await array.setitem(slice(run[1], run[2]), run[field])
 
-    await asyncio.gather(*(chunk(items) for items in by_chunk.values()), column("reason", 4), column("elapsed", 5))
+    # Every write finishes (or fails) before this returns: after a failure (a full disk) the caller
+    # undoes what was written, which must not race a write still under way.
+    results = await asyncio.gather(*(chunk(items) for items in by_chunk.values()), column("reason", 4),
+                                   column("elapsed", 5), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 def adjacent(batches: list[tuple]) -> list[list[tuple]]:

@@ -18,6 +18,7 @@ from zarr.storage import LocalStore
 
 from .errors import StoreError, StoreMismatchError
 from .layout import create_arrays, table_attrs, write_parameter_names
+from .space import store_space
 from .names import ARTIFACTS, check_artifact_name, check_fidelity, check_task, fidelity_order
 from .stamps import mfsbi_version, utc_now
 from .table import SimulationTable
@@ -283,17 +284,19 @@ class SimulationStore:
         key, requested = self._requested(task, fidelity, theta_dim, x_dim, chunk_size, provenance)
         group = self._group(key)
 
-        if group is None:
-            attrs = table_attrs(task, fidelity, int(theta_dim), int(x_dim), int(chunk_size), provenance)
-            self._root.require_group(task)
-            group = self._root.create_group(key, attributes=attrs)
-        else:
-            self._check_existing(key, group, requested)
+        # Metadata files of about a KiB each: the group and its eight arrays.
+        with store_space(self._root.store, f"the new table '{key}'", 9 * 1024):
+            if group is None:
+                attrs = table_attrs(task, fidelity, int(theta_dim), int(x_dim), int(chunk_size), provenance)
+                self._root.require_group(task)
+                group = self._root.create_group(key, attributes=attrs)
+            else:
+                self._check_existing(key, group, requested)
 
-        # Also completes a table whose creation was interrupted.
-        create_arrays(group, int(theta_dim), int(x_dim), int(chunk_size))
-        if parameter_names is not None and len(parameter_names) == int(theta_dim):
-            write_parameter_names(group, parameter_names)
+            # Also completes a table whose creation was interrupted.
+            create_arrays(group, int(theta_dim), int(x_dim), int(chunk_size))
+            if parameter_names is not None and len(parameter_names) == int(theta_dim):
+                write_parameter_names(group, parameter_names)
 
         table = SimulationTable(group)
 
@@ -381,7 +384,8 @@ class SimulationStore:
         key = self._artifact_key(name)
         buffer = default_buffer_prototype().buffer.from_bytes(bytes(data))
 
-        sync(self._root.store.set(key, buffer))
+        with store_space(self._root.store, f"artifact {name!r}", len(data)):
+            sync(self._root.store.set(key, buffer))
 
         return key
 

@@ -41,7 +41,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from .errors import BudgetExceededError, StoreError
+from .errors import BudgetExceededError, StoreError, StoreFullError
 from .layout import (
     ROW_ARRAYS,
     WRITTEN_ARRAYS,
@@ -54,6 +54,7 @@ from .layout import (
 from .names import is_budgeted
 from .payload import adjacent, chunk_lock, joined, write_payload
 from .reading import StatusName, TableReader
+from .space import store_space
 from .stamps import utc_now
 
 __all__ = [
@@ -214,6 +215,25 @@ class SimulationTable(TableReader):
             return np.arange(start, start, dtype=np.int64)
 
         arrays = {name: self._array(name) for name in ROW_ARRAYS}
+        what = f"a reservation of table '{self.key}' rows {start}..{stop - 1}"
+        try:
+            with store_space(self._group.store, what, theta.nbytes + 13 * n):
+                self._reserve(arrays, status, start, stop, theta, seed, round, budget)
+        except StoreFullError:
+            # Nothing was committed (status is grown last); trim what grew, best effort, so that
+            # `mfsbi verify` finds the table as it was (else it warns, and the next reservation trims).
+            for array in arrays.values():
+                try:
+                    array.resize((int(status.shape[0]), *array.shape[1:]))
+                except OSError:
+                    break
+            raise
+
+        return np.arange(start, stop, dtype=np.int64)
+
+    def _reserve(self, arrays: dict[str, zarr.Array], status: zarr.Array, start: int, stop: int,
+                 theta: np.ndarray, seed: np.ndarray, round: int, budget: HighFidelityBudget | None) -> None:  # noqa: A002
+        n = stop - start
 
         # Other arrays may be longer than status after a crashed reservation: resize to exactly
         # stop (their rows past status were never committed) and write every new row.
@@ -233,8 +253,6 @@ class SimulationTable(TableReader):
             update["budget"] = {"total": budget.total, "reserved": stop}
 
         self._group.attrs.update(update)
-
-        return np.arange(start, stop, dtype=np.int64)
 
     # Many writers: is_pending and write_batch
 
@@ -355,11 +373,42 @@ class SimulationTable(TableReader):
 
             runs.append((run, start, stop, new_status, new_reason, new_elapsed))
 
-        # The payload first, the statuses last: a crash in between leaves the rows pending.
-        sync(write_payload(arrays, runs, self._chunk_size))
+        if not runs:
+            return
+        # x, plus per row a status, an elapsed time and a short reason.
+        needed = sum(sum(b[2].nbytes for b in batches) + 17 * (stop - start) for batches, start, stop, *_ in runs)
+        what = f"table '{self.key}' rows {runs[0][1]}..{runs[-1][2] - 1}"
+        try:
+            with store_space(self._group.store, what, needed):
+                # The payload first, the statuses last: a crash in between leaves the rows pending.
+                sync(write_payload(arrays, runs, self._chunk_size))
 
-        for _, start, stop, new_status, _, _ in runs:
-            self._commit_status(arrays["status"], start, stop, new_status)
+                for _, start, stop, new_status, _, _ in runs:
+                    self._commit_status(arrays["status"], start, stop, new_status)
+        except StoreFullError:
+            size = self._chunk_size
+            self._undo_payload(arrays, sorted({chunk for _, start, stop, *_ in runs
+                                               for chunk in range(start // size, (stop - 1) // size + 1)}))
+            raise
+
+    def _undo_payload(self, arrays: dict[str, zarr.Array], chunks: list[int]) -> None:
+        """After a failed write: deletes the payload of each chunk whose rows are all still pending.
+
+        Deleting frees space where writing could not, and leaves such a chunk exactly as reserved
+        (``mfsbi verify`` finds no pending row with an ``x``). A chunk with a row committed, now or
+        before, keeps its payload: its stored rows need it, and its pending rows are re-written by the
+        next run. Under the chunks' locks (``write_batches``).
+        """
+
+        size = self._chunk_size
+        for chunk in chunks:  # only these: other chunks may be another writer's, mid-write
+            status = arrays["status"][chunk * size: (chunk + 1) * size]
+            if (status != Status.PENDING).any():
+                continue
+            for name in ("x", "reason", "elapsed"):
+                array = arrays[name]
+                key = array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+                sync((array.async_array.store_path / key).delete())
 
     def _commit_status(self, status: zarr.Array, start: int, stop: int, values: np.ndarray) -> None:
         # A separate method so that tests can simulate a crash before the commit.

@@ -12,7 +12,11 @@ Checked, per table ``<task>/<fidelity>``:
   NaN ``x``; every reserved row a finite ``theta``, a written ``seed`` (not the fill value -1) and a
   round >= 0;
 * the budget of an HF or intermediate-level table, when set: ``reserved`` equals the number of
-  rows and neither exceeds ``total``.
+  rows and neither exceeds ``total``;
+* every chunk of every array decodes (the rows' chunks, up to the row count): a chunk that does not,
+  because its ``crc32c`` checksum (tables of layout 3) or its compressor refuses it, is one problem
+  naming the array, the chunk and its rows, and those rows are left out of the checks above.
+  :func:`~mfsbi.storage.repair.repair_store` makes the rows of such chunks pending again.
 
 For the store: every ``latest.json`` artifact names a run whose ``posterior.pt`` exists, and a lock
 file (:mod:`mfsbi.storage.lock`) is reported, live or stale.
@@ -33,14 +37,19 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from .errors import StoreError
 from .lock import read_lock
 from .names import ARTIFACTS, check_artifact_name, check_fidelity, fidelity_order, is_budgeted
 from .store import SimulationStore
-from .layout import ARRAYS, RESERVED_ARRAYS, Status
+from .layout import ARRAYS, RESERVED_ARRAYS, WRITTEN_ARRAYS, Status
 
-__all__ = ["Problem", "VerifyReport", "verify_store"]
+__all__ = ["REPAIRABLE_ARRAYS", "Problem", "VerifyReport", "verify_store"]
+
+# Arrays whose corrupt chunks a re-simulation restores: the workers' outputs (their θ and seed
+# are intact). θ, seed and round come from the run's proposals, which the store alone cannot redraw.
+REPAIRABLE_ARRAYS = WRITTEN_ARRAYS
 
 REQUIRED_ATTRS = (
     "task",
@@ -66,12 +75,22 @@ class Problem:
         field: the array, attribute or file concerned.
         message: what is wrong, one line.
         severity: ``"error"`` or ``"warning"`` (see the module).
+        chunk: for a chunk that does not decode, its index in the array ``field``.
+        rows: for such a chunk, its rows ``(start, stop)`` (cut at the table's row count).
     """
 
     table: str
     field: str
     message: str
     severity: str = "error"
+    chunk: int | None = None
+    rows: tuple[int, int] | None = None
+
+    @property
+    def corrupt_chunk(self) -> bool:
+        """Whether this is a chunk that does not decode (:func:`repair_store` acts on those)."""
+
+        return self.chunk is not None
 
 
 class VerifyReport(list):
@@ -81,6 +100,8 @@ class VerifyReport(list):
         super().__init__()
         self.tables = 0
         self.rows = 0
+        # Tables written before chunk checksums (layout < 3): a corrupt chunk there may decode.
+        self.without_checksums: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -177,6 +198,8 @@ def _verify_table(key: str, group: zarr.Group, report: VerifyReport) -> None:
 
     if "status" not in arrays:
         return
+    if any(not any(isinstance(codec, Crc32cCodec) for codec in a.metadata.codecs) for a in arrays.values()):
+        report.without_checksums.append(key)
     n = int(arrays["status"].shape[0])
     report.rows += n
 
@@ -233,33 +256,45 @@ def _verify_rows(key: str, arrays: dict[str, zarr.Array], n: int, chunk_size: in
     bad: dict[str, list[np.ndarray]] = {
         name: [] for name in ("status", "ok_x", "failed_reason", "pending_x", "theta", "seed", "round")
     }
+    reported: set[tuple[str, int]] = set()  # a reservation chunk may span two blocks
 
     for start in range(0, n, block):
         stop = min(start + block, n)
+        # Every chunk of every array is decoded; rows of a corrupt chunk (in any array) are reported
+        # once, by their chunk, and left out of the row checks below.
+        values: dict[str, np.ndarray] = {}
+        corrupt = np.zeros(stop - start, dtype=bool)
+        for name, array in arrays.items():
+            if array.shape[0] >= stop:
+                values[name], broken = _decode(key, name, array, start, stop, n, reported, add)
+                corrupt |= broken
         rows = np.arange(start, stop)
-        status = np.asarray(arrays["status"][start:stop])
-        bad["status"].append(rows[~np.isin(status, [int(s) for s in Status])])
+        sound = ~corrupt
+        if "status" not in values:
+            continue
+        status = values["status"]
+        bad["status"].append(rows[sound & ~np.isin(status, [int(s) for s in Status])])
 
-        if "x" in arrays and arrays["x"].shape[0] >= stop:
-            x = np.asarray(arrays["x"][start:stop], dtype=np.float64).reshape(stop - start, -1)
-            ok = status == Status.OK
-            pending = status == Status.PENDING
+        if "x" in values:
+            x = np.asarray(values["x"], dtype=np.float64).reshape(stop - start, -1)
+            ok = sound & (status == Status.OK)
+            pending = sound & (status == Status.PENDING)
             bad["ok_x"].append(rows[ok & ~np.isfinite(x).all(axis=1)])
             bad["pending_x"].append(rows[pending & ~np.isnan(x).all(axis=1)])
 
-        failed = np.flatnonzero(status == Status.FAILED)
-        if failed.size and "reason" in arrays and arrays["reason"].shape[0] >= stop:
-            reasons = arrays["reason"][start:stop]
+        failed = np.flatnonzero(sound & (status == Status.FAILED))
+        if failed.size and "reason" in values:
+            reasons = values["reason"]
             empty = np.array([not str(reasons[i]).strip() for i in failed], dtype=bool)
             bad["failed_reason"].append(rows[failed[empty]])
 
-        if "theta" in arrays and arrays["theta"].shape[0] >= stop:
-            theta = np.asarray(arrays["theta"][start:stop], dtype=np.float64).reshape(stop - start, -1)
-            bad["theta"].append(rows[~np.isfinite(theta).all(axis=1)])
-        if "seed" in arrays and arrays["seed"].shape[0] >= stop:
-            bad["seed"].append(rows[np.asarray(arrays["seed"][start:stop]) == -1])
-        if "round" in arrays and arrays["round"].shape[0] >= stop:
-            bad["round"].append(rows[np.asarray(arrays["round"][start:stop]) < 0])
+        if "theta" in values:
+            theta = np.asarray(values["theta"], dtype=np.float64).reshape(stop - start, -1)
+            bad["theta"].append(rows[sound & ~np.isfinite(theta).all(axis=1)])
+        if "seed" in values:
+            bad["seed"].append(rows[sound & (values["seed"] == -1)])
+        if "round" in values:
+            bad["round"].append(rows[sound & (values["round"] < 0)])
 
     messages = {
         "status": ("status", "status not in {0 pending, 1 ok, 2 failed} in rows", "error"),
@@ -276,6 +311,49 @@ def _verify_rows(key: str, arrays: dict[str, zarr.Array], n: int, chunk_size: in
         if found.size:
             field, text, severity = messages[name]
             add(Problem(key, field, f"{text} {_rows(found)}", severity))
+
+
+def _decode(key: str, name: str, array: zarr.Array, start: int, stop: int, n: int,
+            reported: set[tuple[str, int]], add) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``[start, stop)`` of an array, and which of them lie in a chunk that does not decode.
+
+    One read of the whole block when every chunk decodes (the usual case); else chunk by chunk, each
+    corrupt chunk reported once as a :class:`Problem` with its chunk and rows, its rows given the
+    fill value.
+    """
+
+    try:
+        return np.asarray(array[start:stop]), np.zeros(stop - start, dtype=bool)
+    except Exception:  # noqa: BLE001 -- whatever a corrupt chunk raises, it is found chunk by chunk below
+        pass
+    per_chunk = int(array.chunks[0])
+    pieces, broken = [], np.zeros(stop - start, dtype=bool)
+    for chunk in range(start // per_chunk, (stop - 1) // per_chunk + 1):
+        first, last = max(start, chunk * per_chunk), min(stop, (chunk + 1) * per_chunk)
+        try:
+            pieces.append(np.asarray(array[first:last], dtype=object))
+            continue
+        except Exception as error:  # noqa: BLE001 -- any decoding failure is the corruption reported
+            broken[first - start: last - start] = True
+            pieces.append(np.full((last - first, *array.shape[1:]), array.fill_value, dtype=object))
+            if (name, chunk) in reported:
+                continue
+            reported.add((name, chunk))
+            rows = (chunk * per_chunk, min((chunk + 1) * per_chunk, n))
+            add(Problem(key, name, _corrupt_message(name, chunk, rows, error), chunk=chunk, rows=rows))
+    values = np.concatenate(pieces)
+    if name != "reason":  # numbers again (the pieces went through object to hold any fill value)
+        values = values.astype(np.dtype(array.dtype))
+    return values, broken
+
+
+def _corrupt_message(name: str, chunk: int, rows: tuple[int, int], error: Exception) -> str:
+    cause = "checksum mismatch" if "checksum" in str(error) else f"{type(error).__name__}: {error}"
+    if name in REPAIRABLE_ARRAYS:
+        fix = "`mfsbi verify --repair` makes its rows pending, to be simulated again"
+    else:
+        fix = "the rows' parameters are lost: restore the store from a copy or use another --store"
+    return f"corrupt chunk {chunk} (rows {rows[0]}..{rows[1] - 1}): {cause[:120]}; {fix}"
 
 
 def _verify_artifacts(handle: SimulationStore, report: VerifyReport) -> None:
