@@ -52,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-from budget_report import TOLERANCE, chain_text, report
+from budget_report import TOLERANCE, chain_text, fmt, report
 
 # Declared seconds per simulation, by task and fidelity.
 DECLARED = {
@@ -345,7 +345,7 @@ def cmd_run(args) -> None:
                 d["checkpoints"].update(new_checkpoints)
                 d["runs"][spec["key"]] = row
             update(args.out, lock, change)
-            print(f"     {spec['key']}: c2st {_fmt(row['c2st'])} nltp {_fmt(row['nltp'])} compute "
+            print(f"     {spec['key']}: c2st {fmt(row['c2st'])} nltp {fmt(row['nltp'])} compute "
                   f"{row['compute']['total_seconds']:.1f} s wall {row['wall_seconds']:.0f} s"
                   + (f" chosen {row['planner']['chosen']}" if spec["budget"] else ""), flush=True)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-__all__ = ["PRIMARY", "TOLERANCE", "chain_text", "goal", "report", "table"]
+__all__ = ["PRIMARY", "TOLERANCE", "chain_text", "fmt", "goal", "report", "table"]
 
 # The planner's goal: within this of the best fixed cell (C2ST on OU2; NLTP in nats on the pyramidal
 # cell, fixed before any pyramidal result was seen: 0.05 nats per held-out pair).
@@ -21,7 +21,8 @@ def chain_text(counts: dict[str, int]) -> str:
     return ",".join(f"{f}={counts[f]}" for f in ("lf", "mf", "hf") if f in counts)
 
 
-def _fmt(value, digits: int = 3) -> str:
+def fmt(value, digits: int = 3) -> str:
+    """A number to `digits` decimals, or - when there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -145,7 +146,7 @@ def report(document: dict) -> None:
             for d in row["planner"]["decisions"]:
                 gain = d.get("expected_gain")
                 print(f"- {chain_text(d['counts'])}: expected gain {'-' if gain is None else f'{gain:.3g}'}, "
-                      f"expected {_fmt(d.get('expected_seconds'), 0)} s, measured {_fmt(d.get('measured_seconds'), 0)} s, "
-                      f"loss {_fmt(d.get('measured_loss'))}: {d['reason']}")
+                      f"expected {fmt(d.get('expected_seconds'), 0)} s, measured {fmt(d.get('measured_seconds'), 0)} s, "
+                      f"loss {fmt(d.get('measured_loss'))}: {d['reason']}")
     walls = [r["wall_seconds"] for r in rows]
     print(f"\n{len(rows)} runs, {sum(walls) / 3600:.2f} h of wall time in all")
