@@ -268,11 +268,10 @@ def test_plain_zarr_reads_everything(tmp_path):
     assert t.attrs["created_at"].endswith("+00:00")
 
 
-def test_concurrent_dask_workers(tmp_path):
-    """Two worker processes write 40 chunks of 50 rows; in the hf table every chunk holds two
-    seeds, so two batches of one chunk may run at once (serialised by the chunk lock)."""
-
-    distributed = pytest.importorskip("distributed")
+def test_concurrent_dask_workers(tmp_path, dask_cluster_client):
+    """Two worker processes (the session's cluster: two single-threaded worker processes) write 40 chunks
+    of 50 rows; in the hf table every chunk holds two seeds, so two batches of one chunk may run at once
+    (serialised by the chunk lock)."""
 
     chunks, chunk_size = 40, 50
     n = chunks * chunk_size
@@ -299,12 +298,11 @@ def test_concurrent_dask_workers(tmp_path):
         table.write_batch(start, stop, x, elapsed=0.01)
         return stop - start
 
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
-        futures = [client.submit(simulate, fid, *b.rows, b.seed, pure=False) for fid, b in jobs]
-        written = client.gather(futures)
-        workers = {w for ws in client.who_has(futures).values() for w in ws}
+    client = dask_cluster_client
+    assert len(client.scheduler_info()["workers"]) == 2
+    futures = [client.submit(simulate, fid, *b.rows, b.seed, pure=False) for fid, b in jobs]
+    written = client.gather(futures)
+    workers = {w for ws in client.who_has(futures).values() for w in ws}
 
     assert sum(written) == 2 * n
     assert len(workers) == 2  # both processes wrote
