@@ -47,11 +47,12 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from budget_report import TOLERANCE, chain_text, fmt, report
 
 # Declared seconds per simulation, by task and fidelity.
 DECLARED = {
@@ -59,10 +60,6 @@ DECLARED = {
     "ou2-euler": {"lf": 0.1, "mf": 0.2, "hf": 1.0},
     "pyramidal": {"lf": 0.034, "mf": 0.051, "hf": 0.158},
 }
-# The planner's goal: within this of the best fixed cell (C2ST on OU2; NLTP in nats on the pyramidal
-# cell, fixed before any pyramidal result was seen: 0.05 nats per held-out pair).
-TOLERANCE = {"ou2": 0.02, "pyramidal": 0.05}
-PRIMARY = {"ou2": "c2st", "ou2-euler": "c2st", "pyramidal": "nltp"}
 PLANNING_PAIRS = 50
 # Where the planner starts: about a fifth of its budget (OU2: 1000 LF + 50 HF + 50 planning pairs, about
 # 110 of 600 s; pyramidal: 500 LF + 25 HF + 50 planning pairs, about 35 of 150 s).
@@ -150,13 +147,9 @@ def _cpu(training) -> float:
     return float(training.get("cpu_seconds") or training.get("seconds") or 0.0)
 
 
-def _chain_text(counts: dict[str, int]) -> str:
-    return ",".join(f"{f}={counts[f]}" for f in ("lf", "mf", "hf") if f in counts)
-
-
 def command_for(spec: dict, store: Path, config_file: Path | None) -> list[str]:
     command = [str(Path(sys.executable).with_name("mfsbi")), "run", "--task", spec["task"], "--method", spec["method"],
-               "--sims", _chain_text(spec["counts"]), "--seed", str(spec["seed"]), "--store", str(store),
+               "--sims", chain_text(spec["counts"]), "--seed", str(spec["seed"]), "--store", str(store),
                "--transfer-guard", "off", "--n-workers", "1", "--num-test-observations", "5",
                "--num-nltp-pairs", "100", "--json"]
     if spec["budget"]:
@@ -352,141 +345,13 @@ def cmd_run(args) -> None:
                 d["checkpoints"].update(new_checkpoints)
                 d["runs"][spec["key"]] = row
             update(args.out, lock, change)
-            print(f"     {spec['key']}: c2st {_fmt(row['c2st'])} nltp {_fmt(row['nltp'])} compute "
+            print(f"     {spec['key']}: c2st {fmt(row['c2st'])} nltp {fmt(row['nltp'])} compute "
                   f"{row['compute']['total_seconds']:.1f} s wall {row['wall_seconds']:.0f} s"
                   + (f" chosen {row['planner']['chosen']}" if spec["budget"] else ""), flush=True)
 
 
-# ------------------------------------------------------------------------------------------- report
-
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _pm(values: list[float], digits: int = 3) -> str:
-    m, s = _mean_sd(values)
-    return f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-def _label(row: dict) -> str:
-    if row["budget"]:
-        return f"planner (B = {row['budget']:g} s)"
-    return f"{row['method']} {_chain_text(row['counts'])}"
-
-
-def _groups(rows: list[dict]) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for row in rows:
-        out.setdefault(_label(row), []).append(row)
-    return out
-
-
-def table(rows: list[dict], metrics: list[str]) -> list[str]:
-    header = "| allocation | seeds | compute (s) | " + " | ".join(metrics) + " |"
-    lines = [header, "|" + "---|" * (3 + len(metrics))]
-    for label, group in _groups(rows).items():
-        cells = [label, str(len(group)), _pm([r["compute"]["total_seconds"] for r in group], 0)]
-        cells += [_pm([r[m] for r in group]) for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def goal(rows: list[dict], planner_rows: list[dict], task: str) -> list[str]:
-    """The planner against the best fixed cell within its budget (on the mean, and per seed)."""
-    if not planner_rows:
-        return ["(no planner runs)"]
-    metric, tolerance = PRIMARY[task], TOLERANCE[task]
-    budget = planner_rows[0]["budget"]
-    groups = _groups(rows)
-    within = {label: g for label, g in groups.items()
-              if _mean_sd([r["compute"]["total_seconds"] for r in g])[0] <= budget}
-    lines = [f"budget B = {budget:g} s; {len(within)} of {len(groups)} fixed cells have mean compute <= B"]
-    if not within:
-        return lines
-    best_label = min(within, key=lambda label: _mean_sd([r[metric] for r in within[label]])[0])
-    best = {r["seed"]: r[metric] for r in within[best_label]}
-    planner = {r["seed"]: r for r in planner_rows}
-    best_mean = _mean_sd(list(best.values()))[0]
-    planner_mean = _mean_sd([r[metric] for r in planner_rows])[0]
-    lines.append(f"best fixed cell within B (by mean {metric}): {best_label}: {best_mean:.3f}; planner "
-                 f"{planner_mean:.3f}; difference {planner_mean - best_mean:+.3f} (goal <= {tolerance}): "
-                 f"{'met' if planner_mean - best_mean <= tolerance else 'NOT met'}")
-    for seed in sorted(planner):
-        r = planner[seed]
-        seed_cells = {label: [x for x in g if x["seed"] == seed] for label, g in groups.items()}
-        seed_within = {label: g[0] for label, g in seed_cells.items() if g and g[0]["compute"]["total_seconds"] <= budget}
-        oracle_label = min(seed_within, key=lambda label: seed_within[label][metric]) if seed_within else None
-        ref = best.get(seed)
-        text = (f"seed {seed}: planner {r[metric]:.3f} (chose {_chain_text(r['planner']['chosen'])}, spent "
-                f"{r['compute']['total_seconds']:.0f} s); best cell on the mean {best_label} "
-                f"{'-' if ref is None else f'{ref:.3f}'}")
-        if ref is not None:
-            text += f" -> {r[metric] - ref:+.3f} ({'met' if r[metric] - ref <= tolerance else 'NOT met'})"
-        if oracle_label is not None:
-            o = seed_within[oracle_label][metric]
-            text += (f"; best cell of this seed {oracle_label} {o:.3f} -> {r[metric] - o:+.3f} "
-                     f"({'met' if r[metric] - o <= tolerance else 'NOT met'})")
-        lines.append(text)
-    return lines
-
-
 def cmd_report(args) -> None:
-    document = load(args.out)
-    rows = list(document["runs"].values())
-    by_part: dict[str, list[dict]] = {}
-    for row in rows:
-        by_part.setdefault(row["part"], []).append(row)
-    def fixed(row: dict) -> bool:
-        return not row["budget"]
-
-    sections = [
-        ("OU2: fixed allocations and the planner", ["c2st", "nltp", "nrmse"],
-         lambda r: r["task"] == "ou2"),
-        ("ou2-euler: three levels against two (MF-NPE, LF 1e4)", ["c2st", "nltp", "nrmse"],
-         lambda r: r["task"] == "ou2-euler" and r["method"] == "mf-npe" and ("mf" in r["counts"] or r["counts"]["hf"] == 100)),
-        ("ou2-euler: ml-npe against MF-NPE (LF 1e4)", ["c2st", "nltp", "nrmse"],
-         lambda r: r["task"] == "ou2-euler" and "mf" not in r["counts"]),
-        ("pyramidal: fixed allocations and the planner", ["nltp", "nrmse"],
-         lambda r: r["task"] == "pyramidal" and r["part"] in ("pyr-grid", "pyr-planner")),
-        ("pyramidal: three levels against two (MF-NPE, LF 1000)", ["nltp", "nrmse"],
-         lambda r: r["task"] == "pyramidal" and fixed(r) and r["method"] == "mf-npe" and r["counts"].get("lf") == 1000
-         and ("mf" in r["counts"] or r["counts"]["hf"] == 200)),
-        ("pyramidal: ml-npe against MF-NPE (LF 1000, HF 200)", ["nltp", "nrmse"],
-         lambda r: r["task"] == "pyramidal" and fixed(r) and r["method"] in ("ml-npe", "mf-npe")
-         and r["counts"].get("lf") == 1000 and r["counts"]["hf"] == 200 and "mf" not in r["counts"]),
-    ]
-    for title, metrics, keep in sections:
-        chosen = [r for r in rows if keep(r)]
-        if not chosen:
-            continue
-        print(f"\n### {title}\n")
-        order = {"npe": 0, "mf-npe": 1, "ml-npe": 2}
-        print("\n".join(table(sorted(chosen, key=lambda r: (bool(r["budget"]), order[r["method"]],
-                                                           *(r["counts"].get(f, 0) for f in ("lf", "mf", "hf")),
-                                                           r["seed"])), metrics)))
-    for grid, planner, task in (("ou2-grid", "ou2-planner", "ou2"), ("pyr-grid", "pyr-planner", "pyramidal")):
-        if grid in by_part:
-            print(f"\n### goal, {task}\n")
-            print("\n".join("- " + line for line in goal(by_part[grid], by_part.get(planner, []), task)))
-    for part in ("ou2-planner", "pyr-planner"):
-        for row in sorted(by_part.get(part, []), key=lambda r: r["seed"]):
-            print(f"\n#### {row['task']} planner, seed {row['seed']}: chose {_chain_text(row['planner']['chosen'])}, "
-                  f"spent {row['compute']['total_seconds']:.0f} of {row['budget']:g} s "
-                  f"(overrun {row['planner']['overrun_seconds']:.0f} s); stop: {row['planner']['stop_reason']}\n")
-            for d in row["planner"]["decisions"]:
-                gain = d.get("expected_gain")
-                print(f"- {_chain_text(d['counts'])}: expected gain {'-' if gain is None else f'{gain:.3g}'}, "
-                      f"expected {_fmt(d.get('expected_seconds'), 0)} s, measured {_fmt(d.get('measured_seconds'), 0)} s, "
-                      f"loss {_fmt(d.get('measured_loss'))}: {d['reason']}")
-    walls = [r["wall_seconds"] for r in rows]
-    print(f"\n{len(rows)} runs, {sum(walls) / 3600:.2f} h of wall time in all")
+    report(load(args.out))
 
 
 def main() -> None:
@@ -501,9 +366,9 @@ def main() -> None:
     run.add_argument("--root", type=Path, default=Path("/tmp/budget"), help="stores, logs, lock (outside the repo)")
     run.add_argument("--out", type=Path, default=Path("docs/budget-allocation.json"))
     run.set_defaults(function=cmd_run)
-    report = commands.add_parser("report", help="print the tables and the planner's goal from --out")
-    report.add_argument("--out", type=Path, default=Path("docs/budget-allocation.json"))
-    report.set_defaults(function=cmd_report)
+    reporting = commands.add_parser("report", help="print the tables and the planner's goal from --out")
+    reporting.add_argument("--out", type=Path, default=Path("docs/budget-allocation.json"))
+    reporting.set_defaults(function=cmd_report)
     args = parser.parse_args()
     args.function(args)
 

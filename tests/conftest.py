@@ -31,3 +31,13 @@ def dask_cluster_client():
 
     with dask_client(None, n_workers=2) as client:
         yield client
+
+
+@pytest.fixture
+def shared_dask(dask_cluster_client, monkeypatch):
+    """Runs in the test (a flow, `mfsbi run`) connect to the session's Dask cluster through $MFSBI_DASK_ADDRESS,
+    as a run under `mfsbi serve` does, instead of starting a local cluster each: every start spawns workers that
+    preload torch, sbi, NEURON and Brian2. tests/test_flow.py::test_mf_npe_flow_end_to_end and the CLI's
+    end-to-end test still start their own."""
+    monkeypatch.setenv("MFSBI_DASK_ADDRESS", dask_cluster_client.scheduler.address)
+    return dask_cluster_client

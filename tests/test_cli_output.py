@@ -142,7 +142,7 @@ def test_runs_json_without_an_api_is_one_line_on_stderr(no_api):
     assert result.stderr.startswith("error: no Prefect API") and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_run_json_prints_the_summary_alone_on_stdout(tmp_path, prefect_server):
+def test_run_json_prints_the_summary_alone_on_stdout(tmp_path, prefect_server, shared_dask):
     store = tmp_path / "store"
     result = _invoke("run", "--json", "--task", "ou2", "--method", "mf-npe", "--lf-sims", 200, "--hf-sims", 20,
                      "--store", store, "--seed", 0, "--n-workers", 1, "--num-test-observations", 1,

@@ -101,7 +101,7 @@ def test_same_seed_gives_the_same_numbers(tmp_path, prefect_server, dask_cluster
     assert np.array_equal(np.asarray(xa), np.asarray(xb))
 
 
-def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_path, prefect_server):
+def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_path, prefect_server, shared_dask):
     from mfsbi.flows.amortized import amortized_flow
 
     # 3000 LF rows x 12 values x 4 bytes x IN_MEMORY_FACTOR = 1.44 MB > 1 MiB; the 30 HF rows fit.

@@ -73,7 +73,7 @@ def toy_method():
     unregister_method(method.name)
 
 
-def test_a_toy_sequential_method_runs_through_the_cli(tmp_path, prefect_server, toy_method):
+def test_a_toy_sequential_method_runs_through_the_cli(tmp_path, prefect_server, shared_dask, toy_method):
     from mfsbi.app.cli import app
 
     store = tmp_path / "store"

@@ -125,7 +125,7 @@ def test_too_small_a_pilot_is_refused(ou2_pretrained):
         check_transfer(pretrained, task.prior, theta, x, x, fine_tuning=QUICK, scratch=QUICK, folds=10)
 
 
-def test_check_transfer_then_the_run_reuses_the_pilot(tmp_path, prefect_server):
+def test_check_transfer_then_the_run_reuses_the_pilot(tmp_path, prefect_server, shared_dask):
     from mfsbi.app.cli import app
 
     store = tmp_path / "store"

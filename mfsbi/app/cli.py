@@ -166,7 +166,8 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
             if not verbose:
                 logging.getLogger("distributed").setLevel(logging.ERROR)
                 # A full disk ends the run with its own line (below): not also Prefect's traceback of it.
-                logging.getLogger("prefect.flow_runs").addFilter(_not_a_full_disk)
+                for name in ("prefect.flow_runs", "prefect.task_runs"):
+                    logging.getLogger(name).addFilter(_not_a_full_disk)
             with progress_display(console, interval, getattr(config, "max_num_epochs", None)):
                 return flow_function(config, *arguments)
     except ServiceError as error:
