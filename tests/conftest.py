@@ -39,5 +39,16 @@ def shared_dask(dask_cluster_client, monkeypatch):
     as a run under `mfsbi serve` does, instead of starting a local cluster each: every start spawns workers that
     preload torch, sbi, NEURON and Brian2. tests/test_flow.py::test_mf_npe_flow_end_to_end and the CLI's
     end-to-end test still start their own."""
+    import dask
+
     monkeypatch.setenv("MFSBI_DASK_ADDRESS", dask_cluster_client.scheduler.address)
-    return dask_cluster_client
+    # The session cluster speaks mutual TLS with certificates held in memory (mfsbi.runtime.cluster):
+    # a run in this process reaches it through Dask's TLS settings, as a worker of `mfsbi serve` does.
+    security = dask_cluster_client.security
+    for name, value in (("CA_FILE", security.tls_ca_file), ("CLIENT__CERT", security.tls_client_cert),
+                        ("CLIENT__KEY", security.tls_client_key)):
+        monkeypatch.setenv(f"DASK_DISTRIBUTED__COMM__TLS__{name}", value)  # `mfsbi` started as a process
+    with dask.config.set({"distributed.comm.tls.ca-file": security.tls_ca_file,
+                          "distributed.comm.tls.client.cert": security.tls_client_cert,
+                          "distributed.comm.tls.client.key": security.tls_client_key}):
+        yield dask_cluster_client

@@ -111,7 +111,8 @@ def test_a_run_over_its_training_memory_pretrains_streaming_from_the_store(tmp_p
     assert all(0.4 <= v <= 1.0 for v in summary["metrics"]["c2st"].values())
 
 
-def test_a_clearly_better_candidate_is_kept_and_its_checkpoint_is_the_posterior(tmp_path, prefect_server, monkeypatch):
+def test_a_clearly_better_candidate_is_kept_and_its_checkpoint_is_the_posterior(tmp_path, prefect_server, shared_dask,
+                                                                              monkeypatch):
     import mfsbi.flows.selection as selection
     from mfsbi.flows.amortized import amortized_flow
 
@@ -131,7 +132,7 @@ def test_a_clearly_better_candidate_is_kept_and_its_checkpoint_is_the_posterior(
     assert summary["train"]["epochs"] == 0
 
 
-def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_server):
+def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_server, shared_dask):
     """No leak: whatever test data a run reports on, the same estimator is kept (issue 30, item 1)."""
     import torch
 
