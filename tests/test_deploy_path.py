@@ -147,7 +147,10 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
     store = tmp_path / "store"
     env = {**os.environ, "MFSBI_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "2",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    for key in ("PREFECT_API_URL", "MFSBI_DASK_ADDRESS", "PREFECT_API_DATABASE_CONNECTION_URL"):
+    # The session's own Prefect server (tests/conftest.py) put its auth string in this process's environment:
+    # serve's clients must read serve's, from the new MFSBI_HOME.
+    for key in ("PREFECT_API_URL", "MFSBI_DASK_ADDRESS", "PREFECT_API_DATABASE_CONNECTION_URL",
+                "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
         env.pop(key, None)
     if url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = url

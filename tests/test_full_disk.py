@@ -149,7 +149,8 @@ def test_prefect_does_not_print_a_traceback_of_a_full_disk(prefect_server, capfd
         with pytest.raises(typer.Exit):
             cli._run_with_services(None, False, filling)
     finally:
-        logging.getLogger("prefect.flow_runs").removeFilter(real)
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).removeFilter(real)
     err = capfd.readouterr().err
     assert "error: store /mnt/store is full" in err
     assert ("in filling" in err) is not filtered, err  # the flow's frame: Prefect's traceback of it
