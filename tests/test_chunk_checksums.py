@@ -5,6 +5,7 @@ next simulation stores the same numbers again, within the same HF budget."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,9 @@ from mfsbi.simulators import get_task
 from mfsbi.storage import SimulationStore, repair_store, verify_store
 from mfsbi.storage import layout
 from mfsbi.storage.layout import reservation_chunk_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from corruption_drill import _layout_2_arrays  # noqa: E402 -- a table as written before checksums
 
 ROWS, CHUNK = 30, 10
 CORRUPTIONS = ("truncated", "zeroed", "bit-flipped")
@@ -131,19 +135,6 @@ def test_a_corrupt_theta_chunk_is_not_repaired_and_nothing_is_deleted(store):
     assert result.exit_code == 1
     assert "parameters are lost" in result.output
     assert np.array_equal(zarr.open_group(str(store / "ou2" / "hf"), mode="r")["status"][:], status)
-
-
-def _layout_2_arrays(group, theta_dim, x_dim, chunk_size):
-    """``create_arrays`` as it was before checksums (layout 2): the compressors without crc32c."""
-    reserved = reservation_chunk_rows(chunk_size, theta_dim)
-    for name, (dtype, fill, wide, default) in layout.ARRAYS.items():
-        if name in set(group.array_keys()):
-            continue
-        rows = reserved if name in layout.RESERVED_ARRAYS else chunk_size
-        width = {"theta": theta_dim, "x": x_dim}.get(name)
-        group.create_array(name, shape=(0, width) if wide else (0,), chunks=(rows, width) if wide else (rows,),
-                           dtype=dtype, fill_value=fill, dimension_names=("row", f"{name}_dim") if wide else ("row",),
-                           **({} if default else {"compressors": layout.X_CODEC}))
 
 
 def test_tables_written_before_checksums_still_read_verify_and_are_named(tmp_path, monkeypatch):
