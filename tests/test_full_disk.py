@@ -122,7 +122,7 @@ def test_a_run_whose_disk_fills_up_stops_with_one_line_and_the_same_command_fini
     outcome = disk_full_drill(kind, 0, tmp_path, np.random.default_rng(5))
     if outcome.detail.startswith("skipped"):
         pytest.skip(outcome.detail)
-    assert outcome.extra["stopped_with_one_line"], outcome
+    assert outcome.extra["stopped_with_one_line"] and not outcome.extra["traceback_printed"], outcome
     assert outcome.extra["verified_after_stop"], outcome
     assert outcome.completed and not outcome.detail, outcome
     assert (outcome.rows_lost, outcome.duplicates, outcome.budget_overruns) == (0, 0, 0), outcome

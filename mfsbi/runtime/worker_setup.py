@@ -7,6 +7,8 @@ distribution: 2.6 s per worker, profiled), and zarr's first use (its I/O thread 
 it happens at worker start instead, while the flow starts its services and reserves rows.
 """
 
+import logging
+
 import numpy as np
 import sbi.utils  # noqa: F401 -- imported by every task's prior at its first get_task
 import zarr
@@ -29,3 +31,12 @@ def _warm_zarr() -> None:
 
 
 _warm_zarr()
+
+
+def _not_a_full_disk(record: logging.LogRecord) -> bool:
+    """Drops the worker's "Compute Failed" log of a full store: the run stops with that error's one line
+    (the CLI prints it), and a traceback above it would bury it (issue 31)."""
+    return "StoreFullError(" not in record.getMessage()
+
+
+logging.getLogger("distributed.worker").addFilter(_not_a_full_disk)
