@@ -55,13 +55,13 @@ def _out_of_fold_calibration(estimators: list, theta: np.ndarray, x: np.ndarray,
         return None
     x_t = torch.as_tensor(x, dtype=torch.float32)
     samples = torch.empty(CALIBRATION_DRAWS, len(theta), theta.shape[1])
+    bound = {} if max_bytes is None else {"max_bytes": max_bytes}
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for k, estimator in enumerate(estimators):
             held = torch.as_tensor(folds == k)
             if held.any():
-                kwargs = {} if max_bytes is None else {"max_bytes": max_bytes}
-                samples[:, held] = samples_on_pairs(estimator.posterior(), x_t[held], CALIBRATION_DRAWS, **kwargs)
+                samples[:, held] = samples_on_pairs(estimator.posterior(), x_t[held], CALIBRATION_DRAWS, **bound)
     return calibration_from_samples(samples, theta)
 
 
