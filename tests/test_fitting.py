@@ -86,3 +86,15 @@ def test_train_npe_is_the_same_for_the_same_seed_and_drops_invalid_rows():
         assert torch.equal(p, q)
     other = train_npe(prior, theta, x, training=TrainingConfig(seed=6, max_num_epochs=4))
     assert other.validation_losses != a.validation_losses
+
+
+def test_fit_without_validation_trains_exactly_the_epoch_count_and_keeps_the_last_weights():
+    theta = torch.zeros(10, 1)
+    network = _Scripted([])  # a validation pass would index past the script and fail
+    reports = []
+    fitted = fit(network, RowBatches(theta, theta, 5, seed=0), None,
+                 TrainingConfig(max_num_epochs=7, learning_rate=0.1, clip_max_norm=None), on_epoch=reports.append)
+    assert network.evaluations == 0 and fitted.epochs == 7 and fitted.validation_losses == ()
+    assert [r.epoch for r in reports] == list(range(1, 8))
+    # 2 batches per epoch, 14 Adam steps of ~lr each toward 1e3: the weight is the last step's
+    assert float(network.weight.detach()) == pytest.approx(1.4, rel=0.05)

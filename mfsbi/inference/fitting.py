@@ -109,11 +109,12 @@ class Fitted:
 
     @property
     def epochs(self) -> int:
-        return len(self.validation_losses)
+        # Without validation every epoch up to the fixed count ran, and the last is kept.
+        return len(self.validation_losses) or self.best_epoch
 
     @property
     def best_validation_loss(self) -> float:
-        return min(self.validation_losses)
+        return min(self.validation_losses) if self.validation_losses else math.nan
 
 
 @torch.no_grad()
@@ -127,7 +128,7 @@ def _mean_loss(network: nn.Module, batches: Batches, epoch: int) -> tuple[float,
     return total / count, count
 
 
-def fit(network: nn.Module, train: Batches, validation: Batches, training: TrainingConfig,
+def fit(network: nn.Module, train: Batches, validation: Optional[Batches], training: TrainingConfig,
         device: str = "cpu", on_epoch: Optional[EpochCallback] = None,
         penalty: Optional[Callable[[], Tensor]] = None) -> Fitted:
     r"""Trains ``network`` in place until early stopping, and loads its best-validation weights.
@@ -138,7 +139,9 @@ def fit(network: nn.Module, train: Batches, validation: Batches, training: Train
     Arguments:
         network: an sbi density estimator (its ``loss(theta, x)`` is -log q per row).
         train: the training batches.
-        validation: the validation batches.
+        validation: the validation batches; ``None`` trains exactly ``training.max_num_epochs``
+            epochs and keeps the last weights (a number of epochs chosen elsewhere, e.g. by
+            cross-validation, with no row held back).
         training: learning rate, clipping, patience and the epoch cap.
         device: where the network trains (the batches must be there).
         on_epoch: called with an :class:`EpochReport` after every epoch.
@@ -177,6 +180,10 @@ def fit(network: nn.Module, train: Batches, validation: Batches, training: Train
         if not math.isfinite(training_loss):
             raise FloatingPointError(f"NPE training loss is not finite in epoch {epoch}")
         network.eval()
+        if validation is None:
+            if on_epoch is not None:
+                on_epoch(EpochReport(epoch, training_loss, math.nan, math.nan, epoch, training.stop_after_epochs))
+            continue
         validation_loss, validation_rows = _mean_loss(network, validation, epoch)
         losses.append(validation_loss)
         if validation_loss < best:
@@ -185,6 +192,9 @@ def fit(network: nn.Module, train: Batches, validation: Batches, training: Train
             on_epoch(EpochReport(epoch, training_loss, validation_loss, best, best_epoch, training.stop_after_epochs))
         if epoch - best_epoch >= training.stop_after_epochs:
             break
+    if validation is None:
+        network.zero_grad(set_to_none=True)
+        return Fitted(network, (), training.max_num_epochs, rows, 0)
     if best_state is None:  # every validation loss was NaN
         raise FloatingPointError("NPE validation loss was never finite")
     network.load_state_dict(best_state)
