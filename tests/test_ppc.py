@@ -163,3 +163,39 @@ def test_ppc_of_a_store_without_a_run_is_one_line(tmp_path):
     result = _invoke("ppc", "--store", tmp_path / "nothing", "--observation", x_o, "-n", 10)
     assert result.exit_code == 2 and result.output.startswith("error: --store")
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "nothing").exists()
+
+
+# ---- names, plausibility and traces -------------------------------------------------------------
+
+def test_the_tasks_statistics_are_named_and_the_networks_plausible_fraction_is_counted():
+    from mfsbi.flows.ppc import _fraction_plausible
+    from mfsbi.flows.ppc_plan import plausible_range, statistic_names
+    from mfsbi.flows.ppc_traces import has_traces
+    from mfsbi.simulators import get_task
+
+    network, cell, ou2 = get_task("plastic-network-tiny"), get_task("pyramidal"), get_task("ou2")
+    assert statistic_names(network) == ("rate_E", "rate_I") and plausible_range(network) == (1.0, 50.0)
+    assert statistic_names(cell) == ("spike_count", "rest_mean", "rest_std", "stimulus_mean")
+    assert statistic_names(ou2)[-1] == "x9" and plausible_range(ou2) is None
+    assert has_traces(cell) and has_traces(get_task("pyramidal-reduced")) and not has_traces(network)
+    rates = np.array([[5.0, 10.0], [0.5, 10.0], [5.0, 60.0], [np.nan, 3.0]])
+    assert _fraction_plausible(rates, (1.0, 50.0)) == pytest.approx(1 / 3)  # a failed row is not counted
+
+
+def test_a_traces_row_is_placed_in_its_batch_by_its_seed_run_within_its_chunk():
+    from mfsbi.flows.ppc_traces import _place_in_batch
+
+    seeds = np.array([7, 7, 7, 7, 9, 9, 9, 9, 9, 5])  # chunk of 4, then a chunk grown twice
+    assert [_place_in_batch(seeds, r, 4) for r in (0, 3, 4, 7, 8, 9)] == [0, 3, 0, 3, 0, 0]
+
+
+def test_the_plot_draws_a_panel_per_statistic_and_the_traces_below():
+    from mfsbi.flows.ppc_plot import ppc_png
+
+    rng = np.random.default_rng(4)
+    hf = rng.normal(size=(100, 5))
+    check = predictive_check(hf, np.zeros(5))
+    times = np.linspace(0, 100, 50)
+    traces = [(0, "hf", times, np.sin(times), 0.1), (0, "lf", times, np.cos(times), 0.1)]
+    plain, with_traces = ppc_png(check, hf, hf + 1, "t"), ppc_png(check, hf, None, "t", traces=traces)
+    assert plain.startswith(b"\x89PNG") and with_traces.startswith(b"\x89PNG") and plain != with_traces

@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from mfsbi import __version__
 from mfsbi.flows.ppc_plan import PpcPlan, plausible_range, statistic_names
 from mfsbi.flows.ppc_plot import ppc_png
+from mfsbi.flows.ppc_traces import traces_of
 from mfsbi.inference.predictive import FAMILY_LEVEL, PredictiveCheck, minimum_draws, predictive_check
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
@@ -103,11 +104,16 @@ def run_ppc(plan: PpcPlan, executor: BatchExecutor) -> dict:
     check = predictive_check(hf_x, x_o, names)
     lf_check = predictive_check(lf_x, x_o, names)
     bounds = plausible_range(task)
+    traces = traces_of(executor, plan.task, task, hf_table, np.flatnonzero(np.isfinite(hf_x).all(axis=1)))
     png = ppc_png(check, hf_x, lf_x, f"{plan.run}: posterior predictive at {plan.tag}, {plan.num_draws} draws",
-                  plausible=bounds)
+                  plausible=bounds, traces=traces)
     plot = f"{plan.run}/{plan.stem}.png"
     store.write_artifact(plot, png)
     summary = _summary(plan, task, check, lf_check, reports, hf_table, hf_x, lf_x, bounds, f"artifacts/{plot}")
+    if traces:
+        summary["traces"] = {"rows": sorted({t[0] for t in traces}),
+                             "re_simulated": {f: sum(t[1] == f for t in traces) for f in ("hf", "lf")},
+                             "seconds": round(sum(t[4] for t in traces), 3)}
     store.write_artifact(f"{plan.run}/{plan.stem}.json", json.dumps(summary, indent=2).encode())
     _publish(plan, store, summary, png)
     return summary

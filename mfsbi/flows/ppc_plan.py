@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mfsbi.flows.ppc_traces import TRACE_DRAWS, has_traces
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore
@@ -127,6 +128,7 @@ class PpcEstimate:
     hf_seconds_each: float | None
     lf_seconds_each: float | None
     how: str  # where the HF cost comes from
+    traces: int = 0  # draws re-simulated at HF and LF for their raw traces (not stored)
 
     def line(self, plan: PpcPlan) -> str:
         """The line printed before anything is spent."""
@@ -136,7 +138,9 @@ class PpcEstimate:
         return (f"ppc: {plan.num_draws} posterior draws simulated at HF and LF in table {plan.table}, outside the "
                 f"run's budget; PPC budget {plan.budget} HF simulations; new now: {self.new_hf} HF, "
                 f"{cost(self.new_hf, self.hf_seconds_each)} of HF simulation ({self.how}), {self.new_lf} LF, "
-                f"{cost(self.new_lf, self.lf_seconds_each)}")
+                f"{cost(self.new_lf, self.lf_seconds_each)}"
+                + (f"; and {self.traces} HF and {self.traces} LF re-simulated for their raw traces (not stored)"
+                   if self.traces else ""))
 
 
 def _to_simulate(sim_table, num_rows: int) -> int:
@@ -160,4 +164,6 @@ def estimate(plan: PpcPlan, task: Task) -> PpcEstimate:
     else:
         hf_each, how = documented.get("hf"), "documented"
     lf_each = (lf.seconds_per_row() if lf is not None else None) or documented.get("lf")
-    return PpcEstimate(_to_simulate(hf, plan.num_draws), _to_simulate(lf, plan.num_draws), hf_each, lf_each, how)
+    traces = min(TRACE_DRAWS, plan.num_draws) if has_traces(task) else 0
+    return PpcEstimate(_to_simulate(hf, plan.num_draws), _to_simulate(lf, plan.num_draws), hf_each, lf_each, how,
+                       traces)

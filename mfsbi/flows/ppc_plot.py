@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
+from mfsbi.flows.ppc_traces import Trace
 from mfsbi.inference.predictive import PredictiveCheck
 
 __all__ = ["ppc_png"]
@@ -20,7 +22,7 @@ def _finite(values: np.ndarray) -> np.ndarray:
 
 
 def ppc_png(check: PredictiveCheck, hf: np.ndarray, lf: np.ndarray | None, title: str,
-            plausible: tuple[float, float] | None = None) -> bytes:
+            plausible: tuple[float, float] | None = None, traces: Sequence[Trace] = ()) -> bytes:
     """One histogram per statistic: the HF draws (filled), the LF twins (outline), the HF interval and x_o.
 
     Arguments:
@@ -28,6 +30,7 @@ def ppc_png(check: PredictiveCheck, hf: np.ndarray, lf: np.ndarray | None, title
         hf, lf: statistics simulated at the posterior draws, shape ``(N, d)`` (LF: None when none).
         title: the figure's title (the verdict is added below it).
         plausible: the range of a plausible statistic to shade (the network's 1-50 Hz), if any.
+        traces: raw traces of a few draws (:func:`~mfsbi.flows.ppc_traces.traces_of`), drawn in a bottom row.
 
     Returns:
         PNG bytes.
@@ -40,7 +43,9 @@ def ppc_png(check: PredictiveCheck, hf: np.ndarray, lf: np.ndarray | None, title
     d = len(check.names)
     rows = math.ceil(d / COLUMNS)
     columns = min(d, COLUMNS)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows + 0.8), squeeze=False)
+    fig = plt.figure(figsize=(3.2 * max(columns, 3), 2.6 * (rows + bool(traces)) + 0.8))
+    grid = fig.add_gridspec(rows + bool(traces), columns)
+    axes = [[fig.add_subplot(grid[r, c]) for c in range(columns)] for r in range(rows)]
     for j, name in enumerate(check.names):
         ax = axes[j // COLUMNS][j % COLUMNS]
         shown = [_finite(hf[:, j])] + ([_finite(lf[:, j])] if lf is not None else [])
@@ -63,9 +68,25 @@ def ppc_png(check: PredictiveCheck, hf: np.ndarray, lf: np.ndarray | None, title
     for k in range(d, rows * columns):
         axes[k // COLUMNS][k % COLUMNS].axis("off")
     axes[0][0].legend(fontsize=7)
+    if traces:
+        _draw_traces(fig.add_subplot(grid[rows, :]), traces)
     fig.suptitle(f"{title}\n{check.verdict}", fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def _draw_traces(ax, traces: Sequence[Trace]) -> None:  # noqa: ANN001 -- a matplotlib Axes
+    """HF traces solid, their LF twins dashed, one colour per draw."""
+    colours = {}
+    for row, fidelity, times, voltage, _ in traces:
+        colour = colours.setdefault(row, f"C{len(colours)}")
+        ax.plot(times, voltage, color=colour, lw=0.8, ls="-" if fidelity == "hf" else "--",
+                label=f"draw {row} {fidelity.upper()}")
+    ax.set_xlabel("time (ms)", fontsize=8)
+    ax.set_ylabel("somatic voltage (mV)", fontsize=8)
+    ax.set_title("raw traces at posterior draws (HF solid, LF dashed)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, ncol=len(colours))
