@@ -42,10 +42,10 @@ def _reserve_draws(store: SimulationStore, task: Task, plan: PpcPlan):
         provenance={**provenance(task, "hf", plan.config_hash(task, "hf")), "role": "ppc", "run": plan.run},
         parameter_names=task.parameter_names,
     )
+    check_draws(plan, sim_table)
     current = sim_table.budget()
     if current is None or current.total < plan.budget:
         sim_table.set_budget(plan.budget)
-    check_draws(plan, sim_table)
     have = sim_table.num_rows
     if have >= len(theta):
         return sim_table
