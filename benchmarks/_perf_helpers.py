@@ -14,7 +14,6 @@ import inspect
 import os
 import platform
 import pstats
-import subprocess
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from _runner import ROOT, code_state
 
 
 def _spin(_: int) -> float:
@@ -53,15 +52,8 @@ def versions() -> dict:
 
     import mfsbi
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
     return {"torch": torch.__version__, "dask": dask.__version__, "zarr": zarr.__version__,
-            "numpy": np.__version__, "mfsbi": mfsbi.__version__, "git_commit": commit, "git_dirty": dirty}
+            "numpy": np.__version__, "mfsbi": mfsbi.__version__, **code_state()}
 
 
 @contextlib.contextmanager

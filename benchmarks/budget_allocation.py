@@ -43,15 +43,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+import _runner as runner
 from budget_report import TOLERANCE, chain_text, fmt, report
 
 # Declared seconds per simulation, by task and fidelity.
@@ -148,7 +149,8 @@ def _cpu(training) -> float:
 
 
 def command_for(spec: dict, store: Path, config_file: Path | None) -> list[str]:
-    command = [str(Path(sys.executable).with_name("mfsbi")), "run", "--task", spec["task"], "--method", spec["method"],
+    """The arguments after ``mfsbi`` of the spec's run."""
+    command = ["run", "--task", spec["task"], "--method", spec["method"],
                "--sims", chain_text(spec["counts"]), "--seed", str(spec["seed"]), "--store", str(store),
                "--transfer-guard", "off", "--n-workers", "1", "--num-test-observations", "5",
                "--num-nltp-pairs", "100", "--json"]
@@ -212,13 +214,9 @@ def _forget_unrecorded_checkpoints(spec: dict, store: Path, checkpoints: dict) -
 
 def _code_state() -> dict:
     """The commit and the planner's source at the start of a run (other people commit while this runs)."""
-    import hashlib
-
-    repository = Path(__file__).resolve().parents[1]
-    head = subprocess.run(["git", "-C", str(repository), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip()
+    head = runner.code_state()["git_commit"][:7]  # the short commit, as recorded before
     files = ("mfsbi/flows/compute_budget.py", "mfsbi/inference/allocation.py", "mfsbi/flows/multilevel.py")
-    return {"head": head, **{name.split("/")[-1]: hashlib.md5((repository / name).read_bytes()).hexdigest()[:8]
+    return {"head": head, **{name.split("/")[-1]: hashlib.md5((runner.ROOT / name).read_bytes()).hexdigest()[:8]
                              for name in files}}
 
 
@@ -237,18 +235,16 @@ def run_one(spec: dict, root: Path, document: dict, log_folder: Path) -> dict:
     code = _code_state()
     # A Prefect database per task and seed: runs of two streams never share one.
     environment = dict(os.environ, MFSBI_HOME=str(root / f"home-{spec['task']}-seed{spec['seed']}"))
-    started = time.perf_counter()
     log = log_folder / (spec["key"].replace("|", "_").replace(",", "_").replace("=", "") + ".stderr")
-    with open(log, "w") as stderr:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment)
-    wall = time.perf_counter() - started
+    done = runner.run(command, env=environment, log=log)
+    wall = done.wall_seconds
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); stderr in {log}: "
+        raise RuntimeError(f"{done.text} failed ({done.returncode}); stderr in {log}: "
                            f"{log.read_text()[-1500:]}")
-    summary = json.loads(done.stdout)
+    summary = done.summary
     metrics = summary["metrics"]
     row = {**{k: spec[k] for k in ("part", "task", "method", "counts", "seed", "budget")},
-           "command": " ".join(command[1:]) if not planner else " ".join(command[1:]) + f"  # {config_file.name}: "
+           "command": " ".join(command) if not planner else " ".join(command) + f"  # {config_file.name}: "
            + config_file.read_text().strip(),
            "store": str(store), "run": summary.get("run"),
            "c2st": metrics.get("c2st", {}).get("euler-maruyama"),
@@ -256,7 +252,8 @@ def run_one(spec: dict, root: Path, document: dict, log_folder: Path) -> dict:
            "c2st_per_observation": (metrics.get("c2st_per_observation") or {}).get("euler-maruyama"),
            "nltp": metrics.get("nltp"), "nrmse": metrics.get("nrmse"),
            "calibration": (summary.get("calibration") or {}).get("verdict"),
-           "wall_seconds": round(wall, 1), "summary_wall_seconds": summary.get("wall_seconds"), "code": code,
+           "wall_seconds": round(wall, 1), "cpu_seconds": round(done.cpu_seconds, 1),
+           "summary_wall_seconds": summary.get("wall_seconds"), "code": code,
            "finished_at": summary.get("finished_at"),
            "cpu_capability": (summary.get("train") or {}).get("cpu_capability")
            if isinstance(summary.get("train"), dict) else None}

@@ -14,22 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import _runner as runner
 
 
 def one(task: str, method: str, seed: int, store: Path) -> dict:
-    # The console script installed beside this interpreter: what a user types.
-    command = [str(Path(sys.executable).with_name("mfsbi")), "run", "--task", task, "--method", method, "--seed", str(seed),
-               "--store", str(store), "--json"]
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = runner.run(["run", "--task", task, "--method", method, "--seed", seed, "--store", store, "--json"])
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    summary = json.loads(done.stdout)
+        raise SystemExit(f"{done.text} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    summary = done.summary
     calibration = summary["calibration"]
     guard = summary.get("transfer_guard") or {}
     row = {"task": task, "method": method, "seed": seed, "verdict": calibration["verdict"],
@@ -38,7 +34,7 @@ def one(task: str, method: str, seed: int, store: Path) -> dict:
            "sbc_ks_pvalues": [round(p, 5) for p in calibration["sbc_ks_pvalues"]],
            "num_pairs": calibration["num_pairs"], "c2st": {k: round(v, 4) for k, v in summary["metrics"]["c2st"].items()},
            "nltp": round(summary["metrics"]["nltp"], 4), "guard_kept": guard.get("kept"),
-           "seconds": round(time.perf_counter() - started, 1)}
+           "seconds": round(done.wall_seconds, 1), "cpu_seconds": round(done.cpu_seconds, 1)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -56,7 +52,8 @@ def main() -> None:
             for task in args.tasks:
                 for method in args.methods:
                     rows.append(one(task, method, seed, Path(folder) / f"store-seed{seed}"))
-    document = {"command": "python " + " ".join(sys.argv), "machine": platform.platform(), "rows": rows}
+    document = {"command": "python " + " ".join(sys.argv), "machine": platform.platform(), **runner.code_state(),
+                "rows": rows}
     args.out.write_text(json.dumps(document, indent=1) + "\n")
 
 

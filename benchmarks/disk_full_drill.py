@@ -16,13 +16,12 @@ Where nothing can be mounted the drill is not run: its outcome says why (``detai
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+import _runner as runner
 from _small_filesystem import NoSmallFilesystem, fill, free_bytes, small_filesystem
 from fault_injection import AMORTIZED, Outcome, _check, _command, _env, _log, _safe_tables, _stored, _wait_until
 
@@ -64,7 +63,7 @@ def _drill(kind: str, repeat: int, workdir: Path, mount: Path, rng: np.random.Ge
     config.write_text(json.dumps(CONFIG))
     args = [*AMORTIZED, "--config", str(config)]
     with open(errors, "wb") as stderr:
-        process = subprocess.Popen(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        process = runner.start(_command(store, args), env=env, stderr=stderr)
         target = float(rng.uniform(0.05, 0.95))
         fidelity, total = ("lf", 4000) if kind == "disk-full-lf" else ("hf", 60)
         hit = _wait_until(process, lambda: _stored(store, lambda k: k.endswith(f"/{fidelity}")) >= target * total)
@@ -80,12 +79,10 @@ def _drill(kind: str, repeat: int, workdir: Path, mount: Path, rng: np.random.Ge
     stop_line = lines[-1] if lines else ""
     named = len(lines) == 1 and str(store) in stop_line and "needed about" in stop_line
     time.sleep(0.5)  # any orphan of the stopped run gets to show itself in the log and the store
-    verify = subprocess.run([sys.executable, "-m", "mfsbi.app.cli", "verify", str(store)], capture_output=True,
-                            text=True)
+    verify = runner.run(["verify", store])
     before, stop_at = _safe_tables(store), len(_log(log))
     (mount / "filler").unlink()
-    again = subprocess.run(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=900)
+    again = runner.run(_command(store, args), env=env, timeout=900)
     outcome = _check(kind, repeat, store, log, before, stop_at, None, started, [again.returncode])
     outcome.extra = {"fill_at": round(target, 3), "free_before_fill": free, "filler_bytes": filled, "stop_rc": rc,
                      "stop_line": stop_line, "stopped_with_one_line": rc != 0 and named,
@@ -97,7 +94,7 @@ def _drill(kind: str, repeat: int, workdir: Path, mount: Path, rng: np.random.Ge
     if not outcome.extra["stopped_with_one_line"]:
         outcome.detail += f"stop (rc {rc}): {lines[-3:]} "
     if again.returncode:
-        outcome.detail += again.stderr.decode(errors="replace")[-300:]
+        outcome.detail += again.stderr[-300:]
     return outcome
 
 

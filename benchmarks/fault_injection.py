@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+import _runner as runner
+
 TASK = "mfsbi.simulators.faults:ou2"
 # Small runs (training capped at a few epochs): the drills test the bookkeeping, not the posterior.
 AMORTIZED = ["--method", "mf-npe", "--lf-sims", "4000", "--hf-sims", "60", "--max-num-epochs", "8",
@@ -81,7 +83,8 @@ def _env(faults: str, log: Path, home: Path) -> dict[str, str]:
 
 
 def _command(store: Path, args: list[str], extra: list[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "mfsbi.app.cli", "run", "--task", TASK, "--store", str(store), *args, *extra]
+    """The arguments after ``mfsbi`` of a drill's run."""
+    return ["run", "--task", TASK, "--store", str(store), *args, *extra]
 
 
 def _tables(store: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -105,12 +108,6 @@ def _log(path: Path) -> list[tuple[str, int, int, int]]:
         return []
     lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
     return [(f, int(s), int(n), int(p)) for f, s, n, p in lines]
-
-
-def _summary(store: Path) -> dict:
-    """The run's summary (one run per drill store; sequential runs write no ``latest.json``)."""
-    (path,) = (store / "artifacts").glob("*/*/summary.json")
-    return json.loads(path.read_text())
 
 
 def _stored(store: Path, which) -> int:
@@ -159,8 +156,8 @@ def _check(kind: str, repeat: int, store: Path, log: Path, before: dict, kill_li
             total = int(budget)
             outcome.budget_overruns += int(len(arrays["status"]) > total or (arrays["status"] != 0).sum() > total)
     if outcome.completed and reference is not None:
-        outcome.same_result = _summary(store)["metrics"] == reference["metrics"]
-    verify = subprocess.run([sys.executable, "-m", "mfsbi.app.cli", "verify", str(store)], capture_output=True, text=True)
+        outcome.same_result = runner.stored_summary(store)["metrics"] == reference["metrics"]
+    verify = runner.run(["verify", store])
     if verify.returncode != 0:
         outcome.detail += f"verify: {verify.stdout.strip()[-300:]}"
     outcome.seconds = time.perf_counter() - started
@@ -173,7 +170,7 @@ def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rn
     store, log = workdir / f"{kind}-{repeat}", workdir / f"{kind}-{repeat}.log"
     env = _env(SLOW, log, workdir / "home")
     args = _arguments(kind)
-    process = subprocess.Popen(_command(store, args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = runner.start(_command(store, args), env=env)
     target = float(rng.uniform(0.05, 0.95))
     which, total = {
         "flow-kill-lf": (lambda k: k.endswith("/lf"), 4000),
@@ -212,11 +209,10 @@ def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rn
         process.wait(timeout=60)
         time.sleep(0.5)  # any orphan of the killed run gets to show itself in the log and the store
         before, kill_line = _safe_tables(store), len(_log(log))
-        resumed = subprocess.run(_command(store, args, ["--resume"]), env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, timeout=900)
+        resumed = runner.run(_command(store, args, ["--resume"]), env=env, timeout=900)
         rcs.append(resumed.returncode)
         if resumed.returncode:
-            return Outcome(kind, repeat, faults=1, detail=resumed.stderr.decode()[-300:])
+            return Outcome(kind, repeat, faults=1, detail=resumed.stderr[-300:])
     outcome = _check(kind, repeat, store, log, before, kill_line, reference, started, rcs)
     outcome.extra = {"kill_at": round(target, 3), "victim": "worker" if victim != process.pid else "flow"}
     if kind in SLURM_KINDS:
@@ -271,8 +267,7 @@ def simulator_drill(kind: str, repeat: int, workdir: Path) -> Outcome:
     extra = ["--seed", str(repeat), "--config", str(config)]
     if kind == "hang":
         extra += ["--simulation-timeout", "1"]
-    run = subprocess.run(_command(store, AMORTIZED, extra), env=_env(plan, log, workdir / "home"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=1800)
+    run = runner.run(_command(store, AMORTIZED, extra), env=_env(plan, log, workdir / "home"), timeout=1800)
     outcome = _check(kind, repeat, store, log, {}, 0, None, started, [run.returncode])
     simulator = FaultySimulator(None, "hf", FaultPlan.parse(plan))
     injected = wrong = 0
@@ -288,7 +283,7 @@ def simulator_drill(kind: str, repeat: int, workdir: Path) -> Outcome:
                 wrong += int(arrays["status"][row] != 2 or expected not in str(reasons[row]))
             else:
                 wrong += int(arrays["status"][row] != 1)
-    summary = _summary(store) if run.returncode == 0 else {}
+    summary = runner.stored_summary(store) if run.returncode == 0 else {}
     ok_hf = int(sum((a["status"] == 1).sum() for k, a in _tables(store).items() if k.endswith("/hf") and "-test" not in k))
     trained_on = summary.get("train", {}).get("simulations")
     outcome.faults = injected
@@ -297,17 +292,17 @@ def simulator_drill(kind: str, repeat: int, workdir: Path) -> Outcome:
     if trained_on is not None and trained_on != ok_hf:
         outcome.detail += f"trained on {trained_on} rows, {ok_hf} ok"
     if run.returncode:
-        outcome.detail += run.stderr.decode()[-300:]
+        outcome.detail += run.stderr[-300:]
     return outcome
 
 
 def reference_run(workdir: Path, args: list[str]) -> dict:
     store = workdir / f"reference-{len(args)}-{args[1]}"
-    run = subprocess.run(_command(store, args), env=_env(SLOW, workdir / "reference.log", workdir / "home"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900)
+    run = runner.run(_command(store, args), env=_env(SLOW, workdir / "reference.log", workdir / "home"), store=store,
+                     timeout=900)
     if run.returncode:
-        raise RuntimeError(f"reference run failed: {run.stderr.decode()[-500:]}")
-    return _summary(store)
+        raise RuntimeError(f"reference run failed: {run.stderr[-500:]}")
+    return run.summary
 
 
 def run_drills(kinds: list[str], repeats: int, workdir: Path, seed: int = 0,
@@ -380,9 +375,7 @@ def main() -> None:
 
 
 def _main(args) -> None:
-    from mfsbi.app.prefect_server import prefect_api
-
-    with tempfile.TemporaryDirectory() as tmp, prefect_api():
+    with tempfile.TemporaryDirectory() as tmp, runner.prefect_server():
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         started = time.time()
@@ -390,7 +383,7 @@ def _main(args) -> None:
                     for line in path.read_text().splitlines() if line.startswith("{")]
         outcomes += run_drills(args.kinds, args.repeats, workdir, simulator_repeats=args.simulator_repeats,
                                first=args.first)
-        result = {"command": " ".join(sys.argv), "seconds": round(time.time() - started, 1),
+        result = {"command": " ".join(sys.argv), **runner.code_state(), "seconds": round(time.time() - started, 1),
                   "outcomes": [asdict(o) for o in outcomes], "table": table(outcomes)}
         if any(o.kind in DISK_KINDS for o in outcomes):
             from disk_full_drill import disk_table

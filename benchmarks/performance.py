@@ -24,12 +24,9 @@ fresh cluster is "cold" (workers import the task), a second one on the same clus
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -37,8 +34,8 @@ import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 import _perf_helpers as H
+import _runner as runner
 
 NAMES = ("throughput", "microsecond", "hf-overhead", "parallel", "zarr", "training", "quickstart")
 
@@ -279,25 +276,23 @@ def training(args, tmp: Path) -> dict:
 
 def quickstart(args, tmp: Path) -> dict:
     lf, hf, extra = (1000, 20, ["--max-num-epochs", "3"]) if args.quick else (10_000, 100, [])
-    command = ["mfsbi", "run", "--task", "ou2", "--method", "mf-npe", "--lf-sims", str(lf), "--hf-sims", str(hf), *extra]
+    args = ["run", "--task", "ou2", "--method", "mf-npe", "--lf-sims", str(lf), "--hf-sims", str(hf), *extra]
     work, home = tmp / "quickstart", tmp / "mfsbi-home"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MFSBI_DASK_ADDRESS", "MFSBI_FAULTS")}
     env["MFSBI_HOME"] = str(home)
-    executable = str(Path(sys.executable).parent / "mfsbi")
-    started = time.perf_counter()
-    done = subprocess.run([executable, *command[1:]], cwd=work, env=env, capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - started
-    raw: dict = {"epochs_capped": bool(extra), "returncode": done.returncode, "wall_s": round(wall, 2), "output_tail": done.stdout[-1500:] + done.stderr[-1500:]}
-    summaries = glob.glob(str(work / "mfsbi-store" / "artifacts" / "*" / "*" / "summary.json"))
+    done = runner.run(args, cwd=work, env=env, store=work / "mfsbi-store", timeout=3600)
+    wall = done.wall_seconds
+    raw: dict = {"epochs_capped": bool(extra), "returncode": done.returncode, "wall_s": round(wall, 2),
+                 "cpu_s": round(done.cpu_seconds, 2), "output_tail": done.stdout[-1500:] + done.stderr[-1500:]}
     metrics = [metric("wall time", wall, "s"), metric("exit code", done.returncode, "", "0", done.returncode == 0)]
-    if summaries:
-        summary = json.loads(Path(summaries[0]).read_text())
+    if done.summary:
+        summary = done.summary
         raw["summary"] = {k: summary.get(k) for k in ("run", "wall_seconds", "pretrain", "train", "lf", "hf", "metrics")}
         for reference, value in summary.get("metrics", {}).get("c2st", {}).items():
             metrics.append(metric(f"C2ST vs {reference}", value))
         metrics.append(metric("flow wall time (summary.json)", summary.get("wall_seconds"), "s"))
-    return {"protocol": {"command": " ".join(command), "cwd": "a new temp folder", "MFSBI_HOME": "a new temp folder",
+    return {"protocol": {"command": done.text, "cwd": "a new temp folder", "MFSBI_HOME": "a new temp folder",
                          "timed": "the whole subprocess (Prefect server start, cluster, run, teardown)"},
             "raw": raw, "metrics": metrics}
 

@@ -24,10 +24,11 @@ Methods, budgets and protocol (docs/benchmark-neuron.md says why):
 One store per variant and seed (``ROOT/<variant>-seed<s>``): tables are prefix-stable, so a larger
 NPE budget reuses the rows of the smaller ones and every MF run of a store reuses the LF table and
 the LF-pretrained checkpoint. All runs go through ``mfsbi run --json`` against one long-lived Dask
-cluster (a scheduler and two single-threaded workers started here, ``--dask-address``) and one
-Prefect server (``PREFECT_API_URL``), so no run pays for bringing them up. The workers' CPU time
-(``os.times`` in each worker process) is read before and after every run: it is the only record
-of a sequential run's training CPU (its summary keeps the rounds' wall seconds only).
+cluster (a scheduler and two single-threaded workers, ``--dask-address``) and one Prefect server
+(``PREFECT_API_URL``): the services of ``mfsbi serve``, started here by benchmarks/_runner.py, so no
+run pays for bringing them up. The workers' CPU time (``os.times`` in each worker process) is read
+before and after every run: it is the only record of a sequential run's training CPU (its summary
+keeps the rounds' wall seconds only); ``command_cpu_seconds`` is the ``mfsbi`` process's own.
 
 CPU seconds per simulation are measured here, in this process, with ``time.process_time`` on fresh
 prior draws (``--cost-draws``), at the start of every invocation; the table uses the median of all
@@ -41,8 +42,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -50,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+import _runner as runner
 from pyramidal_protocol import AMF_BUDGETS, AMF_OBSERVATIONS, LF_SIMS, MF_BUDGETS, NPE_BUDGETS, TEST_SEED, VARIANTS
 from pyramidal_report import report
 
@@ -81,9 +81,9 @@ def plan(seeds: list[int], phases: list[str]) -> list[dict]:
 
 
 def command_of(run: dict, root: Path, dask_address: str) -> list[str]:
-    mfsbi = str(Path(sys.executable).with_name("mfsbi"))  # the console script beside this interpreter
+    """The arguments after ``mfsbi`` of one planned run."""
     store = root / f"{run['task']}-seed{run['seed']}"
-    command = [mfsbi, "run", "--task", run["task"], "--method", run["method"], "--hf-sims", str(run["hf"]),
+    command = ["run", "--task", run["task"], "--method", run["method"], "--hf-sims", str(run["hf"]),
                "--seed", str(run["seed"]), "--store", str(store), "--num-nltp-pairs", "100",
                "--dask-address", dask_address, "--json"]
     if run["method"] != "npe":
@@ -94,84 +94,6 @@ def command_of(run: dict, root: Path, dask_address: str) -> list[str]:
         command += ["--rounds", "5", "--observation-index", str(run["obs"]), "--truncation-quantile", "1e-3",
                     "--transfer-guard", "off"]
     return command
-
-
-# ---- services: one Dask cluster and one Prefect server for every run ---------------------------
-
-class Services:
-    """A Dask scheduler, two single-threaded workers (mfsbi's preload) and a Prefect server, started here."""
-
-    def __init__(self, root: Path, workers: int, port: int = 8799, prefect_port: int = 4299):
-        self.folder = root / "services"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.api = f"http://127.0.0.1:{prefect_port}/api"
-        self.processes: list[subprocess.Popen] = []
-        bin_dir = Path(sys.executable).parent
-        self._start("scheduler", [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                  "--dashboard-address", "127.0.0.1:0"])
-        time.sleep(3)
-        self._start("workers", [str(bin_dir / "dask"), "worker", self.address, "--nworkers", str(workers),
-                                "--nthreads", "1", "--preload", "mfsbi.runtime.worker_setup", "--host", "127.0.0.1",
-                                "--memory-limit", "6GiB"])
-        env = {"PREFECT_HOME": str(self.folder / "prefect"), "PREFECT_SERVER_API_HOST": "127.0.0.1",
-               "PREFECT_SERVER_API_PORT": str(prefect_port), "PREFECT_UI_API_URL": self.api}
-        self._start("prefect", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                "--port", str(prefect_port), "--no-services"], env)
-        from distributed import Client
-
-        self.client = Client(self.address, timeout="60s")
-        self.client.wait_for_workers(workers, timeout=300)
-        self._wait_for_prefect()
-
-    def _start(self, name: str, command: list[str], env: dict | None = None) -> None:
-        log = open(self.folder / f"{name}.log", "ab")
-        self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                               env={**os.environ, **(env or {})}, start_new_session=True))
-
-    def _wait_for_prefect(self, timeout: float = 180) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.api + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"the Prefect server at {self.api} did not become healthy; see {self.folder}/prefect.log")
-
-    def worker_cpu(self) -> dict[str, tuple[int, float]]:
-        """Per worker: its pid and the CPU seconds (user + system) its process has used so far."""
-        return self.client.run(_process_cpu)
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-        finally:
-            for process in reversed(self.processes):  # only the process groups started here, by id
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                    process.wait(timeout=30)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-
-
-def _process_cpu() -> tuple[int, float]:
-    times = os.times()
-    return os.getpid(), times.user + times.system
-
-
-def cpu_delta(before: dict, after: dict) -> float | None:
-    """The workers' CPU seconds between two readings; None when a worker was restarted in between."""
-    if set(before) != set(after) or any(before[w][0] != after[w][0] for w in before):
-        return None
-    return round(sum(after[w][1] - before[w][1] for w in before), 2)
 
 
 # ---- simulation cost, measured here -------------------------------------------------------------
@@ -209,26 +131,26 @@ def _slim_summary(summary: dict) -> dict:
     return out
 
 
-def execute(run: dict, root: Path, services: Services, logs: Path) -> dict:
-    command = command_of(run, root, services.address)
+def execute(run: dict, root: Path, services: runner.Services, logs: Path) -> dict:
+    command = command_of(run, root, services.dask_address)
     env = {**os.environ, "PREFECT_API_URL": services.api}
     log = logs / (key_of(run).replace("/", "_") + ".log")
     before, started, started_at = services.worker_cpu(), time.perf_counter(), now()
-    with open(log, "w") as err:
-        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    done = runner.run(command, env=env, log=log)
+    cpu = done.cpu_seconds
     if done.returncode != 0 and run["method"] == "a-mf-tsnpe" and "--resume" in log.read_text():
         # A sequential run killed earlier: continue it (nothing stored is proposed, simulated or trained again).
         command.append("--resume")
-        with open(log, "a") as err:
-            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        done = runner.run(command, env=env, log=log, append=True)
+        cpu += done.cpu_seconds
     wall = round(time.perf_counter() - started, 1)
     after = services.worker_cpu()
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {log}")
-    summary = json.loads(done.stdout)
-    return {**run, "key": key_of(run), "command": " ".join(command), "started_at": started_at,
-            "command_wall_seconds": wall, "worker_cpu_seconds": cpu_delta(before, after),
-            "loadavg_after": [round(v, 2) for v in os.getloadavg()], "summary": _slim_summary(summary)}
+        raise RuntimeError(f"{done.text} failed ({done.returncode}); see {log}")
+    return {**run, "key": key_of(run), "command": done.text, "started_at": started_at,
+            "command_wall_seconds": wall, "worker_cpu_seconds": services.cpu_delta(before, after),
+            "command_cpu_seconds": round(cpu, 1), "commit": done.commit["git_commit"],
+            "loadavg_after": [round(v, 2) for v in os.getloadavg()], "summary": _slim_summary(done.summary)}
 
 
 # ---- scoring amortised posteriors on held-out pairs, here -------------------------------------------
@@ -407,24 +329,23 @@ def run_all(args, document: dict) -> None:
     runs = [r for r in plan(args.seeds, args.phase) if args.only is None or key_of(r) in args.only]
     todo = [r for r in runs if key_of(r) not in document["runs"]]
     print(f"{len(runs)} runs planned, {len(todo)} to do", flush=True)
-    services = Services(args.root, args.workers)
     try:
-        for run in todo:
-            entry = execute(run, args.root, services, logs)
-            document["runs"][entry["key"]] = entry
-            save(args.out, document)
-            m = entry["summary"]["metrics"]
-            print(f"{now()} {entry['key']}: NLTP {m.get('nltp'):.3f}, NRMSE {m.get('nrmse'):.3f}, "
-                  f"{entry['command_wall_seconds']} s wall, workers {entry['worker_cpu_seconds']} CPU s", flush=True)
-            # Score what can be scored now (another variant's pairs may appear later).
-            for other in document["runs"].values():
-                if other["method"] in ("npe", "mf-npe"):
-                    missing = other.get("posthoc", {}).keys() < ({other["task"]} | ({"pyramidal-reduced"} if other["method"] == "npe" else set()))
-                    if missing:
-                        posthoc(other, args.root)
-            save(args.out, document)
+        with runner.services(args.root / "services", args.workers) as services:
+            for run in todo:
+                entry = execute(run, args.root, services, logs)
+                document["runs"][entry["key"]] = entry
+                save(args.out, document)
+                m = entry["summary"]["metrics"]
+                print(f"{now()} {entry['key']}: NLTP {m.get('nltp'):.3f}, NRMSE {m.get('nrmse'):.3f}, "
+                      f"{entry['command_wall_seconds']} s wall, workers {entry['worker_cpu_seconds']} CPU s", flush=True)
+                # Score what can be scored now (another variant's pairs may appear later).
+                for other in document["runs"].values():
+                    if other["method"] in ("npe", "mf-npe"):
+                        missing = other.get("posthoc", {}).keys() < ({other["task"]} | ({"pyramidal-reduced"} if other["method"] == "npe" else set()))
+                        if missing:
+                            posthoc(other, args.root)
+                save(args.out, document)
     finally:
-        services.close()
         invocation["finished_at"] = now()
         invocation["wall_seconds"] = round(time.perf_counter() - started, 1)
         save(args.out, document)

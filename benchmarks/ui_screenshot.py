@@ -33,6 +33,8 @@ import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import _runner as runner
+
 RUN_ARGS = ["--task", "ou2", "--method", "npe", "--hf-sims", "20", "--json"]  # --json: the run's name
 # A Vue single-page app: the virtual-time budget lets its API calls and rendering finish before
 # Chromium dumps the DOM and takes the screenshot (15 s of virtual time took 2-5 s of wall time here).
@@ -90,18 +92,12 @@ def check(args, api: str, report: dict) -> None:
         raise CheckFailed(f"the UI at {ui} calls the API at {report['ui_api_url']}, not {api}")
 
     store = args.store or str(Path(args.tmp) / "store")
-    command = ["mfsbi", "run", *RUN_ARGS, "--store", store]
-    report["run"] = {"command": " ".join(command)}
-    venv_cli = Path(sys.executable).with_name("mfsbi")  # the venv's entry point, even off PATH
-    if venv_cli.exists():
-        command[0] = str(venv_cli)
     started = datetime.now(timezone.utc) - timedelta(seconds=5)  # slack for the server's timestamps
-    clock = time.monotonic()
-    done = subprocess.run(command, env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True)
-    report["run"]["seconds"] = round(time.monotonic() - clock, 1)
+    done = runner.run(["run", *RUN_ARGS, "--store", store], env={**os.environ, "PREFECT_API_URL": api})
+    report["run"] = {"command": done.text, "seconds": round(done.wall_seconds, 1), "commit": done.commit}
     if done.returncode != 0:
         raise CheckFailed(f"mfsbi run exited with {done.returncode}: {done.stderr.strip()[-300:]}")
-    run_name = json.loads(done.stdout)["run"]  # e.g. npe-hf20-seed0, the prefix of its artifact keys
+    run_name = done.summary["run"]  # e.g. npe-hf20-seed0, the prefix of its artifact keys
     flow_run, images = find_run(started)
     report["flow_run"] = {"id": str(flow_run.id), "name": flow_run.name, "state": flow_run.state_name, "run": run_name,
                           "image_artifacts": [a.key for a in images]}
@@ -145,7 +141,7 @@ def main() -> int:
     parser.add_argument("--chromium", default="/usr/bin/chromium-headless-shell", help="headless Chromium")
     args = parser.parse_args()
 
-    from mfsbi.app.prefect_server import ServiceError, prefect_api, quiet_prefect_environment
+    from mfsbi.app.prefect_server import ServiceError, quiet_prefect_environment
 
     quiet_prefect_environment()  # before Prefect is imported: it reads its settings at import
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -164,7 +160,7 @@ def main() -> int:
         os.environ.setdefault("MFSBI_HOME", str(Path(tmp) / "home"))
         report["reused_server"] = bool(os.environ.get("PREFECT_API_URL"))
         try:
-            with prefect_api() as api, temporary_settings(updates={PREFECT_API_URL: api}):
+            with runner.prefect_server() as api, temporary_settings(updates={PREFECT_API_URL: api}):
                 report["api_url"] = api
                 check(args, api, report)
             report["ok"], report["reason"] = True, None

@@ -33,7 +33,7 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     assert np.isfinite(np.asarray(root["ou2/hf/x"])).all()
     assert summary["lf"]["stored_ok"] == 300 and summary["hf"]["stored_ok"] == 30
     # Posterior, plot and summary are saved in the store.
-    for name in ("posterior.pt", "pairplot.png", "summary.json"):
+    for name in ("pairplot.png", "summary.json"):
         assert (tmp_path / "store" / "artifacts" / "ou2" / config.run_name / name).stat().st_size > 0
     saved = json.loads((tmp_path / "store" / "artifacts" / "ou2" / config.run_name / "summary.json").read_text())
     assert set(saved["metrics"]["c2st"]) == {"euler-maruyama", "paper"}
@@ -50,7 +50,10 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
     # out of fold with an interval, the kept one named with the reason, its fold trainings recorded.
     selection = saved["selection"]
     assert set(selection["scores"]) == {"pretrained", "anchored", "fine-tuned", "scratch"}
-    assert summary["train"]["simulations"] == 30  # the kept estimator trained on every budget row
+    if selection["kept"] == "pretrained":
+        assert summary["train"]["epochs"] == 0
+    else:  # the kept candidate's 5 fold estimators: every row trained four of them and stopped the fifth
+        assert [t["simulations"] for t in summary["train"]] == [24] * 5 and len(summary["posterior"]) == 5
     assert selection["folds"] == 5 and selection["rows"] == 30 and selection["mode"] == "select"
     assert selection["kept"] in selection["scores"] and selection["reason"]
     for row in selection["scores"].values():

@@ -6,7 +6,7 @@ import torch
 
 from mfsbi.inference import TrainingConfig, fine_tune, train_npe
 from mfsbi.inference.selection import (
-    CANDIDATES, choose, cross_validate, fold_assignment, log_q, out_of_fold_scores,
+    CANDIDATES, choose, cross_validate, fold_assignment, fold_stopped_ensemble, log_q, out_of_fold_scores,
 )
 from toy import QUICK, TINY, make_prior, sample_prior, simulate_hf, simulate_lf, state_equal
 
@@ -101,6 +101,21 @@ def test_cross_validation_is_seeded_and_leaves_the_pretrained_estimator_untouche
     assert a.fold_ensemble("pretrained") is pretrained
     assert np.allclose(a.scores["pretrained"], log_q(pretrained, theta, x))
     assert len(a.fold_ensemble("anchored")) == 4
+
+def test_the_kept_form_stops_each_member_on_its_own_fold():
+    pretrained = _pretrained()
+    theta = sample_prior(20, seed=8)
+    x = simulate_hf(theta, seed=8)
+    folds = fold_assignment(20, 4, seed=1)
+    kept = fold_stopped_ensemble("fine-tuned", pretrained, theta, x, folds, seed=3, max_num_epochs=6)
+    assert len(kept) == 4
+    # Member k trained on the other folds' rows and stopped on fold k: its best validation loss is its
+    # mean -log q on fold k (with the scoring's internal split it would be on rows of the other folds).
+    for k, member in enumerate(kept.members):
+        assert member.num_simulations == int((folds != k).sum())
+        assert member.best_validation_loss == pytest.approx(-log_q(member, theta[folds == k], x[folds == k]).mean(),
+                                                            rel=1e-4, abs=1e-4)
+    assert fold_stopped_ensemble("pretrained", pretrained, theta, x, folds) is pretrained
 
 
 def test_an_anchored_fine_tuning_stays_nearer_the_pretrained_weights():

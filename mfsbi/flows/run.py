@@ -177,12 +177,14 @@ class Run(RunPlan):
 
     def train_job(self, *, table: str, fidelity: str, limit: int, learning_rate: float, seed: int,
                   pretrained: bytes | None, refit_x_zscore: bool = True, batch_size: int = 200,
-                  anchor_penalty: float = 0.0, exclude_rows: tuple[int, ...] = ()) -> TrainJob:
-        """A training job on the first ``limit`` rows of a table (but ``exclude_rows``), with the paper's estimator."""
+                  anchor_penalty: float = 0.0, exclude_rows: tuple[int, ...] = (),
+                  validate_on_excluded: bool = False) -> TrainJob:
+        """A training job on the first ``limit`` rows of a table (but ``exclude_rows``, which stop it
+        with ``validate_on_excluded``), with the paper's estimator."""
         return TrainJob(self.store.url, self.config.task, table, fidelity, limit, self.estimator_config(),
                         self.training_config(learning_rate, seed, batch_size, anchor_penalty), pretrained, self.device,
                         refit_x_zscore=refit_x_zscore, training_memory=self.config.training_memory,
-                        exclude_rows=exclude_rows)
+                        exclude_rows=exclude_rows, validate_on_excluded=validate_on_excluded)
 
     def estimator_config(self) -> dict:
         """The paper's estimator for this task, as a job carries it."""

@@ -1,10 +1,12 @@
 """MF-NPE's choice of estimator inside the HF budget: the candidates cross-validated on the workers.
 
 Every trainable candidate of :data:`mfsbi.inference.selection.CANDIDATES` is trained once per fold
-on the other folds of the run's own HF rows, all of them at once across the Dask workers; the flow
-process scores every row with the estimator that did not train on it and applies
-:func:`mfsbi.inference.selection.choose`. Held-out test pairs are never read here (issue 30): the
-kept estimator is the same whatever test data the run reports on.
+on the other folds of the run's own HF rows, all of them at once across the Dask workers; the flow process scores every row with the estimator that did not train
+on it and applies :func:`mfsbi.inference.selection.choose`. The run keeps the chosen candidate's
+fold-stopped ensemble (:func:`mfsbi.inference.selection.fold_stopped_ensemble`: each member trained
+on all folds but one and stopped on that one), or the pretrained estimator as it is. Held-out test
+pairs are never read here (issue 30): the kept estimator is the same whatever test data the run
+reports on.
 """
 
 from __future__ import annotations
@@ -40,12 +42,23 @@ def _pretrained_result(checkpoint: bytes, device: str) -> TrainResult:
                        num_simulations=0, device=device, worker="", validation_losses=())
 
 
-def _job(run: Run, candidate: Candidate, pretrained: bytes, seed: int, exclude: tuple[int, ...] = ()):
+def _fold_job(run: Run, candidate: Candidate, pretrained: bytes, seed: int, fold: tuple[int, ...],
+              stopped_on_fold: bool):
+    """The candidate trained on the rows outside ``fold``: stopped on a random 10 % of them (scored on
+    ``fold``), or on ``fold`` itself (a member of the kept ensemble)."""
     config = run.config
     return run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
                          learning_rate=config.hf_training_rate(candidate.from_pretrained), seed=seed,
                          pretrained=pretrained if candidate.from_pretrained else None,
-                         anchor_penalty=candidate.anchor_penalty, exclude_rows=exclude)
+                         anchor_penalty=candidate.anchor_penalty, exclude_rows=fold,
+                         validate_on_excluded=stopped_on_fold)
+
+
+def _kept_jobs(run: Run, candidate: Candidate, pretrained: bytes, rows: np.ndarray, folds: np.ndarray) -> list:
+    """The members of the kept ensemble: one per fold, trained on the others and stopped on it."""
+    return [_fold_job(run, candidate, pretrained, run.seed("selection-kept", k),
+                      tuple(int(r) for r in rows[folds == k]), stopped_on_fold=True)
+            for k in range(int(folds.max()) + 1)]
 
 
 def _out_of_fold_calibration(estimators: list, theta: np.ndarray, x: np.ndarray, folds: np.ndarray, seed: int,
@@ -68,9 +81,9 @@ def _out_of_fold_calibration(estimators: list, theta: np.ndarray, x: np.ndarray,
 def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[TrainResult]:
     """Cross-validates the candidates on the run's HF rows, records the choice, returns what is kept.
 
-    The default candidate is trained on all rows alongside the folds (it is what the run keeps
-    unless another is clearly better); another kept candidate is then trained on all rows with the
-    same seed, and the pretrained estimator is kept as it is.
+    The kept estimator is the chosen candidate's fold-stopped ensemble, in which every row trained
+    all members but one and stopped that one (the default's members train with the folds; another
+    kept candidate's after the choice); the pretrained estimator is kept as it is.
 
     Arguments:
         run: the run (its HF table holds the budget's rows, all simulated).
@@ -78,7 +91,7 @@ def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[T
         pretrained: the checkpoint MF-NPE starts from (LF, then each level of the chain).
 
     Returns:
-        The kept estimator, trained on all the budget's rows.
+        The kept estimator's members (one: the pretrained estimator).
     """
     config = run.config
     table = run.store.table(run.hf_table, "hf")
@@ -91,13 +104,15 @@ def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[T
                          "simulate more or pass --transfer-guard off")
     folds = fold_assignment(len(rows), folds_count, run.seed("selection-folds"))
     trainable = [c for c in CANDIDATES.values() if c.trains]
-    # The default on all rows first: the seed of the run's single estimator, so that it is the estimator
-    # a run without the choice (--transfer-guard off) trains.
-    jobs = [_job(run, CANDIDATES[DEFAULT_CANDIDATE], pretrained, run.seed("train"))]
-    jobs += [_job(run, c, pretrained, run.seed("selection", k), tuple(int(r) for r in rows[folds == k]))
+    # The default's kept members first, in the same batch: a run keeps the default unless another is clearly better.
+    default = CANDIDATES[DEFAULT_CANDIDATE]
+    jobs = _kept_jobs(run, default, pretrained, rows, folds)
+    jobs += [_fold_job(run, c, pretrained, run.seed("selection", k), tuple(int(r) for r in rows[folds == k]),
+                       stopped_on_fold=False)
              for c in trainable for k in range(folds_count)]
-    default_result, *results = run.train(
-        jobs, label=f"fine-tune on {config.hf_sims} HF; cross-validate {len(trainable)} candidates, {folds_count} folds")
+    results = run.train(jobs, label=f"fine-tune {folds_count} fold-stopped members on {config.hf_sims} HF; "
+                                    f"cross-validate {len(trainable)} candidates")
+    default_members, results = results[:folds_count], results[folds_count:]
     by_candidate = {c.name: results[i * folds_count:(i + 1) * folds_count] for i, c in enumerate(trainable)}
     prior = run.task.prior
     start = estimator_from_bytes(pretrained, prior)
@@ -133,6 +148,6 @@ def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[T
     if kept == "pretrained":
         return [_pretrained_result(pretrained, run.device)]
     if kept == DEFAULT_CANDIDATE:
-        return [default_result]
-    return run.train([_job(run, CANDIDATES[kept], pretrained, run.seed("train"))],
-                     label=f"train the kept candidate ({kept}) on {config.hf_sims} HF")
+        return default_members
+    return run.train(_kept_jobs(run, CANDIDATES[kept], pretrained, rows, folds),
+                     label=f"train the kept candidate ({kept}): {folds_count} fold-stopped members")

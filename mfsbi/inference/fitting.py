@@ -8,7 +8,10 @@ trainers index an in-memory ``TensorDataset`` (so they cannot stream), and their
 (a DataLoader collating 200 single-row samples, an unfused optimizer step) cost about a sixth of
 an epoch of the paper's flow on CPU (docs/performance.md, "Fast training"). Batches come from a
 :class:`Batches` source: :class:`RowBatches` for rows held in memory (on the training device),
-:class:`~mfsbi.inference.chunk_stream.ChunkLoader` for chunks read as training goes.
+:class:`~mfsbi.inference.chunk_stream.ChunkLoader` for chunks read as training goes. What a batch
+makes of the gradient, and how the held-out data are scored, is an :class:`Objective`:
+:class:`NPELoss` by default; ML-NPE's (:mod:`mfsbi.inference.multilevel`) combines one gradient
+per term of its loss, so every estimator here trains in this one loop.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +28,8 @@ from torch import Tensor, nn
 
 from .config import TrainingConfig
 
-__all__ = ["VALIDATION_BATCH_SIZE", "Batches", "EpochCallback", "EpochReport", "Fitted", "RowBatches", "fit"]
+__all__ = ["VALIDATION_BATCH_SIZE", "Batches", "EpochCallback", "EpochReport", "Fitted", "NPELoss", "Objective",
+           "RowBatches", "fit"]
 
 #: Rows per validation forward pass: without gradients, larger passes cost less per row.
 VALIDATION_BATCH_SIZE = 2000
@@ -54,10 +58,36 @@ EpochCallback = Callable[[EpochReport], None]
 
 
 class Batches(Protocol):
-    """Minibatches of ``(theta, x)`` on the training device, one pass over the data per epoch."""
+    """Minibatches on the training device, one pass over the data per epoch.
 
-    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    A batch is ``(theta, x)`` for :class:`NPELoss`; another :class:`Objective` defines its own.
+    """
+
+    def epoch(self, epoch: int) -> Iterator[Any]:
         """The batches of epoch ``epoch`` (1, 2, ...); the order may depend on it."""
+        ...
+
+
+class Objective(Protocol):
+    """What :func:`fit` minimises: the gradient of one batch, and the loss of the held-out data.
+
+    Attributes:
+        name: the estimator's name in error messages (``"NPE"``).
+    """
+
+    name: str
+
+    def backward(self, network: nn.Module, parameters: list[nn.Parameter], batch: Any) -> tuple[Tensor, int]:
+        """Sets ``p.grad`` of ``parameters`` for one batch (they arrive ``None``).
+
+        Returns:
+            The batch's loss summed (detached, on the device) and what the epoch's training loss
+            divides it by (the batch's rows for NPE).
+        """
+        ...
+
+    def validation_loss(self, network: nn.Module, validation: Batches, epoch: int) -> tuple[float, int]:
+        """The held-out loss of ``network`` (called without gradients) and the rows it scored."""
         ...
 
 
@@ -117,20 +147,39 @@ class Fitted:
         return min(self.validation_losses) if self.validation_losses else math.nan
 
 
-@torch.no_grad()
-def _mean_loss(network: nn.Module, batches: Batches, epoch: int) -> tuple[float, int]:
-    total, count = 0.0, 0
-    for theta, x in batches.epoch(epoch):
-        total += float(network.loss(theta, x).sum())
-        count += len(theta)
-    if count == 0:
-        raise ValueError("the validation set holds no valid rows")
-    return total / count, count
+class NPELoss:
+    r"""NPE's objective: the mean -log q(theta | x) of a batch, plus an optional penalty.
+
+    Arguments:
+        penalty: a term added to every batch's mean loss (a fine-tuning's pull toward the
+            pretrained weights); the reported and validation losses leave it out.
+    """
+
+    name = "NPE"
+
+    def __init__(self, penalty: Optional[Callable[[], Tensor]] = None):
+        self.penalty = penalty
+
+    def backward(self, network: nn.Module, parameters: list[nn.Parameter],
+                 batch: tuple[Tensor, Tensor]) -> tuple[Tensor, int]:
+        theta, x = batch
+        loss = network.loss(theta, x)
+        (loss.mean() + self.penalty() if self.penalty is not None else loss.mean()).backward()
+        return loss.detach().sum(), len(theta)
+
+    def validation_loss(self, network: nn.Module, validation: Batches, epoch: int) -> tuple[float, int]:
+        total, count = 0.0, 0
+        for theta, x in validation.epoch(epoch):
+            total += float(network.loss(theta, x).sum())
+            count += len(theta)
+        if count == 0:
+            raise ValueError("the validation set holds no valid rows")
+        return total / count, count
 
 
 def fit(network: nn.Module, train: Batches, validation: Optional[Batches], training: TrainingConfig,
         device: str = "cpu", on_epoch: Optional[EpochCallback] = None,
-        penalty: Optional[Callable[[], Tensor]] = None) -> Fitted:
+        penalty: Optional[Callable[[], Tensor]] = None, objective: Optional[Objective] = None) -> Fitted:
     r"""Trains ``network`` in place until early stopping, and loads its best-validation weights.
 
     Deterministic for the same network, batches and config on the same machine (no random draw
@@ -147,13 +196,20 @@ def fit(network: nn.Module, train: Batches, validation: Optional[Batches], train
         on_epoch: called with an :class:`EpochReport` after every epoch.
         penalty: a term added to every batch's mean loss (a fine-tuning's pull toward the
             pretrained weights); the reported and validation losses leave it out.
+        objective: what a batch's gradient and the validation loss are; default
+            ``NPELoss(penalty)`` (give the penalty to an objective of your own instead).
 
     Returns:
         The trained network (in eval mode) with its validation losses, one per epoch.
 
     Raises:
         FloatingPointError: the training loss of an epoch was not finite.
+        ValueError: both ``penalty`` and ``objective`` were given.
     """
+    if objective is None:
+        objective = NPELoss(penalty)
+    elif penalty is not None:
+        raise ValueError("penalty: give it to the objective (NPELoss(penalty)), not beside one")
     network.to(device)
     parameters = [p for p in network.parameters() if p.requires_grad]
     # fused: one kernel for the whole step instead of several per parameter; torch has it for CPU
@@ -165,26 +221,26 @@ def fit(network: nn.Module, train: Batches, validation: Optional[Batches], train
     for epoch in range(1, training.max_num_epochs + 1):
         network.train()
         total, rows = torch.zeros((), device=device), 0
-        for theta, x in train.epoch(epoch):
+        for batch in train.epoch(epoch):
             optimizer.zero_grad(set_to_none=True)
-            loss = network.loss(theta, x)
-            (loss.mean() + penalty() if penalty is not None else loss.mean()).backward()
+            loss, count = objective.backward(network, parameters, batch)
             if training.clip_max_norm is not None:
                 nn.utils.clip_grad_norm_(parameters, max_norm=training.clip_max_norm)
             optimizer.step()
-            total += loss.detach().sum()  # checked once per epoch: no device sync per batch
-            rows += len(theta)
+            total += loss  # checked once per epoch: no device sync per batch
+            rows += count
         if rows == 0:
             raise ValueError("the training set holds no valid rows")
         training_loss = float(total) / rows
         if not math.isfinite(training_loss):
-            raise FloatingPointError(f"NPE training loss is not finite in epoch {epoch}")
+            raise FloatingPointError(f"{objective.name} training loss is not finite in epoch {epoch}")
         network.eval()
         if validation is None:
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch, training_loss, math.nan, math.nan, epoch, training.stop_after_epochs))
             continue
-        validation_loss, validation_rows = _mean_loss(network, validation, epoch)
+        with torch.no_grad():
+            validation_loss, validation_rows = objective.validation_loss(network, validation, epoch)
         losses.append(validation_loss)
         if validation_loss < best:
             best, best_epoch, best_state = validation_loss, epoch, copy.deepcopy(network.state_dict())
@@ -196,7 +252,7 @@ def fit(network: nn.Module, train: Batches, validation: Optional[Batches], train
         network.zero_grad(set_to_none=True)
         return Fitted(network, (), training.max_num_epochs, rows, 0)
     if best_state is None:  # every validation loss was NaN
-        raise FloatingPointError("NPE validation loss was never finite")
+        raise FloatingPointError(f"{objective.name} validation loss was never finite")
     network.load_state_dict(best_state)
     network.zero_grad(set_to_none=True)
     network.eval()

@@ -13,14 +13,14 @@ whose expectation is E[-log q(theta | x_L)]: the coarse members cancel the level
 expectation, and the coupling (same theta and seed) makes each difference small in variance.
 
 Everything else is :func:`~mfsbi.inference.training.train_npe`'s: the same sbi zuko flow and
-theta transform, Adam, gradient clipping, a seeded row split per level, early stopping and the
-best-validation weights. :func:`~mfsbi.inference.fitting.fit` cannot be reused: it takes one
-``(theta, x)`` stream and the gradient of one loss, and ML-NPE needs one gradient per term.
+theta transform, a seeded row split per level, and the same loop,
+:func:`~mfsbi.inference.fitting.fit` (Adam, gradient clipping, early stopping, the best-validation
+weights), given ML-NPE's batches (:class:`CoupledBatches`: a batch of every level per step) and
+its objective (:class:`MultilevelLoss`: one gradient per term of the loss, combined).
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -35,10 +35,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from .config import EstimatorConfig, TrainingConfig
-from .fitting import VALIDATION_BATCH_SIZE, EpochCallback, EpochReport
+from .fitting import VALIDATION_BATCH_SIZE, EpochCallback, fit
 from .training import TrainedEstimator, _builder
 
-__all__ = ["CoupledLevel", "adjusted_gradient", "coupled_levels", "ml_npe_loss", "ml_npe_terms", "train_ml_npe"]
+__all__ = ["CoupledBatches", "CoupledLevel", "MultilevelLoss", "adjusted_gradient", "coupled_levels", "ml_npe_loss",
+           "ml_npe_terms", "train_ml_npe"]
 
 ArrayLike = Union[Tensor, np.ndarray]
 #: Level 0 is ``(theta, x)`` (or ``(theta, x, None)``); a level l >= 1 is ``(theta, x_l, x_{l-1})``.
@@ -215,6 +216,62 @@ def _cycle(n: int, batch_size: int, seed: int, level: int, device: torch.device)
         yield from order.split(batch_size)
 
 
+class CoupledBatches:
+    r"""ML-NPE's batches: every step takes rows from every level (a :class:`~mfsbi.inference.fitting.Batches`).
+
+    An epoch is ``max_l ceil(n_l / batch_size)`` steps (one pass over the largest level); a level
+    gives ``min(batch_size, n_l)`` rows per step and reshuffles when used up, with the order of its
+    k-th pass drawn from ``(seed, level, k)``. The passes run on across epochs (a level's order
+    continues where the last epoch left it), so the epoch number does not change the order.
+
+    Arguments:
+        levels: the levels' rows, on the training device.
+        batch_size: rows per step and level.
+        seed: the seed of the row orders.
+    """
+
+    def __init__(self, levels: Sequence[CoupledLevel], batch_size: int, seed: int):
+        self.levels = list(levels)
+        self.steps = max(math.ceil(len(level) / batch_size) for level in self.levels)
+        self._batch_size, self._seed = batch_size, seed
+        self._streams: Optional[list[Iterator[Tensor]]] = None  # started by the first epoch
+
+    def epoch(self, epoch: int) -> Iterator[list[CoupledLevel]]:  # noqa: ARG002 -- the passes run on
+        if self._streams is None:
+            self._streams = [_cycle(len(level), min(self._batch_size, len(level)), self._seed, i,
+                                    level.theta.device) for i, level in enumerate(self.levels)]
+        for _ in range(self.steps):
+            yield [level.rows(next(stream)) for level, stream in zip(self.levels, self._streams)]
+
+
+class MultilevelLoss:
+    r"""ML-NPE's objective for :func:`~mfsbi.inference.fitting.fit`.
+
+    A step's gradient is :func:`adjusted_gradient` of the flat gradients of :func:`ml_npe_terms`;
+    its training loss is the sum of the terms, averaged over the epoch's steps. The validation
+    loss is the ML-NPE loss of the held-out rows of every level (:class:`CoupledBatches`).
+
+    Arguments:
+        adjust: the paper's gradient rescaling and projection; ``False``: the plain gradient.
+    """
+
+    name = "ML-NPE"
+
+    def __init__(self, adjust: bool = True):
+        self.adjust = adjust
+
+    def backward(self, network: nn.Module, parameters: list[nn.Parameter],
+                 batch: list[CoupledLevel]) -> tuple[Tensor, int]:
+        terms = ml_npe_terms(network, batch)
+        direction = adjusted_gradient(_flat_gradients(terms, parameters), self.adjust)
+        for p, g in zip(parameters, direction.split([p.numel() for p in parameters])):
+            p.grad = g.view_as(p).clone()
+        return torch.stack(terms).sum().detach(), 1
+
+    def validation_loss(self, network: nn.Module, validation: CoupledBatches, epoch: int) -> tuple[float, int]:  # noqa: ARG002
+        return _validation_loss(network, validation.levels), sum(len(level) for level in validation.levels)
+
+
 @torch.no_grad()
 def _validation_loss(network: nn.Module, levels: Sequence[CoupledLevel]) -> float:
     total = 0.0
@@ -290,51 +347,13 @@ def train_ml_npe(
             raise ValueError(f"levels[{len(data) - 1}]: the x z-scoring needs at least 2 training rows of the finest level")
         finest = train[-1]
         network = _builder(prior, estimator)(finest.theta.cpu(), finest.x.cpu()).to(device)
-        network, losses = _fit_ml(network, train, validation, training, adjust_gradients, device, on_epoch)
+        fitted = fit(network, CoupledBatches(train, training.batch_size, training.seed),
+                     CoupledBatches(validation, VALIDATION_BATCH_SIZE, training.seed), training, device=device,
+                     on_epoch=on_epoch, objective=MultilevelLoss(adjust_gradients))
+        network, losses = fitted.network, fitted.validation_losses
     return TrainedEstimator(
         network=network, prior=prior, estimator=estimator, training=training, epochs=len(losses),
         best_validation_loss=float(min(losses)), seconds=time.perf_counter() - start, theta_dim=theta_dim,
         x_dim=x_dim, num_simulations=sum(len(level) * (1 if i == 0 else 2) for i, level in enumerate(data)),
         validation_losses=tuple(losses),
     )
-
-
-def _fit_ml(network: nn.Module, train: list[CoupledLevel], validation: list[CoupledLevel], training: TrainingConfig,
-            adjust: bool, device: str, on_epoch: Optional[EpochCallback]) -> tuple[nn.Module, list[float]]:
-    parameters = [p for p in network.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=training.learning_rate, fused=True)  # as fitting.fit
-    dev = torch.device(device)
-    streams = [_cycle(len(level), min(training.batch_size, len(level)), training.seed, i, dev)
-               for i, level in enumerate(train)]
-    steps = max(math.ceil(len(level) / training.batch_size) for level in train)
-    best, best_epoch, best_state, losses = math.inf, 0, None, []
-    for epoch in range(1, training.max_num_epochs + 1):
-        network.train()
-        total = torch.zeros((), device=dev)
-        for _ in range(steps):
-            terms = ml_npe_terms(network, [level.rows(next(stream)) for level, stream in zip(train, streams)])
-            direction = adjusted_gradient(_flat_gradients(terms, parameters), adjust)
-            for p, g in zip(parameters, direction.split([p.numel() for p in parameters])):
-                p.grad = g.view_as(p).clone()
-            if training.clip_max_norm is not None:
-                nn.utils.clip_grad_norm_(parameters, max_norm=training.clip_max_norm)
-            optimizer.step()
-            total += torch.stack(terms).sum().detach()
-        training_loss = float(total) / steps
-        if not math.isfinite(training_loss):
-            raise FloatingPointError(f"ML-NPE training loss is not finite in epoch {epoch}")
-        network.eval()
-        validation_loss = _validation_loss(network, validation)
-        losses.append(validation_loss)
-        if validation_loss < best:
-            best, best_epoch, best_state = validation_loss, epoch, copy.deepcopy(network.state_dict())
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch, training_loss, validation_loss, best, best_epoch, training.stop_after_epochs))
-        if epoch - best_epoch >= training.stop_after_epochs:
-            break
-    if best_state is None:
-        raise FloatingPointError("ML-NPE validation loss was never finite")
-    network.load_state_dict(best_state)
-    network.zero_grad(set_to_none=True)
-    network.eval()
-    return network, losses

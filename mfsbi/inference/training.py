@@ -219,32 +219,43 @@ def _fit(
     device: str,
     on_epoch: Optional[EpochCallback] = None,
     penalty: Optional[Callable[[], Tensor]] = None,
+    validation: Optional[tuple[Tensor, Tensor]] = None,
 ) -> tuple[Fitted, int, float]:
-    """Splits the valid rows as sbi does, builds the network on the training rows and fits it,
-    all under a private, seeded copy of torch's global RNG."""
+    """Splits the valid rows as sbi does (or trains on all of them and stops on ``validation``),
+    builds the network on the training rows and fits it, all under a private, seeded copy of
+    torch's global RNG."""
     start = time.perf_counter()
     # Failed simulations (NaN/inf rows) are dropped rather than poisoning the loss.
     valid = torch.isfinite(x).all(dim=1)
     theta, x = theta[valid], x[valid]
     n = theta.shape[0]
-    n_train = int((1 - training.validation_fraction) * n)
-    if n_train < 1 or n - n_train < 1:
-        raise ValueError(
-            f"{n} valid simulations with validation_fraction={training.validation_fraction} leave an "
-            "empty training or validation set"
-        )
+    if validation is not None:
+        held_valid = torch.isfinite(validation[1]).all(dim=1)
+        held_theta, held_x = validation[0][held_valid], validation[1][held_valid]
+        if n < 1 or len(held_theta) < 1:
+            raise ValueError(f"{n} valid training and {len(held_theta)} valid validation rows: both must be >= 1")
+    else:
+        n_train = int((1 - training.validation_fraction) * n)
+        if n_train < 1 or n - n_train < 1:
+            raise ValueError(
+                f"{n} valid simulations with validation_fraction={training.validation_fraction} leave an "
+                "empty training or validation set"
+            )
     # The split and the network's initial weights draw from torch's global generator (as in sbi):
     # seed it, and restore the caller's state afterwards. The batch order has its own generator.
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(training.seed)
-        permutation = torch.randperm(n)
-        train_rows, validation_rows = permutation[:n_train], permutation[n_train:]
-        network = builder(theta[train_rows], x[train_rows])
+        if validation is None:
+            permutation = torch.randperm(n)
+            train_rows, validation_rows = permutation[:n_train], permutation[n_train:]
+            held_theta, held_x = theta[validation_rows], x[validation_rows]
+            theta, x = theta[train_rows], x[train_rows]
+        network = builder(theta, x)
         fitted = fit(
             network,
-            RowBatches(theta[train_rows], x[train_rows], training.batch_size, seed=training.seed, device=device),
-            RowBatches(theta[validation_rows], x[validation_rows], VALIDATION_BATCH_SIZE, device=device),
+            RowBatches(theta, x, training.batch_size, seed=training.seed, device=device),
+            RowBatches(held_theta, held_x, VALIDATION_BATCH_SIZE, device=device),
             training,
             device,
             on_epoch,
@@ -287,6 +298,7 @@ def train_npe(
     training: TrainingConfig = TrainingConfig(),
     device: str = "cpu",
     on_epoch: Optional[EpochCallback] = None,
+    validation: Optional[tuple[ArrayLike, ArrayLike]] = None,
 ) -> TrainedEstimator:
     r"""Trains q(theta | x) from scratch on (theta, x) pairs drawn from the prior (NPE).
 
@@ -300,12 +312,17 @@ def train_npe(
         training: the training settings.
         device: ``"cpu"`` or ``"cuda"``; the rows are moved there once.
         on_epoch: called with an :class:`EpochReport` after every epoch (progress displays).
+        validation: rows ``(theta, x)`` that stop the training (a cross-validation's held-out
+            fold) instead of a random ``training.validation_fraction`` of ``theta, x``, which
+            then all train.
 
     Returns:
         The trained estimator with the best-validation weights.
     """
     theta_t, x_t = _check_data(prior, theta, x)
-    fitted, num_valid, seconds = _fit(theta_t, x_t, _builder(prior, estimator), training, device, on_epoch)
+    held = None if validation is None else _check_data(prior, *validation)
+    fitted, num_valid, seconds = _fit(theta_t, x_t, _builder(prior, estimator), training, device, on_epoch,
+                                      validation=held)
     return _trained(fitted, prior, estimator, training, num_valid, seconds, theta_t.shape[1], x_t.shape[1])
 
 
@@ -337,6 +354,7 @@ def fine_tune(
     refit_x_zscore: bool = True,
     device: str = "cpu",
     on_epoch: Optional[EpochCallback] = None,
+    validation: Optional[tuple[ArrayLike, ArrayLike]] = None,
 ) -> TrainedEstimator:
     r"""MF-NPE step 2: trains a copy of a pretrained estimator on high-fidelity pairs.
 
@@ -353,6 +371,9 @@ def fine_tune(
             before training, as the authors' code does; ``False`` keeps the LF statistics.
         device: ``"cpu"`` or ``"cuda"``.
         on_epoch: called with an :class:`EpochReport` after every epoch.
+        validation: rows ``(theta, x)`` that stop the training instead of a random
+            ``training.validation_fraction`` of the HF rows, which then all train (the x
+            z-scoring is refit on them alone).
 
     Returns:
         The fine-tuned estimator; ``epochs`` and ``seconds`` count this step only.
@@ -372,6 +393,7 @@ def fine_tune(
         return network
 
     penalty = _anchor(network, training.anchor_penalty, device) if training.anchor_penalty > 0 else None
-    fitted, num_valid, seconds = _fit(theta_t, x_t, builder, training, device, on_epoch, penalty)
+    held = None if validation is None else _check_data(prior, *validation)
+    fitted, num_valid, seconds = _fit(theta_t, x_t, builder, training, device, on_epoch, penalty, held)
     return _trained(fitted, prior, pretrained.estimator, training, num_valid, seconds, pretrained.theta_dim,
                     pretrained.x_dim)

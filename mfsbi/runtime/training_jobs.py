@@ -59,6 +59,8 @@ class TrainJob:
     training_memory: int | None = None
     # Rows (store row indices) left out: a cross-validation fold trains on the others.
     exclude_rows: tuple[int, ...] = ()
+    # Stop early on the left-out rows (the fold's own) instead of a random share of the training rows.
+    validate_on_excluded: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,15 @@ class TrainResult:
                 "cpu_capability": self.cpu_capability, "streamed": self.streamed}
 
 
-def read_training_data(table: object, limit: int, exclude: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """The ok rows among the first ``limit`` rows of a table but ``exclude`` (failed rows never train)."""
+def read_training_data(table: object, limit: int, exclude: tuple[int, ...] = (),
+                       only: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ok rows among the first ``limit`` rows of a table but ``exclude`` (failed rows never train),
+    or, with ``only``, those of these rows."""
     rows = table.rows("ok")
     theta, x = table.read("ok")
     keep = (rows < limit) & ~np.isin(rows, np.asarray(exclude, dtype=np.int64))
+    if only is not None:
+        keep &= np.isin(rows, np.asarray(only, dtype=np.int64))
     return theta[keep], x[keep]
 
 
@@ -203,14 +209,18 @@ def _train(job: TrainJob) -> TrainResult:
     theta, x = read_training_data(table, job.limit, job.exclude_rows)
     theta_t = torch.as_tensor(theta, dtype=torch.float32)
     x_t = torch.as_tensor(x, dtype=torch.float32)
+    validation = None
+    if job.validate_on_excluded:
+        held_theta, held_x = read_training_data(table, job.limit, only=job.exclude_rows)
+        validation = (torch.as_tensor(held_theta, dtype=torch.float32), torch.as_tensor(held_x, dtype=torch.float32))
     training = TrainingConfig.from_dict(job.training)
     if job.pretrained is None:
         trained = train_npe(task.prior, theta_t, x_t, estimator=EstimatorConfig.from_dict(job.estimator),
-                            training=training, device=job.device, on_epoch=epoch_sink(job))
+                            training=training, device=job.device, on_epoch=epoch_sink(job), validation=validation)
     else:
         pretrained = estimator_from_bytes(job.pretrained, task.prior, device=job.device)
         trained = fine_tune(pretrained, theta_t, x_t, training=training, device=job.device,
-                            refit_x_zscore=job.refit_x_zscore, on_epoch=epoch_sink(job))
+                            refit_x_zscore=job.refit_x_zscore, on_epoch=epoch_sink(job), validation=validation)
     return TrainResult(estimator_to_bytes(trained), trained.epochs, float(trained.best_validation_loss),
                        trained.seconds, len(theta), job.device, worker_name(),
                        torch.backends.cpu.get_cpu_capability(), tuple(trained.validation_losses))

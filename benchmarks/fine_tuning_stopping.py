@@ -1,0 +1,218 @@
+"""When MF-NPE's fine-tuning stops (issue 30, item 5): a 10 % split against the folds' verdict.
+
+    python benchmarks/fine_tuning_stopping.py --seeds 10 11 12 --hf 50 100 --out docs/fine-tuning-stopping-development.json
+
+The fine-tuning on a small HF budget stops early on a random 10 % of the rows (5 rows at HF 50)
+and keeps the weights of its best epoch on them. Per seed, in one process on one thread (library
+calls, no Prefect): 1e4 LF rows pretrain one estimator per ``--lf-batch`` (the run's batch 500,
+and sbi's 200), and the HF rows are fine-tuned in these ways (``--variants``):
+
+- ``split``: what a run does (:func:`mfsbi.inference.fine_tune`, a random 10 % stops it).
+- ``cv-epochs``: 5 folds, each fine-tuned on four and stopped on the fifth (patience 20); the
+  number of epochs is the one where the folds' mean held-out loss (per row, over epochs every fold
+  reached) is lowest; then one fine-tuning on *all* rows for that many epochs, no row held back.
+- ``cv-median``: the same, with the median of the folds' own best epochs.
+- ``fold-ensemble``: the five fold estimators of ``cv-epochs`` (each at its own best epoch) as an
+  equal-weight mixture.
+- ``sbi-split``: ``split`` through sbi 0.27's own training loop (``NPE.train``, what ran before
+  mfsbi's loop; benchmarks/training_speed.py): the loops side by side on the same rows and seed.
+
+``--method npe`` trains from scratch instead (no LF; variants ``split`` and ``sbi-split``): sbi's
+loop draws the split and the initial weights from torch's generator after its own prior checks, so
+the same seed gives another split and another start in the two loops; over many seeds the two must
+agree on average if the loop itself changed nothing.
+
+Every variant is scored by C2ST against the exact reference at ``--observations`` observations
+drawn with a seed no run uses, and by mean log q on 2 000 held-out HF pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mfsbi.inference import Ensemble, TrainingConfig, c2st, fine_tune, train_npe
+from mfsbi.inference.config import EstimatorConfig
+from mfsbi.inference.fitting import VALIDATION_BATCH_SIZE, RowBatches, fit
+from mfsbi.inference.selection import fold_assignment
+from mfsbi.inference.training import TrainedEstimator, _builder, restandardized_copy
+from mfsbi.simulators.registry import get_task
+from training_speed import _sbi_fine_tune, _sbi_loop  # the script's folder is on sys.path
+
+FINE_TUNING = TrainingConfig(learning_rate=1e-4)
+
+
+def _tuned(pretrained: TrainedEstimator, theta: torch.Tensor, x: torch.Tensor, training: TrainingConfig,
+           validation: tuple[torch.Tensor, torch.Tensor] | None) -> TrainedEstimator:
+    """A fine-tuning on all of ``theta, x``: stopped on ``validation``, or ``training.max_num_epochs`` epochs."""
+    network = restandardized_copy(pretrained, x)
+    for parameter in network.parameters():
+        parameter.requires_grad_(True)
+    started = time.perf_counter()
+    held = None if validation is None else RowBatches(*validation, VALIDATION_BATCH_SIZE)
+    fitted = fit(network, RowBatches(theta, x, training.batch_size, seed=training.seed), held, training)
+    return TrainedEstimator(network=fitted.network, prior=pretrained.prior, estimator=pretrained.estimator,
+                            training=training, epochs=fitted.epochs,
+                            best_validation_loss=fitted.best_validation_loss if held else float("nan"),
+                            seconds=time.perf_counter() - started, theta_dim=pretrained.theta_dim,
+                            x_dim=pretrained.x_dim, num_simulations=len(theta),
+                            validation_losses=fitted.validation_losses)
+
+
+def _cross_validated(pretrained, theta, x, folds, seed):
+    """The fold fine-tunings (each stopped on its held-out fold) and the epoch counts they point at."""
+    members, curves = [], []
+    for k in range(int(folds.max()) + 1):
+        keep, held = torch.as_tensor(folds != k), torch.as_tensor(folds == k)
+        member = _tuned(pretrained, theta[keep], x[keep], dataclasses.replace(FINE_TUNING, seed=seed + k),
+                        (theta[held], x[held]))
+        members.append(member)
+        curves.append(np.asarray(member.validation_losses) * int(held.sum()))
+    reached = min(len(c) for c in curves)
+    mean_curve = np.sum([c[:reached] for c in curves], axis=0) / len(theta)
+    best_epochs = [int(np.argmin(c)) + 1 for c in curves]
+    return members, int(np.argmin(mean_curve)) + 1, int(np.median(best_epochs)), best_epochs
+
+
+def _c2st(posterior, observations, reference, seed):
+    scores = []
+    for i, x_o in enumerate(observations):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed + i)
+            drawn = posterior.sample((1000,), x=torch.as_tensor(x_o[None], dtype=torch.float32),
+                                     show_progress_bars=False).numpy()
+        scores.append(round(c2st(reference(x_o, 1000, 7 + i), drawn, seed=i), 4))
+    return scores
+
+
+@torch.no_grad()
+def _held_out_log_q(estimator, theta, x) -> float:
+    if isinstance(estimator, Ensemble):
+        logs = torch.stack([m.network.log_prob(theta, x) for m in estimator.members])
+        return float((torch.logsumexp(logs, 0) - np.log(len(estimator.members))).mean())
+    return float(-estimator.network.loss(theta, x).mean())
+
+
+def main(args) -> dict:
+    torch.set_num_threads(1)
+    task = get_task("ou2")
+    reference = task.references[next(iter(task.references))]
+    observations = task.high_fidelity(task.sample_prior(args.observations, seed=args.observation_seed),
+                                      seed=args.observation_seed)
+    held_theta = task.sample_prior(2000, seed=args.observation_seed + 1)
+    held_x = torch.as_tensor(task.high_fidelity(held_theta, seed=args.observation_seed + 1), dtype=torch.float32)
+    held_theta = torch.as_tensor(held_theta, dtype=torch.float32)
+    to = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
+    rows = []
+    for seed in args.seeds:
+        if args.method == "npe":
+            rows += _from_scratch(task, seed, args, observations, reference, held_theta, held_x)
+            continue
+        lf_theta = task.sample_prior(args.lf, seed=100 + seed)
+        lf_x = task.low_fidelity(lf_theta, seed=100 + seed)
+        for lf_batch in args.lf_batch:
+            started = time.perf_counter()
+            pretrained = train_npe(task.prior, lf_theta, lf_x, training=TrainingConfig(seed=seed, batch_size=lf_batch))
+            print(f"seed {seed}: pretrained (batch {lf_batch}) in {time.perf_counter() - started:.0f} s", flush=True)
+            for hf in args.hf:
+                theta = to(task.sample_prior(hf, seed=200 + seed))
+                x = to(task.high_fidelity(theta.numpy().astype(np.float64), seed=200 + seed))
+                folds = fold_assignment(hf, args.folds, seed)
+                members, curve_epochs, median_epochs, best_epochs = _cross_validated(pretrained, theta, x, folds, seed)
+                # What stopping on its own fold flatters a fold estimator by: its mean log q on that fold
+                # against on 2 000 fresh pairs.
+                optimism = {"members_out_of_fold_log_q": round(float(np.mean(np.concatenate([
+                                -m.network.loss(theta[torch.as_tensor(folds == k)], x[torch.as_tensor(folds == k)]).detach().numpy()
+                                for k, m in enumerate(members)]))), 4),
+                            "members_held_out_log_q": round(float(np.mean([_held_out_log_q(m, held_theta, held_x)
+                                                                           for m in members])), 4)}
+                forms = {
+                    "split": lambda: fine_tune(pretrained, theta, x, training=dataclasses.replace(FINE_TUNING, seed=seed)),
+                    "cv-epochs": lambda: _tuned(pretrained, theta, x, dataclasses.replace(
+                        FINE_TUNING, seed=seed, max_num_epochs=curve_epochs), None),
+                    "cv-median": lambda: _tuned(pretrained, theta, x, dataclasses.replace(
+                        FINE_TUNING, seed=seed, max_num_epochs=median_epochs), None),
+                    "fold-ensemble": lambda: Ensemble(members),
+                    "sbi-split": lambda: _sbi_fine_tune(pretrained, theta, x, dataclasses.replace(FINE_TUNING, seed=seed)),
+                }
+                for variant in args.variants:
+                    estimator = forms[variant]()
+                    scores = _c2st(estimator.posterior(), observations, reference, seed=1000 * seed)
+                    row = {"seed": seed, "lf_batch": lf_batch, "hf": hf, "variant": variant, **optimism,
+                           "epochs": getattr(estimator, "epochs", None), "fold_best_epochs": best_epochs,
+                           "cv_epochs": curve_epochs, "cv_median_epochs": median_epochs,
+                           "c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                           "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)}
+                    print(json.dumps({k: v for k, v in row.items() if k != "c2st_per_observation"}), flush=True)
+                    rows.append(row)
+    return {"command": "python benchmarks/fine_tuning_stopping.py " + " ".join(
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                for k, v in vars(args).items() if k != "out"),
+            "machine": f"{platform.processor() or platform.machine()}, 1 torch thread", "torch": torch.__version__,
+            "rows": rows}
+
+
+def _from_scratch(task, seed, args, observations, reference, held_theta, held_x) -> list[dict]:
+    """NPE on the HF rows alone, through mfsbi's loop and through sbi's."""
+    rows = []
+    for hf in args.hf:
+        theta = torch.as_tensor(task.sample_prior(hf, seed=200 + seed), dtype=torch.float32)
+        x = torch.as_tensor(task.high_fidelity(theta.numpy().astype(np.float64), seed=200 + seed), dtype=torch.float32)
+        training = TrainingConfig(seed=seed)
+        forms = {"split": lambda: train_npe(task.prior, theta, x, training=training),
+                 "sbi-split": lambda: _sbi_loop(task.prior, theta, x, _builder(task.prior, EstimatorConfig()), training,
+                                                EstimatorConfig())}
+        for variant in args.variants:
+            estimator = forms[variant]()
+            scores = _c2st(estimator.posterior(), observations, reference, seed=1000 * seed)
+            rows.append({"seed": seed, "lf_batch": 0, "hf": hf, "variant": f"npe {variant}", "epochs": estimator.epochs,
+                         "c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                         "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "c2st_per_observation"}), flush=True)
+    return rows
+
+
+def report(path: Path) -> None:
+    """The table of docs/benchmark-ou2.md from a JSON this script wrote."""
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    print(f"{data['command']}\n")
+    print("| pretraining batch | HF | variant | C2ST mean ± sd over seeds (per seed) | held-out mean log q | epochs |")
+    print("|---|---|---|---|---|---|")
+    for lf_batch in sorted({r["lf_batch"] for r in rows}):
+        for hf in sorted({r["hf"] for r in rows}):
+            for variant in dict.fromkeys(r["variant"] for r in rows):
+                mine = [r for r in rows if (r["lf_batch"], r["hf"], r["variant"]) == (lf_batch, hf, variant)]
+                c = [r["c2st"] for r in mine]
+                print(f"| {lf_batch} | {hf} | {variant} | {np.mean(c):.3f} ± {np.std(c, ddof=1) if len(c) > 1 else 0:.3f} "
+                      f"({', '.join(f'{v:.3f}' for v in c)}) | {np.mean([r['held_out_log_q'] for r in mine]):.3f} | "
+                      f"{', '.join(str(r['epochs']) for r in mine)} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--report", type=Path, help="print the table of a JSON this script wrote, and stop")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
+    parser.add_argument("--hf", type=int, nargs="+", default=[50, 100])
+    parser.add_argument("--method", choices=["mf-npe", "npe"], default="mf-npe")
+    parser.add_argument("--lf", type=int, default=10_000)
+    parser.add_argument("--lf-batch", type=int, nargs="+", default=[500])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=["split", "cv-epochs", "cv-median", "fold-ensemble"])
+    parser.add_argument("--observations", type=int, default=8)
+    parser.add_argument("--observation-seed", type=int, default=777)
+    parser.add_argument("--out", type=Path)
+    arguments = parser.parse_args()
+    if arguments.report:
+        report(arguments.report)
+        raise SystemExit(0)
+    result = main(arguments)
+    if arguments.out:
+        arguments.out.write_text(json.dumps(result, indent=1) + "\n")
