@@ -153,14 +153,12 @@ def samples_on_pairs(posterior: Any, x: Tensor, num_posterior_samples: int,
     """``(num_posterior_samples, n, d)`` draws at each of the n observations, sampled in batches within ``max_bytes``."""
     from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
 
-    # An ensemble has no batched sampler; sbi then samples pair by pair.
-    batched = type(posterior).__name__ != "EnsemblePosterior"
     step = pairs_per_batch(num_posterior_samples, x.shape[1], max_bytes)
     with warnings.catch_warnings():
         # sbi caps its own sampling batch (a memory guard of its own) and says so on every call.
         warnings.filterwarnings("ignore", message="Capping max_sampling_batch_size")
         return torch.cat([get_posterior_samples_on_batch(x[i:i + step], posterior, (num_posterior_samples,),
-                                                         use_batched_sampling=batched).cpu()
+                                                         use_batched_sampling=True).cpu()
                           for i in range(0, len(x), step)], dim=1)
 
 

@@ -162,8 +162,17 @@ def pair_log_probs(posterior: Any, theta_o: ArrayLike, x_o: ArrayLike, *, norm_p
     device = getattr(posterior, "_device", "cpu")
     theta, x = theta.to(device), x.to(device)
     log_probs = []
+    members = getattr(posterior, "posteriors", None)
     with torch.no_grad():
-        if not norm_posterior and hasattr(posterior, "log_prob_batched"):
+        if not norm_posterior and members and all(hasattr(m, "log_prob_batched") for m in members):
+            # sbi's EnsemblePosterior has no log_prob_batched (its log_prob scores one x at a time and
+            # renormalises each member by rejection sampling): the mixture's, from its members' batched ones.
+            log_weights = torch.log(posterior.weights.to(device))[:, None]
+            for i in range(0, theta.shape[0], batch_size):
+                lp = torch.stack([m.log_prob_batched(theta[i : i + batch_size], x=x[i : i + batch_size],
+                                                     norm_posterior=False).reshape(-1) for m in members])
+                log_probs.append(torch.logsumexp(lp + log_weights, dim=0).cpu().double())
+        elif not norm_posterior and hasattr(posterior, "log_prob_batched"):
             for i in range(0, theta.shape[0], batch_size):
                 # (batch, d) theta with (batch, k) x: pair i is scored under observation i.
                 lp = posterior.log_prob_batched(theta[i : i + batch_size], x=x[i : i + batch_size], norm_posterior=False)
