@@ -12,6 +12,7 @@ from rich.table import Table
 from mfsbi import __version__
 from mfsbi.app import listings, service_cli
 from mfsbi.app.observe import observe
+from mfsbi.app.ppc import ppc_command
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
@@ -289,6 +290,8 @@ def sample(
 
 
 app.command(cls=OneLineCommand)(observe)
+# Through the module's _run_with_services at call time (tests replace it).
+app.command("ppc", cls=OneLineCommand)(ppc_command(lambda *arguments: _run_with_services(*arguments)))
 
 
 @app.command()

@@ -82,7 +82,11 @@ def store_tables(handle: SimulationStore) -> list[dict[str, Any]]:
 
 
 def _role(table: str, fidelity: str, budget: Any) -> str:
-    """What a table's simulations are for: a budget's, evaluation outside any budget, or LF."""
+    """What a table's simulations are for: a budget's, evaluation outside any budget, a predictive check, or LF."""
+    # `mfsbi ppc`'s draws: the name's mark is mfsbi.flows.ppc_plan.PPC_MARK, not imported (it imports
+    # the simulators: seconds for `mfsbi status`). HF under the check's own budget, LF twins under none.
+    if "-ppc." in table:
+        return "ppc (own budget, outside the run's)" if budget is not None else "ppc (outside the budget)"
     if table.endswith("-test") and budget is None:  # the held-out test pairs (RunPlan.test_table)
         return "evaluation (outside the budget)"
     if budget is not None:
