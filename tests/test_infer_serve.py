@@ -65,9 +65,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 with get_client(sync_client=True) as client:
     deployment = client.read_deployment_by_name("mfsbi-infer/mfsbi-infer")
-    for _ in range(180):
+    paused = False
+    for _ in range(480):
         runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id and r.state is not None]
-        final = [r for r in runs if r.state.is_final()]
+        if not paused and any(r.state.type.value != "SCHEDULED" for r in runs):
+            # It fired: no further minute's run (each would start the whole stack in a process of its own).
+            client.pause_deployment(deployment.id)
+            paused = True
+        final = sorted((r for r in runs if r.state.is_final()), key=lambda r: r.start_time or r.expected_start_time)
         if final:
             break
         time.sleep(1)
@@ -77,7 +82,7 @@ with get_client(sync_client=True) as client:
     print(json.dumps({"state": run.state.type.value if run else None, "message": run.state.message if run else None,
                       "auto": bool(run and run.auto_scheduled), "start": run.start_time.timestamp() if run else None,
                       "artifacts": [[a.type, a.key, a.data if a.type == "markdown" else ""] for a in artifacts]}))
-"""], env=_api_env(env, home, info), capture_output=True, text=True, timeout=400)
+"""], env=_api_env(env, home, info), capture_output=True, text=True, timeout=700)
         assert waited.returncode == 0, waited.stderr
         facts = json.loads(waited.stdout.strip().splitlines()[-1])
         worker_log = (home / "logs" / "prefect-worker.log").read_text()[-3000:]

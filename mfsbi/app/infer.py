@@ -7,6 +7,7 @@ ends in one line before anything starts, and a pass with nothing new starts noth
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -64,7 +65,9 @@ def infer_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
         """
         from mfsbi.app.infer_plan import InferConfig, plan_inference
 
-        config = InferConfig(observations=str(observations), store=store, run=run_name, task=task,
+        # Absolute: the report and its Prefect artifact name the store the same way from any folder.
+        config = InferConfig(observations=os.path.abspath(observations),
+                             store=store if "://" in store else os.path.abspath(store), run=run_name, task=task,
                              num_samples=num_samples, ppc_sims=ppc_sims, seed=seed, series=series,
                              dask_address=dask_address, n_workers=n_workers, cluster=cluster)
         try:
