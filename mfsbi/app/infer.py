@@ -49,7 +49,7 @@ def infer_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
                                      "(its own budget, outside the run's); 0: no check")] = DEFAULT_PPC_SIMS,
         seed: Annotated[int, typer.Option(min=0, help="seed of the samples and the check's draws")] = 0,
         series: Annotated[Optional[str], typer.Option(
-            help="the current-clamp series of the .nwb files [default: each file's only one]")] = None,
+            help="the current-clamp series of the .nwb files (default: each file's only one)")] = None,
         task: Annotated[Optional[str], typer.Option(help="the run's task when it is your own module:attribute")] = None,
         dask_address: Annotated[Optional[str], typer.Option(help="existing Dask scheduler address")] = None,
         n_workers: Annotated[Optional[int], typer.Option(help="local Dask workers (default: one per core)")] = None,
