@@ -199,3 +199,26 @@ def test_the_plot_draws_a_panel_per_statistic_and_the_traces_below():
     traces = [(0, "hf", times, np.sin(times), 0.1), (0, "lf", times, np.cos(times), 0.1)]
     plain, with_traces = ppc_png(check, hf, hf + 1, "t"), ppc_png(check, hf, None, "t", traces=traces)
     assert plain.startswith(b"\x89PNG") and with_traces.startswith(b"\x89PNG") and plain != with_traces
+
+
+def test_the_estimate_counts_pending_and_new_rows_and_refuses_a_table_of_other_draws(tmp_path):
+    import dataclasses
+
+    from mfsbi.flows.ppc import _reserve_draws
+    from mfsbi.flows.ppc_plan import DrawsMismatchError, PpcPlan, estimate
+    from mfsbi.simulators import get_task
+    from mfsbi.storage import SimulationStore
+
+    task = get_task("ou2")
+    draws = task.sample_prior(30, 0)
+    plan = PpcPlan(store=str(tmp_path / "store"), run="ou2/npe-hf20-seed0", task="ou2", x_o=[0.0] * 10,
+                   theta=draws[:20].tolist(), budget=20, seed=0, chunk_size=10)
+    store = SimulationStore(plan.store)  # a run's store, without the check's table yet
+    first = estimate(plan, task)
+    assert (first.new_hf, first.new_lf, first.how, first.traces) == (20, 20, "documented", 0)
+    _reserve_draws(store, task, plan)  # reserved, not simulated: still to do
+    assert estimate(plan, task).new_hf == 20
+    grown = dataclasses.replace(plan, theta=draws.tolist(), budget=30)
+    assert estimate(grown, task).new_hf == 30 and "PPC budget 30" in estimate(grown, task).line(grown)
+    with pytest.raises(DrawsMismatchError, match="holds other posterior draws"):
+        estimate(dataclasses.replace(plan, theta=(draws[:20] * 1.01).tolist()), task)

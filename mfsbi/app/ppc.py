@@ -89,7 +89,7 @@ def ppc_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
         with its estimated cost before anything is spent; a rerun reuses the stored rows. Output: per
         statistic the predictive p-value and distance, a one-line verdict, a plot (docs/ppc.md).
         """
-        from mfsbi.flows.ppc_plan import estimate
+        from mfsbi.flows.ppc_plan import DrawsMismatchError, estimate
 
         limit = num_draws if budget is None else budget
         if num_draws > limit:
@@ -97,7 +97,10 @@ def ppc_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
                  f"lower -n or raise --budget")
         where = dict(dask_address=dask_address, n_workers=n_workers, cluster=cluster)
         plan, task_obj = _plan(store, observation, num_draws, limit, run_name, seed, task, where)
-        line = estimate(plan, task_obj).line(plan)
+        try:
+            line = estimate(plan, task_obj).line(plan)
+        except DrawsMismatchError as error:
+            fail(str(error))
         if as_json:
             with stdout_to_stderr():
                 console.print(line, highlight=False, soft_wrap=True)

@@ -18,7 +18,7 @@ import numpy as np
 from prefect import flow, get_run_logger
 
 from mfsbi import __version__
-from mfsbi.flows.ppc_plan import PpcPlan, plausible_range, statistic_names
+from mfsbi.flows.ppc_plan import PpcPlan, check_draws, plausible_range, statistic_names
 from mfsbi.flows.ppc_plot import ppc_png
 from mfsbi.flows.ppc_traces import traces_of
 from mfsbi.inference.predictive import FAMILY_LEVEL, PredictiveCheck, minimum_draws, predictive_check
@@ -26,7 +26,7 @@ from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.runtime.seeds import derive_seed
-from mfsbi.runtime.simulation import SimulationReport, provenance, reserve_twins, run_pending, theta_and_seeds
+from mfsbi.runtime.simulation import SimulationReport, provenance, reserve_twins, run_pending
 from mfsbi.simulators import Task, get_task
 from mfsbi.storage import SimulationStore, StoreLock
 
@@ -42,14 +42,11 @@ def _reserve_draws(store: SimulationStore, task: Task, plan: PpcPlan):
         provenance={**provenance(task, "hf", plan.config_hash(task, "hf")), "role": "ppc", "run": plan.run},
         parameter_names=task.parameter_names,
     )
+    check_draws(plan, sim_table)
     current = sim_table.budget()
     if current is None or current.total < plan.budget:
         sim_table.set_budget(plan.budget)
     have = sim_table.num_rows
-    stored = theta_and_seeds(sim_table, min(have, len(theta)))[0]
-    if not np.array_equal(stored, theta[:len(stored)]):
-        raise RuntimeError(f"table {plan.table!r} holds other posterior draws than {plan.run!r} gives now (was the "
-                           "run trained again?); use another --seed or another --store")
     if have >= len(theta):
         return sim_table
     seeds = [derive_seed(plan.seed, f"sim/{plan.table}/hf", c, max(have, c * chunk))

@@ -16,11 +16,12 @@ import numpy as np
 
 from mfsbi.flows.ppc_traces import TRACE_DRAWS, has_traces
 from mfsbi.runtime.seeds import derive_seed
+from mfsbi.runtime.simulation import theta_and_seeds
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore
 
-__all__ = ["PPC_MARK", "PpcEstimate", "PpcPlan", "draw_theta", "estimate", "is_ppc_table", "observation_tag",
-           "plausible_range", "statistic_names"]
+__all__ = ["PPC_MARK", "DrawsMismatchError", "PpcEstimate", "PpcPlan", "check_draws", "draw_theta", "estimate",
+           "is_ppc_table", "observation_tag", "plausible_range", "statistic_names"]
 
 # In a PPC table's name (``<task>-ppc.<run>.<x_o tag>.seed<s>``): `mfsbi status` names its role from it.
 PPC_MARK = "-ppc."
@@ -149,11 +150,34 @@ def _to_simulate(sim_table, num_rows: int) -> int:
     return sim_table.counts()["pending"] + max(0, num_rows - sim_table.num_rows)
 
 
+class DrawsMismatchError(ValueError):
+    """The check's table holds other posterior draws than the run's posterior gives now."""
+
+
+def check_draws(plan: PpcPlan, sim_table) -> None:
+    """Refuses a table whose stored draws are not the plan's first ones (the run was trained again).
+
+    Raises:
+        DrawsMismatchError: one line naming the table and the fix.
+    """
+    theta = np.asarray(plan.theta, dtype=np.float64)
+    stored = theta_and_seeds(sim_table, min(sim_table.num_rows, len(theta)))[0]
+    if not np.array_equal(stored, theta[:len(stored)]):
+        raise DrawsMismatchError(f"--store: table {plan.table!r} holds other posterior draws than run {plan.run!r} "
+                                 "gives now (was it trained again?); use another --seed or another --store")
+
+
 def estimate(plan: PpcPlan, task: Task) -> PpcEstimate:
     """What :func:`run_ppc` will simulate, and what it will cost: the median HF seconds measured in the
-    store (the check's table, else the run's HF table), else the task's documented cost."""
+    store (the check's table, else the run's HF table), else the task's documented cost.
+
+    Raises:
+        DrawsMismatchError: the check's table holds other draws (:func:`check_draws`).
+    """
     store = SimulationStore(plan.store, mode="r")
     hf, lf = store.table(plan.table, "hf"), store.table(plan.table, "lf")
+    if hf is not None:
+        check_draws(plan, hf)
     measured = [(t.seconds_per_row(), name) for t, name in
                 ((hf, plan.table), (store.table(plan.run_hf_table, "hf") if plan.run_hf_table else None,
                                     plan.run_hf_table)) if t is not None]
