@@ -26,7 +26,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILES = [ROOT / "deploy" / "Dockerfile.cpu", ROOT / "deploy" / "Dockerfile.cuda"]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
 SLURM_YAML = ROOT / "mfsbi" / "runtime" / "slurm.yaml"
-FLOWS = {"mfsbi-amortized": "amortized_flow", "mfsbi-sequential": "sequential_flow", "mfsbi-mf-abc": "abc_flow"}
+FLOWS = {"mfsbi-amortized": "amortized_flow", "mfsbi-sequential": "sequential_flow", "mfsbi-mf-abc": "abc_flow",
+         "mfsbi-infer": "infer_flow"}
 
 # Programs of the base images and of Debian/Ubuntu that the Dockerfiles use to set themselves up.
 SYSTEM_PROGRAMS = {"apt-get", "add-apt-repository", "rm", "mkdir", "chown", "useradd", "python", "python3.11",
@@ -217,6 +218,11 @@ def test_prefect_yaml_entrypoints_resolve_to_the_flows():
         flow = getattr(module, attribute)
         assert isinstance(flow, Flow) and flow.name == name and attribute == FLOWS[name]
         assert deployment["work_pool"]["name"] == "mfsbi-process"
+        if name == "mfsbi-infer":  # the nightly inference pass: its own model (mfsbi.app.infer_plan)
+            from mfsbi.app.infer_plan import InferConfig
+
+            InferConfig(**deployment["parameters"]["config"])
+            continue
         RunConfig(**deployment["parameters"]["config"])  # the same model validates the parameters
     schedules = deployments["mfsbi-amortized"]["schedules"]
     assert schedules[0]["cron"] and schedules[0]["active"] is False
@@ -246,12 +252,17 @@ def test_slurm_config_makes_one_single_threaded_preloaded_tls_worker_per_job(tmp
 
 
 def test_the_deploy_command_registers_what_prefect_yaml_declares():
-    from mfsbi.app.deployments import deployment_families
+    from mfsbi.app.deployments import INFER_DESCRIPTION, INFER_ENTRYPOINT, deployment_families, deployment_names
 
     spec = yaml.safe_load(PREFECT_YAML.read_text())
     families = deployment_families()
-    assert sorted(d["name"] for d in spec["deployments"]) == sorted(families)
+    assert sorted(d["name"] for d in spec["deployments"]) == sorted(deployment_names())
     for deployment in spec["deployments"]:
+        if deployment["name"] == "mfsbi-infer":
+            module, function = INFER_ENTRYPOINT.split(":")
+            assert deployment["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"
+            assert deployment["description"] == INFER_DESCRIPTION
+            continue
         family = families[deployment["name"]]
         module, function = family.entrypoint.split(":")
         assert deployment["entrypoint"] == f"{module.replace('.', '/')}.py:{function}"

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mfsbi import __version__
 from mfsbi.app import listings, service_cli
+from mfsbi.app.infer import infer_command
 from mfsbi.app.observe import observe
 from mfsbi.app.ppc import ppc_command
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
@@ -292,6 +293,7 @@ def sample(
 app.command(cls=OneLineCommand)(observe)
 # Through the module's _run_with_services at call time (tests replace it).
 app.command("ppc", cls=OneLineCommand)(ppc_command(lambda *arguments: _run_with_services(*arguments)))
+app.command("infer", cls=OneLineCommand)(infer_command(lambda *arguments: _run_with_services(*arguments)))
 
 
 @app.command()

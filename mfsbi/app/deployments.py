@@ -1,8 +1,9 @@
 """``mfsbi deploy``, ``submit`` and ``runs``: the flows as Prefect deployments, and their runs.
 
 One deployment per family of methods (:data:`mfsbi.flows.methods.FAMILIES`): its name, flow,
-description and default method come from the method registry, as do the methods it accepts. They
-run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.app.stack`) or of
+description and default method come from the method registry, as do the methods it accepts. And
+``mfsbi-infer`` (:func:`mfsbi.app.nightly.infer_flow`): each new observation of a folder through the
+latest amortized posterior, nightly (docs/infer.md). They run on the process work pool of ``mfsbi serve`` (:mod:`mfsbi.app.stack`) or of
 ``docker-compose.yml``; their entrypoints are module paths of the installed package.
 """
 
@@ -19,13 +20,21 @@ from mfsbi.app.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
 from mfsbi.flows.methods import FAMILIES, Family, methods_of
 
 __all__ = [
-    "EXAMPLE_CRON", "ParamError", "absolute_store", "amortized_schedules", "build_submit_config", "check_cron",
-    "deployment_families", "deployment_flow", "deployment_full_name", "follow_run", "parse_params", "recent_runs",
-    "register_deployments", "scheduled_store", "submit_run",
+    "EXAMPLE_CRON", "INFER_DEPLOYMENT", "INFER_DESCRIPTION", "INFER_ENTRYPOINT", "ParamError", "absolute_store", "amortized_schedules", "build_submit_config", "check_cron",
+    "deployment_families", "deployment_flow", "deployment_full_name", "deployment_names", "follow_run",
+    "infer_schedules", "parse_params", "recent_runs", "register_deployments", "scheduled_observations",
+    "scheduled_store", "submit_run",
 ]
 
 # The example nightly run of deploy/prefect.yaml (UTC), registered inactive unless `--cron` is given.
 EXAMPLE_CRON = "0 3 * * *"
+
+# The nightly inference pipeline: not a family of methods (it trains nothing), a deployment of its own.
+INFER_DEPLOYMENT = "mfsbi-infer"
+INFER_ENTRYPOINT = "mfsbi.app.nightly:infer_flow"
+INFER_DESCRIPTION = "Each new observation of a folder through the latest amortized posterior: samples, a check, a report."
+# A scheduled pass waits this long for the store's lock: the nightly training of the same store may hold it.
+INFER_LOCK_WAIT = 3600.0
 
 
 def deployment_families() -> dict[str, Family]:
@@ -33,8 +42,17 @@ def deployment_families() -> dict[str, Family]:
     return {family.deployment: family for family in FAMILIES}
 
 
+def deployment_names() -> list[str]:
+    """Every deployment ``mfsbi deploy`` registers: one per family, then ``mfsbi-infer``."""
+    return [*deployment_families(), INFER_DEPLOYMENT]
+
+
 def deployment_flow(name: str):
     """The flow object a deployment runs."""
+    if name == INFER_DEPLOYMENT:
+        from mfsbi.app.nightly import infer_flow
+
+        return infer_flow
     return deployment_families()[name].load_flow()
 
 
@@ -53,6 +71,30 @@ def check_cron(expression: str) -> str:
 def scheduled_store() -> str:
     """The store of the scheduled run: ``$MFSBI_HOME/stores/ou2``, absolute (a worker has no useful cwd)."""
     return os.path.abspath(mfsbi_home().expanduser() / "stores" / "ou2")
+
+
+def scheduled_observations() -> str:
+    """The folder the scheduled ``mfsbi-infer`` reads: ``$MFSBI_HOME/observations``, absolute."""
+    return os.path.abspath(mfsbi_home().expanduser() / "observations")
+
+
+def infer_schedules(with_schedule: bool = True, cron: str | None = None) -> list | None:
+    """The schedules of ``mfsbi-infer``: as :func:`amortized_schedules` (same cron), on its store.
+
+    The pass reads ``$MFSBI_HOME/observations`` and the store the scheduled training writes, waiting
+    up to an hour for that training's lock when both start at once.
+    """
+    from prefect.schedules import Cron
+
+    if cron is not None and not with_schedule:
+        raise ParamError("--cron: cannot be combined with --no-schedule (drop one of them)")
+    if cron is None and not with_schedule:
+        return None
+    parameters = {"config": {"observations": scheduled_observations(), "store": scheduled_store(),
+                             "lock_wait": INFER_LOCK_WAIT}}
+    if cron is not None:
+        return [Cron(check_cron(cron), timezone="UTC", active=True, parameters=parameters)]
+    return [Cron(EXAMPLE_CRON, timezone="UTC", active=False, parameters=parameters)]
 
 
 def amortized_schedules(with_schedule: bool = True, cron: str | None = None) -> list | None:
@@ -83,28 +125,34 @@ def register_deployments(names: list[str] | None = None, with_schedule: bool = T
     pip-installed package, so no code storage and no image build is needed.
 
     Arguments:
-        names: deployment names (default: one per family).
-        with_schedule: add the example nightly schedule (inactive) to ``mfsbi-amortized``.
-        cron: instead, an active cron schedule (UTC) of this expression for ``mfsbi-amortized``.
+        names: deployment names (default: all, :func:`deployment_names`).
+        with_schedule: add the example nightly schedule (inactive) to ``mfsbi-amortized`` and ``mfsbi-infer``.
+        cron: instead, an active cron schedule (UTC) of this expression for both.
     """
     from prefect.types.entrypoint import EntrypointType
 
-    schedules = amortized_schedules(with_schedule, cron)  # a bad cron fails before the API is used
+    schedules = {"mfsbi-amortized": amortized_schedules(with_schedule, cron),  # a bad cron fails before the API
+                 INFER_DEPLOYMENT: infer_schedules(with_schedule, cron)}
+    unknown = sorted(set(names or ()) - set(deployment_names()))
+    if unknown:
+        raise ParamError(f"--deployment: {unknown[0]!r} is not a deployment of mfsbi ({', '.join(deployment_names())})")
     ensure_work_pool()
     registered = []
     families = deployment_families()
-    for name in names or list(families):
-        flow_obj = families[name].load_flow()
-        own = schedules if name == "mfsbi-amortized" else None
+    for name in names or deployment_names():
+        flow_obj = deployment_flow(name)
+        own = schedules.get(name)
         if own:
-            # A deployment run refuses a store whose parent folder is missing: make the one it will use.
+            # A deployment run refuses a store whose parent folder is missing: make the folders it will use.
             try:
                 Path(scheduled_store()).parent.mkdir(parents=True, exist_ok=True)
+                if name == INFER_DEPLOYMENT:
+                    Path(scheduled_observations()).mkdir(parents=True, exist_ok=True)
             except OSError:
                 pass  # e.g. another machine's layout: the scheduled run then says which folder is missing
         deployment = flow_obj.to_deployment(
             name=name, work_pool_name=WORK_POOL, entrypoint_type=EntrypointType.MODULE_PATH,
-            description=families[name].description,
+            description=families[name].description if name in families else INFER_DESCRIPTION,
             tags=["mfsbi"], schedules=own,
         )
         registered.append((f"{flow_obj.name}/{name}", str(deployment.apply())))
@@ -165,6 +213,8 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
 
     from mfsbi.flows.config import RunConfig, describe_validation_error
 
+    if short_name == INFER_DEPLOYMENT:
+        return _infer_submit_config(values)
     unknown = sorted(set(values) - set(RunConfig.model_fields))
     if unknown:
         raise ParamError(f"--param: {unknown[0]!r} is not a run setting (see `mfsbi run --help`; "
@@ -193,6 +243,28 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
     except TaskNotFoundError as error:
         raise ParamError(f"--task: {error}") from None
     return config
+
+
+def _infer_submit_config(values: dict[str, Any]):
+    """Validates ``mfsbi-infer``'s params into an InferConfig (folders made absolute, as a run's store)."""
+    from pydantic import ValidationError
+
+    from mfsbi.app.infer_plan import InferConfig
+    from mfsbi.flows.config import describe_validation_error
+
+    unknown = sorted(set(values) - set(InferConfig.model_fields))
+    if unknown:
+        raise ParamError(f"--param: {unknown[0]!r} is not a setting of {INFER_DEPLOYMENT} "
+                         f"(settings: {', '.join(InferConfig.model_fields)})")
+    for key in ("store", "observations"):
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = absolute_store(values[key])
+    if not values.get("dask_address"):
+        values["dask_address"] = resolve_dask_address()
+    try:
+        return InferConfig(**values)
+    except ValidationError as error:
+        raise ParamError(describe_validation_error(error)) from None
 
 
 FINAL_OK = "COMPLETED"

@@ -41,12 +41,13 @@ def _rate(series: Any) -> float:
     return float(1.0 / np.mean(steps))
 
 
-def read_current_clamp(path: Path, name: str) -> tuple[np.ndarray, float]:
+def read_current_clamp(path: Path, name: str | None) -> tuple[np.ndarray, float]:
     """One current-clamp series of an NWB file's acquisition, in volts, and its sampling rate.
 
     Arguments:
         path: the NWB (HDF5) file.
-        name: the series' name in the file's acquisition.
+        name: the series' name in the file's acquisition; None: the file's only current-clamp series
+            (``mfsbi infer`` reads a folder of files without naming each one's series).
 
     Returns:
         The samples (volts, float64, shape ``(n,)``) and the rate (Hz).
@@ -68,6 +69,12 @@ def read_current_clamp(path: Path, name: str) -> tuple[np.ndarray, float]:
         raise ValueError(f"--nwb: {str(path)!r} is not a readable NWB file ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else ''})") from None
     try:
+        if name is None:
+            found = _current_clamp_names(nwbfile, CurrentClampSeries)
+            if len(found) != 1:
+                raise ValueError(f"--series: {str(path)!r} holds {len(found)} current-clamp series "
+                                 f"({', '.join(found) if found else 'none'}); name one with --series")
+            name = found[0]
         series = nwbfile.acquisition.get(name)
         if not isinstance(series, CurrentClampSeries):
             found = _current_clamp_names(nwbfile, CurrentClampSeries)

@@ -130,25 +130,36 @@ def serve(
 
 def deploy(
     schedule: Annotated[bool, typer.Option("--schedule/--no-schedule",
-                                           help="add the example nightly cron (inactive) to mfsbi-amortized")] = True,
+                                           help="add the example nightly cron (inactive) to mfsbi-amortized "
+                                                "and mfsbi-infer")] = True,
     cron: Annotated[Optional[str], typer.Option(
-        help='instead, run mfsbi-amortized on this cron (UTC), active: "0 2 * * *"')] = None,
+        help='instead, run mfsbi-amortized and mfsbi-infer on this cron (UTC), active: "0 2 * * *"')] = None,
+    deployment: Annotated[Optional[list[str]], typer.Option(
+        "--deployment", help="register only this deployment (repeat), e.g. mfsbi-infer [default: all]")] = None,
 ) -> None:
-    """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc on the work pool mfsbi-process.
+    """Register the deployments mfsbi-amortized, mfsbi-sequential, mfsbi-mf-abc and mfsbi-infer on the
+    work pool mfsbi-process.
 
-    The scheduled run of mfsbi-amortized (OU2, MF-NPE) keeps its store in $MFSBI_HOME/stores/ou2.
+    The scheduled run of mfsbi-amortized (OU2, MF-NPE) keeps its store in $MFSBI_HOME/stores/ou2; the
+    scheduled mfsbi-infer reads the observations in $MFSBI_HOME/observations and infers them with that
+    store's latest run (docs/infer.md).
     """
     from mfsbi.app import deployments
 
     try:  # bad input is refused before any API is needed
         deployments.amortized_schedules(schedule, cron)
+        unknown = sorted(set(deployment or ()) - set(deployments.deployment_names()))
+        if unknown:
+            raise deployments.ParamError(f"--deployment: {unknown[0]!r} is not a deployment of mfsbi "
+                                         f"({', '.join(deployments.deployment_names())})")
     except deployments.ParamError as error:
         fail(str(error))
     api_url = require_api()
     from mfsbi.app import stack as serve_stack
 
     try:
-        registered = deployments.register_deployments(with_schedule=schedule, cron=cron)
+        chosen = {"names": deployment} if deployment else {}
+        registered = deployments.register_deployments(**chosen, with_schedule=schedule, cron=cron)
     except Exception as error:  # noqa: BLE001 -- one line, exit 1
         fail(f"could not register the deployments on {api_url}: {type(error).__name__}: {error}", code=1)
     table = Table(title=f"deployments on {api_url} (work pool {serve_stack.WORK_POOL})")
@@ -158,8 +169,12 @@ def deploy(
         table.add_row(name, deployment_id)
     console.print(table)
     if cron is not None:
-        console.print(f"schedule: mfsbi-amortized at {cron!r} (UTC), active; store "
-                      f"{deployments.scheduled_store()}", highlight=False)
+        names = [name.split("/")[-1] for name, _ in registered]
+        for name in ("mfsbi-amortized", deployments.INFER_DEPLOYMENT):
+            if name in names:
+                where = (f"store {deployments.scheduled_store()}" if name == "mfsbi-amortized" else
+                         f"observations {deployments.scheduled_observations()}, store {deployments.scheduled_store()}")
+                console.print(f"schedule: {name} at {cron!r} (UTC), active; {where}", highlight=False)
 
 
 def submit(
