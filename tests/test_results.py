@@ -59,9 +59,10 @@ def test_an_ensemble_run_gives_sbis_ensemble_posterior(ensemble_store):
 
 
 def test_member_zero_of_an_ensemble_is_the_single_estimator(ensemble_store, tmp_path):
-    """--ensemble 1 is the run it always was: the first member is trained with the same seed."""
+    """--ensemble 1 without the choice (--transfer-guard off: one fine-tuning, the paper's MF-NPE) is the
+    first member of an ensemble: it is trained with the same seed."""
     store, _ = ensemble_store
-    single = _run(_config(tmp_path))
+    single = _run(_config(tmp_path, transfer_guard="off"))
     assert single["run"] == "mf-npe-lf300-hf30-seed1" and isinstance(single["posterior"], str)
     member = (store / "artifacts" / "ou2" / "mf-npe-lf300-hf30-e2-seed1" / "posterior-member-0.pt").read_bytes()
     alone = (tmp_path / "store" / "artifacts" / "ou2" / "mf-npe-lf300-hf30-seed1" / "posterior.pt").read_bytes()

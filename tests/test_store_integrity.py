@@ -228,6 +228,14 @@ def test_verify_detects_each_corruption_without_changing_the_store(tmp_path, cor
     assert any(p.field == field and text in p.message for p in problems), problems
 
 
+def test_an_ensemble_runs_members_are_its_posterior(tmp_path):
+    path = _make_store(tmp_path / "store")
+    (path / "artifacts" / "toy" / "run" / "posterior.pt").rename(path / "artifacts" / "toy" / "run" / "posterior-member-0.pt")
+    assert not [p for p in verify_store(path) if p.field == "latest.json"]
+    (path / "artifacts" / "toy" / "run" / "posterior-member-0.pt").unlink()
+    assert any(p.field == "latest.json" and "does not exist" in p.message for p in verify_store(path))
+
+
 def test_verify_reports_a_lock(tmp_path):
     path = _make_store(tmp_path / "store")
     with StoreLock(path, owner="busy"):

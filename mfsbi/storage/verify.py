@@ -18,7 +18,8 @@ Checked, per table ``<task>/<fidelity>``:
   naming the array, the chunk and its rows, and those rows are left out of the checks above.
   :func:`~mfsbi.storage.repair.repair_store` makes the rows of such chunks pending again.
 
-For the store: every ``latest.json`` artifact names a run whose ``posterior.pt`` exists, and a lock
+For the store: every ``latest.json`` artifact names a run whose ``posterior.pt`` (or an ensemble's
+``posterior-member-0.pt``) exists, and a lock
 file (:mod:`mfsbi.storage.lock`) is reported, live or stale.
 
 Severity: ``"error"`` for states the library never produces, even when killed; ``"warning"`` for
@@ -366,8 +367,10 @@ def _verify_artifacts(handle: SimulationStore, report: VerifyReport) -> None:
             latest = json.loads(handle.read_artifact(name))
             run = latest["run"]
             posterior = check_artifact_name(f"{run}/posterior.pt")
+            # An ensemble's posterior is its members' files (MF-NPE's fold-stopped ensemble, --ensemble N).
+            first_member = check_artifact_name(f"{run}/posterior-member-0.pt")
         except Exception as error:  # noqa: BLE001 -- any unreadable content is the problem reported
             report.append(Problem("artifacts", name, f"unreadable: {type(error).__name__}: {error}"))
             continue
-        if posterior not in present:
+        if posterior not in present and first_member not in present:
             report.append(Problem("artifacts", name, f"points at run {run!r} but artifacts/{posterior} does not exist"))
