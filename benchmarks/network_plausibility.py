@@ -51,7 +51,7 @@ def main() -> None:
     from mfsbi.runtime.executor import DaskExecutor
     from mfsbi.app.prefect_server import prefect_api
     from mfsbi.runtime.cluster import dask_client
-    from mfsbi.inference import estimator_from_bytes
+    from mfsbi.inference import Ensemble, estimator_from_bytes
     from mfsbi.simulators import get_task
     from mfsbi.simulators.plastic_network import is_plausible
     from mfsbi.storage import SimulationStore
@@ -74,8 +74,10 @@ def main() -> None:
             if not len(plausible):
                 raise SystemExit("no held-out simulation is plausible: raise --test-pairs")
             x_o = test_x[plausible[0]]
-            posterior = estimator_from_bytes(store.read_artifact(summary["posterior"].removeprefix("artifacts/")),
-                                             task.prior).posterior()
+            paths = summary["posterior"] if isinstance(summary["posterior"], list) else [summary["posterior"]]
+            members = [estimator_from_bytes(store.read_artifact(p.removeprefix("artifacts/")), task.prior)
+                       for p in paths]  # MF-NPE keeps its fold-stopped ensemble
+            posterior = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
             samples = sample_posterior(posterior, x_o, args.samples, seed=args.seed)
             chunks = [(args.task, samples[i:i + 2], 10_000 + i) for i in range(0, len(samples), 2)]
             x_samples = np.concatenate(list(executor.map_unordered(_simulate_chunk, chunks)))
