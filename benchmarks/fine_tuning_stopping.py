@@ -38,13 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mfsbi.inference import Ensemble, TrainingConfig, c2st, fine_tune, train_npe
+from mfsbi.inference import Ensemble, TrainingConfig, fine_tune, train_npe
 from mfsbi.inference.config import EstimatorConfig
 from mfsbi.inference.fitting import VALIDATION_BATCH_SIZE, RowBatches, fit
 from mfsbi.inference.selection import fold_assignment
 from mfsbi.inference.training import TrainedEstimator, _builder, restandardized_copy
 from mfsbi.simulators.registry import get_task
-from training_speed import _sbi_fine_tune, _sbi_loop  # the script's folder is on sys.path
+from selection_candidates import _c2st  # the script's folder is on sys.path
+from training_speed import _sbi_fine_tune, _sbi_loop
 
 FINE_TUNING = TrainingConfig(learning_rate=1e-4)
 
@@ -79,17 +80,6 @@ def _cross_validated(pretrained, theta, x, folds, seed):
     mean_curve = np.sum([c[:reached] for c in curves], axis=0) / len(theta)
     best_epochs = [int(np.argmin(c)) + 1 for c in curves]
     return members, int(np.argmin(mean_curve)) + 1, int(np.median(best_epochs)), best_epochs
-
-
-def _c2st(posterior, observations, reference, seed):
-    scores = []
-    for i, x_o in enumerate(observations):
-        with torch.random.fork_rng():
-            torch.manual_seed(seed + i)
-            drawn = posterior.sample((1000,), x=torch.as_tensor(x_o[None], dtype=torch.float32),
-                                     show_progress_bars=False).numpy()
-        scores.append(round(c2st(reference(x_o, 1000, 7 + i), drawn, seed=i), 4))
-    return scores
 
 
 @torch.no_grad()

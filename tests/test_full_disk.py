@@ -9,6 +9,7 @@ The drills of a whole `mfsbi run` filling up mid-LF and mid-HF: benchmarks/fault
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,13 @@ PROVENANCE = {"simulator": "toy", "simulator_version": "1", "config_hash": "disk
 X_DIM = 1000  # 8 kB of incompressible x per row: a few chunks fill a 2 MiB file system
 
 
+def _skip_unless_required(reason: str) -> None:
+    """A machine that cannot mount a small file system skips; with MFSBI_REQUIRE_SMALL_FS=1 that is a failure."""
+    if os.environ.get("MFSBI_REQUIRE_SMALL_FS") == "1":
+        pytest.fail(f"MFSBI_REQUIRE_SMALL_FS=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def disk(tmp_path) -> Path:
     folder = tmp_path / "fs"
@@ -31,7 +39,7 @@ def disk(tmp_path) -> Path:
         with small_filesystem(folder, 2):
             yield folder
     except NoSmallFilesystem as reason:
-        pytest.skip(f"no small file system to fill: {reason}")
+        _skip_unless_required(f"no small file system to fill: {reason}")
 
 
 def _x(rows: int, first: int) -> np.ndarray:
@@ -121,7 +129,7 @@ def test_a_run_whose_disk_fills_up_stops_with_one_line_and_the_same_command_fini
 
     outcome = disk_full_drill(kind, 0, tmp_path, np.random.default_rng(5))
     if outcome.detail.startswith("skipped"):
-        pytest.skip(outcome.detail)
+        _skip_unless_required(outcome.detail)
     assert outcome.extra["stopped_with_one_line"] and not outcome.extra["traceback_printed"], outcome
     assert outcome.extra["verified_after_stop"], outcome
     assert outcome.completed and not outcome.detail, outcome

@@ -16,7 +16,7 @@ from mfsbi.app.observe import observe
 from mfsbi.app.ppc import ppc_command
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
-from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims
+from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims, stored_posterior_at
 from mfsbi.app.prefect_server import quiet_prefect_environment
 from mfsbi.app.report import print_summary
 from mfsbi.app.service_cli import print_store_runs
@@ -270,19 +270,9 @@ def sample(
     """Draw posterior samples at an observation from a stored posterior (see `mfsbi.load_posterior`)."""
     import numpy as np
 
-    from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
     from mfsbi.flows.evaluation import sample_posterior
-    from mfsbi.simulators import TaskNotFoundError, get_task
 
-    try:
-        prefix, summary = run_summary(store, run_name)
-        posterior = load_posterior(store, prefix, task=task)  # refuses a user's task unless --task names it
-        task_obj = get_task(task or summary["config"]["task"])
-        x_o = np.asarray(load_observation(observation, task_obj.x_dim))
-    except RunNotFoundError as error:
-        fail(f"--store: {error}")
-    except (UsageError, TaskNotFoundError) as error:
-        fail(str(error))
+    prefix, _, posterior, _, x_o = stored_posterior_at(store, run_name, task, observation)
     if out.suffix != ".npy":
         fail(f"--out: {str(out)!r} must end in .npy")
     samples = sample_posterior(posterior, x_o, num_samples, seed)

@@ -121,6 +121,30 @@ def load_observation(path: Path, x_dim: int, label: str = "--observation") -> li
     return [float(v) for v in values]
 
 
+def stored_posterior_at(store: str, run_name: str | None, task: str | None, observation: Path) -> tuple:
+    """A stored run's posterior, its summary and task, and x_o from ``observation`` (``mfsbi sample``, ``ppc``).
+
+    Returns:
+        ``(prefix, summary, posterior, task, x_o)``; bad input ends the command with one line.
+    """
+    import numpy as np
+
+    from mfsbi.app.console import fail
+    from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
+    from mfsbi.simulators import TaskNotFoundError, get_task
+
+    try:
+        prefix, summary = run_summary(store, run_name)
+        posterior = load_posterior(store, prefix, task=task)  # refuses a user's task unless --task names it
+        task_obj = get_task(task or summary["config"]["task"])
+        x_o = np.asarray(load_observation(observation, task_obj.x_dim))
+    except RunNotFoundError as error:
+        fail(f"--store: {error}")
+    except (UsageError, TaskNotFoundError) as error:
+        fail(str(error))
+    return prefix, summary, posterior, task_obj, x_o
+
+
 def build_config(*, config_file: Path | None = None, explicit: Collection[str] | None = None,
                  **options: Any) -> RunConfig:
     """Validates the options into a RunConfig, checks the task, the observation and the store.

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from mfsbi.app.console import console, fail, name_column, print_json, print_table, stdout_to_stderr
-from mfsbi.app.inputs import UsageError, load_observation
+from mfsbi.app.inputs import stored_posterior_at
 
 __all__ = ["DEFAULT_DRAWS", "ppc_command", "print_check"]
 
@@ -28,21 +28,9 @@ DEFAULT_DRAWS = 400
 def _plan(store: str, observation: Path, num_draws: int, budget: int, run_name: str | None, seed: int,
           task: str | None, where: dict[str, Any]):
     """The check's plan (draws made), or a one-line exit on bad input."""
-    import numpy as np
-
-    from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
     from mfsbi.flows.ppc_plan import PpcPlan, draw_theta
-    from mfsbi.simulators import TaskNotFoundError, get_task
 
-    try:
-        prefix, summary = run_summary(store, run_name)
-        posterior = load_posterior(store, prefix, task=task)  # refuses a user's task unless --task names it
-        task_obj = get_task(task or summary["config"]["task"])
-        x_o = np.asarray(load_observation(observation, task_obj.x_dim))
-    except RunNotFoundError as error:
-        fail(f"--store: {error}")
-    except (UsageError, TaskNotFoundError) as error:
-        fail(str(error))
+    prefix, summary, posterior, task_obj, x_o = stored_posterior_at(store, run_name, task, observation)
     config = summary["config"]
     chunk = int(config.get("hf_chunk_size") or 10)
     theta = draw_theta(posterior, x_o, num_draws, chunk, seed)
