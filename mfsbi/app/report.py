@@ -62,8 +62,10 @@ def print_summary(summary: RunSummary) -> None:
     _selection_rows(table, summary)
     guard = summary.transfer_guard
     if guard and guard.get("compared"):
+        gain = guard.get("scratch_gain_interval")
+        interval = f" (from scratch − fine-tuned: 90 % {gain[0]:+.3f} … {gain[1]:+.3f}, margin {guard['margin']:g})" if gain else ""
         table.add_row("transfer guard: mean log q, fine-tuned / from scratch",
-                      f"{guard['log_prob_fine_tuned']:.3f} / {guard['log_prob_scratch']:.3f}, kept {guard['kept']}")
+                      f"{guard['log_prob_fine_tuned']:.3f} / {guard['log_prob_scratch']:.3f}{interval}, kept {guard['kept']}")
     if summary.calibration is not None:
         table.add_row(f"calibration (SBC + TARP on {summary.calibration['on']})", summary.calibration["verdict"])
     elif summary.abc is None:

@@ -152,7 +152,8 @@ def _guard_round(run: Run, plan: RoundPlan, sim_table, members: int) -> dict:
                                held_x).numpy()
         guard = compare_with_scratch(tuned, fresh, mode=config.transfer_guard,
                                      on=f"new HF rows of round {plan.index + 1}, held out from both",
-                                     scratch_train=[r.record() for r in scratch])
+                                     scratch_train=[r.record() for r in scratch],
+                                     seed=run.seed("guard-choice", plan.index))
     run.write_artifact(GUARD_FILE, json.dumps(guard).encode())
     warn_on_negative_transfer(guard)
     return guard
@@ -235,7 +236,7 @@ def _round_markdown(label: str, record: RoundRecord, guard: dict | None = None) 
     if guard is not None and guard.get("compared"):
         lines.append(f"| transfer guard (mean log q on {guard['num_pairs']} {guard['on']}) | fine-tuned "
                      f"{guard['log_prob_fine_tuned']:.3f}, from scratch {guard['log_prob_scratch']:.3f}: "
-                     f"kept {guard['kept']} |")
+                     f"kept {guard['kept']}" + (f" ({guard['reason']})" if "reason" in guard else "") + " |")
     elif guard is not None:
         lines.append(f"| transfer guard | not compared: {guard['reason']} |")
     return "\n".join(lines)
