@@ -77,6 +77,7 @@ def test_every_builtin_task_builds():
 BUILTIN_TASKS = {
     "ou2", "ou3", "ou4", "ou2-euler", "slcp", "sir", "gaussian-blob", "pyramidal", "pyramidal-reduced",
     "plastic-network", "plastic-network-tiny", "plastic-network-paper",
+    "ou2-lf-biased-small", "ou2-lf-biased-medium", "ou2-lf-biased-large", "ou2-lf-noise",
 }
 
 PLUGIN_MODULE = '''

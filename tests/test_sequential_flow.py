@@ -52,7 +52,15 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         # same 16 rows, scored on round 3's 8 new rows before round 3 trained on them.
         guard = summary["transfer_guard"]
         assert guard["compared"] and guard["num_pairs"] == 8 and guard["mode"] == "select"
-        assert guard["kept"] == guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
+        assert guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
+        # select keeps from scratch only on a clear gain: the interval's lower end above the margin.
+        clear = guard["scratch_gain_interval"][0] > guard["margin"]
+        assert guard["kept"] == guard["chosen"] == ("from scratch" if clear else "fine-tuned")
+        # The check near x_o without a reference: per round from round 2, and the final one out of fold.
+        assert [r.get("coverage") is None for r in summary["rounds"]] == [True, False, False]
+        final = summary["coverage_at_x_o"]
+        assert final["of"] == "the final posterior" and final["pairs"] == 8 - (2 if method == "a-mf-tsnpe" else 0)
+        assert final["used"] <= final["pairs"] and (final["verdict"] is None) == (final["used"] < 2)
         assert [r["simulations"] for r in guard["scratch_train"]] == [16] * (2 if method == "a-mf-tsnpe" else 1)
     else:
         assert "transfer_guard" not in summary
@@ -120,7 +128,9 @@ def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_res
         trained.append((label, [job.pretrained is None for job in jobs])) or real_train(executor, jobs, label=label)))
     resumed = _sequential(config.model_copy(update={"resume": True}))
     # The stored decision is reused: no second guard training, the last round trains from scratch.
-    assert [t[0].split(":")[0] for t in trained] == ["mf-tsnpe round 3/3"] and trained[0][1] == [True]
+    # Then the final check near x_o repeats that training without each fold: from scratch too.
+    assert [t[0].split(":")[0] for t in trained] == ["mf-tsnpe round 3/3", "coverage check"]
+    assert trained[0][1] == [True] and all(trained[1][1])
     guard = resumed["transfer_guard"]
     assert guard["better"] == guard["kept"] == "from scratch" and guard["difference"] < 0
 

@@ -14,12 +14,13 @@ def _print_rounds(summary: RunSummary) -> None:
     table = Table(title=f"{summary.task} · {summary.run} · rounds")
     references = sorted({name for row in summary.rounds for name in row.c2st})
     for column in ("round", "HF this round", "HF total", "truncated-prior acceptance", "acquired",
-                   *(f"C2ST vs {r}" for r in references)):
+                   "previous posterior on these rows", *(f"C2ST vs {r}" for r in references)):
         table.add_column(column, justify="right")
     for row in summary.rounds:
         rate = row.acceptance_rate
+        coverage = "-" if row.coverage is None else f"{row.coverage.get('verdict') or '-'} ({row.coverage['used']} rows)"
         table.add_row(str(row.round + 1), str(row.new_simulations), str(row.total_simulations),
-                      "-" if rate is None else f"{rate:.3f}", str(row.acquired or 0),
+                      "-" if rate is None else f"{rate:.3f}", str(row.acquired or 0), coverage,
                       *(f"{row.c2st[r]:.3f}" for r in references))
     print_table(table)
 
@@ -66,6 +67,10 @@ def print_summary(summary: RunSummary) -> None:
         interval = f" (from scratch − fine-tuned: 90 % {gain[0]:+.3f} … {gain[1]:+.3f}, margin {guard['margin']:g})" if gain else ""
         table.add_row("transfer guard: mean log q, fine-tuned / from scratch",
                       f"{guard['log_prob_fine_tuned']:.3f} / {guard['log_prob_scratch']:.3f}{interval}, kept {guard['kept']}")
+    coverage = summary.coverage_at_x_o
+    if coverage is not None:
+        table.add_row(f"coverage near x_o, no reference (truncated SBC + TARP, {coverage['used']} of "
+                      f"{coverage['pairs']} rows of {coverage['on']})", str(coverage.get("verdict") or "-"))
     if summary.calibration is not None:
         table.add_row(f"calibration (SBC + TARP on {summary.calibration['on']})", summary.calibration["verdict"])
     elif summary.abc is None:

@@ -154,6 +154,11 @@ class SequentialOptions(_Options):
     rounds: int = Field(5, ge=1, le=1000, description="rounds R of the sequential methods")
     truncation_quantile: float = Field(1e-6, gt=0, lt=1, description="ε of the highest-probability region")
     evaluate_rounds: bool = Field(True, description="C2ST after every round (when the task has a reference)")
+    coverage_folds: int = Field(5, ge=0, le=50,
+                                description="the check near x_o that needs no reference: the final posterior's "
+                                            "training repeated this many times, each without one fold of the last "
+                                            "round's rows, for truncated SBC + TARP out of fold (0: only the "
+                                            "per-round check, no extra training)")
 
 
 class AcquisitionOptions(_Options):

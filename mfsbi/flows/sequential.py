@@ -22,6 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from mfsbi.flows.config import RunConfig
+from mfsbi.flows.coverage import final_coverage, round_coverage
 from mfsbi.flows.evaluation import calibration_at_reference, posterior_metrics, sample_posterior
 from mfsbi.flows.proposals import ProposalContext
 from mfsbi.flows.run import Run, check_store_location
@@ -54,6 +55,7 @@ class RoundPlan:
         guard: before training, score the previous round's members against estimators trained from
             scratch on the same earlier rows, on this round's new rows (the transfer guard; MF methods,
             last round).
+        last: the run's last round (its end runs the final check near x_o).
     """
 
     index: int
@@ -64,6 +66,7 @@ class RoundPlan:
     checkpoints: list[bytes] | None
     initial: bytes | None
     guard: bool = False
+    last: bool = False
 
 
 def _posterior(checkpoints: list[bytes], prior):
@@ -161,11 +164,12 @@ def _guard_round(run: Run, plan: RoundPlan, sim_table, members: int) -> dict:
 
 # Internal objects (the run's executor, store and task) are passed through: no pydantic validation of them.
 @flow(name="mfsbi-round", flow_run_name="{plan.label}", validate_parameters=False)
-def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecord, dict | None]:
-    """One round: propose, reserve, simulate, (guard,) train, report.
+def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecord, dict | None, dict | None]:
+    """One round: propose, reserve, simulate, (guard,) train, check near x_o, report.
 
     Returns:
-        The members' checkpoints, the round's record, and the transfer guard's record (or ``None``).
+        The members' checkpoints, the round's record, the transfer guard's record (or ``None``) and,
+        in the last round, the final posterior's check near x_o (or ``None``).
     """
     started = time.perf_counter()
     config = run.config
@@ -184,12 +188,12 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
             guard = json.loads(decided)
         elif not trained:  # a round trained before the guard existed keeps its members, unguarded
             guard = _guard_round(run, plan, sim_table, members)
+    starts, refit = (plan.checkpoints, False) if plan.checkpoints is not None else ([plan.initial] * members, True)
+    if guard is not None and guard["kept"] == "from scratch":
+        starts, refit = [None] * members, True
     if trained:
         checkpoints = stored
     else:
-        starts, refit = (plan.checkpoints, False) if plan.checkpoints is not None else ([plan.initial] * members, True)
-        if guard is not None and guard["kept"] == "from scratch":
-            starts, refit = [None] * members, True
         jobs = [run.train_job(table=run.own_table, fidelity="hf", limit=sim_table.num_rows,
                               learning_rate=config.hf_training_rate(False), seed=run.seed("train", plan.index, e),
                               pretrained=starts[e], refit_x_zscore=refit)
@@ -199,11 +203,18 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
         for name, checkpoint in zip(names, checkpoints):
             run.write_artifact(name, checkpoint)
 
+    acquired = int(info.get("acquired", 0))
+    coverage = final = None
+    if plan.checkpoints is not None:
+        coverage = round_coverage(run, sim_table, plan.index, plan.checkpoints, plan.x_o, acquired)
+        if plan.last and config.coverage_folds > 0:
+            final = final_coverage(run, sim_table, plan.index, starts, refit, plan.checkpoints, plan.x_o, acquired)
     counts = sim_table.counts()
     record = RoundRecord(round=plan.index, new_simulations=plan.size, total_simulations=counts["ok"],
                          failed=counts["failed"], simulated_now=report.simulated,
                          acceptance_rate=info.get("acceptance_rate"), acquired=info.get("acquired", 0),
-                         selected_scores=info.get("selected_scores"), pool_scores=info.get("pool_scores"))
+                         selected_scores=info.get("selected_scores"), pool_scores=info.get("pool_scores"),
+                         coverage=coverage)
     if config.evaluate_rounds and run.task.references:
         posterior = _posterior(checkpoints, run.task.prior)[1]
         record.c2st = _round_c2st(run, posterior, plan.x_o, plan.index)
@@ -214,7 +225,7 @@ def sequential_round(run: Run, plan: RoundPlan) -> tuple[list[bytes], RoundRecor
     record.seconds = round(time.perf_counter() - started, 2)
     create_markdown_artifact(key=f"round-{plan.index}", markdown=_round_markdown(plan.label, record, guard),
                              description=f"{run.task.name} {run.name}: round {plan.index}")
-    return checkpoints, record, guard
+    return checkpoints, record, guard, final
 
 
 def _short(value) -> str:
@@ -258,11 +269,14 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         summary.transfer_guard = not_compared("one round: no later round's HF rows to hold out")
     for r, size in enumerate(sizes):
         plan = RoundPlan(r, f"{config.method} round {r + 1}/{config.rounds}", size, x_o, theta_true,
-                         checkpoints, initial, guard=guarded and r == len(sizes) - 1 and r > 0)
-        checkpoints, record, guard = sequential_round(run, plan)
+                         checkpoints, initial, guard=guarded and r == len(sizes) - 1 and r > 0,
+                         last=r == len(sizes) - 1)
+        checkpoints, record, guard, final = sequential_round(run, plan)
         summary.rounds.append(record)
         if guard is not None:
             summary.transfer_guard = guard
+        if final is not None:
+            summary.coverage_at_x_o = final
 
     counts = sim_table.counts()
     summary.hf = HFState(stored_ok=counts["ok"], failed=counts["failed"], budget=dataclasses.asdict(sim_table.budget()))
@@ -335,6 +349,10 @@ def _rounds_table(run: Run, summary: RunSummary) -> str:
         lines.append("| " + " | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells) + " |")
     reserved, total = summary.hf_budget_used
     lines.append(f"\nHF budget used: {reserved} / {total}")
+    coverage = summary.coverage_at_x_o
+    if coverage is not None:
+        lines.append(f"\ncoverage near x_o without a reference (truncated SBC + TARP of {coverage['of']} on "
+                     f"{coverage['used']} of {coverage['pairs']} rows, {coverage['on']}): {coverage.get('verdict')}")
     for key in ("pair_plot", "budget_plot"):
         if getattr(summary, key):
             lines.append(f"\n{key.replace('_', ' ')}: `{run.location(getattr(summary, key))}`")

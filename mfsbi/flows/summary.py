@@ -71,13 +71,17 @@ class RoundRecord:
     c2st: dict[str, float] = field(default_factory=dict)
     # Calibration at x_o against the reference after this round: verdict, TARP ATC, p-values.
     calibration: dict[str, Any] | None = None
+    # The check without a reference: the previous round's posterior on this round's new rows
+    # (truncated SBC + TARP, mfsbi.flows.coverage); None in round 0.
+    coverage: dict[str, Any] | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-               if f.name not in ("c2st", "seconds", "calibration")}
-        if self.calibration is not None:
-            out["calibration"] = self.calibration
+               if f.name not in ("c2st", "seconds", "calibration", "coverage")}
+        for name in ("calibration", "coverage"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         out.update({f"c2st_{name}": value for name, value in self.c2st.items()})
         out["seconds"] = self.seconds
         return out
@@ -124,6 +128,7 @@ class RunSummary:
     selection: dict[str, Any] | None = None       # MF-NPE: candidates cross-validated on the HF budget's rows
     out_of_fold: dict[str, Any] | None = None     # NLTP of the kept estimator's kind, out of fold, in the budget
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
+    coverage_at_x_o: dict[str, Any] | None = None  # sequential: truncated SBC + TARP out of fold, no reference
     calibration_plot: str | None = None
     budget_plot: str | None = None
     samples: str | None = None
