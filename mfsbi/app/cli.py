@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -17,7 +20,7 @@ from mfsbi.app.ppc import ppc_command
 from mfsbi.app.console import Choices, OneLineCommand, console, fail, name_column, print_json, print_table
 from mfsbi.app.console import stdout_to_stderr
 from mfsbi.app.inputs import UsageError, build_config, load_observation, parse_costs, parse_sims, stored_posterior_at
-from mfsbi.app.prefect_server import quiet_prefect_environment
+from mfsbi.app.prefect_server import ServiceError, prefect_api, quiet_prefect_environment
 from mfsbi.app.report import print_summary
 from mfsbi.app.service_cli import print_store_runs
 from mfsbi.flows.methods import FAMILIES, available_methods, methods_of
@@ -151,10 +154,7 @@ def run(
 
 def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
     """Runs a flow (default: the config's method) with the Prefect API and its progress shown; exits 1 on failure."""
-    import logging
-    import os
-
-    from mfsbi.app.prefect_server import ServiceError, prefect_api
+    # deferred: progress_display brings torch (1.7 s) through runtime.executor; only a run needs it
     from mfsbi.app.progress_display import progress_display, progress_interval
 
     interval = progress_interval()  # a bad value ends the command here, before the run's try
@@ -175,7 +175,7 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
     except ServiceError as error:
         fail(str(error), code=1)
     except Exception as error:  # noqa: BLE001 -- a failed run ends with its reason on one line, exit 1
-        from mfsbi.storage import StoreFullError
+        from mfsbi.storage import StoreFullError  # deferred: zarr (mfsbi.storage) costs 0.4 s at every CLI start
 
         # A full disk names the store, the space it needed and the fix; its type adds nothing.
         fail(str(error) if isinstance(error, StoreFullError) else f"the run failed: {type(error).__name__}: {error}",
@@ -184,7 +184,7 @@ def _run_with_services(config, verbose: bool, flow_function=None, *arguments):
 
 def _not_a_full_disk(record) -> bool:  # noqa: ANN001 -- a logging.LogRecord
     """A logging filter: drops Prefect's records of a StoreFullError (the CLI prints it as one line)."""
-    from mfsbi.storage import StoreFullError
+    from mfsbi.storage import StoreFullError  # deferred: zarr (mfsbi.storage) costs 0.4 s at every CLI start
 
     error = record.exc_info[1] if record.exc_info else None
     return not isinstance(error, StoreFullError) and "StoreFullError" not in record.getMessage()
@@ -211,8 +211,7 @@ def check_transfer(
     pilots' θ apart on their HF outputs, and fine-tuned vs from-scratch estimators cross-validated
     on the pilot (docs/calibration.md says how it was validated).
     """
-    import numpy as np
-
+    # deferred: the flow brings Prefect, which must be imported after the CLI quiets it, and torch+sbi (several s)
     from mfsbi.flows.transfer_check import transfer_check_flow
 
     if pilot_hf < 10:
@@ -268,9 +267,7 @@ def sample(
                                                      "(never imported because a store names it)")] = None,
 ) -> None:
     """Draw posterior samples at an observation from a stored posterior (see `mfsbi.load_posterior`)."""
-    import numpy as np
-
-    from mfsbi.flows.evaluation import sample_posterior
+    from mfsbi.flows.evaluation import sample_posterior  # deferred: torch+sbi cost 3.6 s at every CLI start
 
     prefix, _, posterior, _, x_o = stored_posterior_at(store, run_name, task, observation)
     if out.suffix != ".npy":
@@ -305,7 +302,7 @@ def status(
         "--json", help="print the tables and flow runs (null: no API) as one JSON document on stdout")] = False,
 ) -> None:
     """Show what a store holds: rows by status, HF budget, runs."""
-    from mfsbi.storage import SimulationStore, StoreError
+    from mfsbi.storage import SimulationStore, StoreError  # deferred: zarr (mfsbi.storage) costs 0.4 s at every CLI start
 
     try:
         handle = SimulationStore(store, mode="r")
@@ -336,7 +333,7 @@ def verify(
 
     Exit code 0: consistent (or every corrupt chunk repaired); 1: problems found (listed); 2: not a store.
     """
-    from mfsbi.storage import StoreError, verify_store
+    from mfsbi.storage import StoreError, verify_store  # deferred: zarr (mfsbi.storage) costs 0.4 s at every CLI start
 
     try:
         report = _repair(store) if repair else verify_store(store)
@@ -362,7 +359,7 @@ def verify(
 
 def _repair(store: str):
     """Repairs the corrupt chunks, prints one line per chunk, and returns the store's report after."""
-    from mfsbi.storage import repair_store, verify_store
+    from mfsbi.storage import repair_store, verify_store  # deferred: zarr (mfsbi.storage) costs 0.4 s at every CLI start
 
     done = repair_store(store)
     for chunk in done.repaired:

@@ -67,7 +67,7 @@ def _parse(text: str, kind: str) -> Any:
             return seen
 
         return json.loads(text, object_pairs_hook=no_duplicates)
-    import yaml
+    import yaml  # deferred: 15 ms at every CLI start; only a --config FILE.yaml needs it
 
     value = yaml.safe_load(text)
     # An empty (or comment-only) YAML document is None: the same as an empty table.

@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from mfsbi.app.infer_plan import InferConfig
 from mfsbi.app.prefect_server import mfsbi_home
 from mfsbi.app.stack import WORK_POOL, ensure_work_pool, resolve_dask_address
+from mfsbi.flows.config import RunConfig, describe_validation_error
 from mfsbi.flows.methods import FAMILIES, Family, methods_of
 
 __all__ = [
@@ -50,7 +54,7 @@ def deployment_names() -> list[str]:
 def deployment_flow(name: str):
     """The flow object a deployment runs."""
     if name == INFER_DEPLOYMENT:
-        from mfsbi.app.nightly import infer_flow
+        from mfsbi.app.nightly import infer_flow  # deferred: nightly imports Prefect (1.2 s) and zarr
 
         return infer_flow
     return deployment_families()[name].load_flow()
@@ -58,7 +62,7 @@ def deployment_flow(name: str):
 
 def check_cron(expression: str) -> str:
     """The cron expression if Prefect accepts it; else ParamError with one line naming ``--cron``."""
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron  # deferred: Prefect costs 1.2 s on `mfsbi status`, which loads this module
 
     try:
         Cron(expression, timezone="UTC")
@@ -84,7 +88,7 @@ def infer_schedules(with_schedule: bool = True, cron: str | None = None) -> list
     The pass reads ``$MFSBI_HOME/observations`` and the store the scheduled training writes, waiting
     up to an hour for that training's lock when both start at once.
     """
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron  # deferred: as in check_cron
 
     if cron is not None and not with_schedule:
         raise ParamError("--cron: cannot be combined with --no-schedule (drop one of them)")
@@ -103,7 +107,7 @@ def amortized_schedules(with_schedule: bool = True, cron: str | None = None) -> 
     Raises:
         ParamError: ``cron`` is not a cron expression, or is given with ``with_schedule=False``.
     """
-    from prefect.schedules import Cron
+    from prefect.schedules import Cron  # deferred: as in check_cron
 
     if cron is not None and not with_schedule:
         raise ParamError("--cron: cannot be combined with --no-schedule (drop one of them)")
@@ -129,7 +133,7 @@ def register_deployments(names: list[str] | None = None, with_schedule: bool = T
         with_schedule: add the example nightly schedule (inactive) to ``mfsbi-amortized`` and ``mfsbi-infer``.
         cron: instead, an active cron schedule (UTC) of this expression for both.
     """
-    from prefect.types.entrypoint import EntrypointType
+    from prefect.types.entrypoint import EntrypointType  # deferred: as in check_cron
 
     schedules = {"mfsbi-amortized": amortized_schedules(with_schedule, cron),  # a bad cron fails before the API
                  INFER_DEPLOYMENT: infer_schedules(with_schedule, cron)}
@@ -209,10 +213,6 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
     A relative ``store`` (the default too) is taken from the submitter's current folder: the worker
     runs the flow in a temporary folder of its own, deleted when the run ends.
     """
-    from pydantic import ValidationError
-
-    from mfsbi.flows.config import RunConfig, describe_validation_error
-
     if short_name == INFER_DEPLOYMENT:
         return _infer_submit_config(values)
     unknown = sorted(set(values) - set(RunConfig.model_fields))
@@ -236,7 +236,7 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
     if methods is not None and config.method not in methods:
         raise ParamError(f"--method: {config.method} is not run by {short_name} "
                          f"(it runs {', '.join(sorted(methods))})")
-    from mfsbi.simulators import TaskNotFoundError, get_task
+    from mfsbi.simulators import TaskNotFoundError, get_task  # deferred: torch, 1.5 s on mfsbi status
 
     try:
         get_task(config.task)
@@ -247,11 +247,6 @@ def build_submit_config(short_name: str, values: dict[str, Any]):
 
 def _infer_submit_config(values: dict[str, Any]):
     """Validates ``mfsbi-infer``'s params into an InferConfig (folders made absolute, as a run's store)."""
-    from pydantic import ValidationError
-
-    from mfsbi.app.infer_plan import InferConfig
-    from mfsbi.flows.config import describe_validation_error
-
     unknown = sorted(set(values) - set(InferConfig.model_fields))
     if unknown:
         raise ParamError(f"--param: {unknown[0]!r} is not a setting of {INFER_DEPLOYMENT} "
@@ -272,14 +267,14 @@ FINAL_OK = "COMPLETED"
 
 def submit_run(full_name: str, config) -> Any:
     """Creates a flow run of the deployment with ``config``; returns the FlowRun (not waited for)."""
-    from prefect.deployments import run_deployment
+    from prefect.deployments import run_deployment  # deferred: as in check_cron
 
     return run_deployment(name=full_name, parameters={"config": config.model_dump(mode="json")}, timeout=0)
 
 
 def follow_run(flow_run_id, console, timeout: float | None = None, poll: float = 2.0):
     """Polls a flow run with a spinner until a final state; returns the final FlowRun, or None on timeout."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # deferred: as in check_cron
 
     started = time.monotonic()
     with get_client(sync_client=True) as client, console.status("waiting for the run") as spinner:
@@ -302,7 +297,7 @@ def follow_run(flow_run_id, console, timeout: float | None = None, poll: float =
 
 def recent_runs(limit: int = 20) -> list[dict]:
     """The latest flow runs (newest expected start first) with flow and deployment names."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # deferred: as in check_cron
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:

@@ -29,7 +29,7 @@ DEFAULT_PPC_SIMS = 20
 def _flow(config) -> dict:  # noqa: ANN001 -- an InferConfig
     """The pass as a flow run (it plans again: the folder may have changed). Prefect is imported here,
     inside the CLI's services: importing it earlier would set up its logging before the CLI quiets it."""
-    from mfsbi.app.nightly import infer_flow
+    from mfsbi.app.nightly import infer_flow  # deferred: Prefect must be imported after the CLI quiets it (above)
 
     return infer_flow(config)
 
@@ -63,7 +63,7 @@ def infer_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
         store (artifacts/inference/<observation>/<run>/). An observation already inferred with the run is
         skipped: a second pass does nothing new. Exit 1 if any file failed (its row says why).
         """
-        from mfsbi.app.infer_plan import InferConfig, plan_inference
+        from mfsbi.app.infer_plan import InferConfig, plan_inference  # deferred: 8 ms (-X importtime) at every CLI start
 
         # Absolute: the report and its Prefect artifact name the store the same way from any folder.
         config = InferConfig(observations=os.path.abspath(observations),
@@ -97,7 +97,7 @@ def _report(config, plan, verbose: bool, run_with_services) -> dict:  # noqa: AN
     """The pass's report: through the services when a file is new or failed, else from the store alone."""
     if plan.new or plan.unreadable:
         return run_with_services(config, verbose, _flow)
-    from mfsbi.app.nightly import run_inference
+    from mfsbi.app.nightly import run_inference  # deferred: nightly imports Prefect (1.2 s) and zarr; as in _flow
 
     # Nothing to sample, simulate or report: no Prefect API, no Dask, nothing written.
     return run_inference(config, plan)

@@ -73,7 +73,7 @@ def result_folder(observation_id: str, run: str) -> str:
 
 def store_handle(store: str, mode: str = "r"):
     """The store, opened read-only by default."""
-    from mfsbi.storage import SimulationStore
+    from mfsbi.storage import SimulationStore  # deferred: zarr costs 0.4 s on mfsbi runs/submit (through app.deployments)
 
     return SimulationStore(store, mode=mode)
 

@@ -25,7 +25,7 @@ REPORTS = "inference/reports"
 
 def posterior_png(samples: np.ndarray, names: Sequence[str], title: str) -> bytes:
     """One histogram per parameter of the posterior samples, with their mean; PNG bytes."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib costs 0.2 s at every CLI start (app.infer loads this module)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,6 +104,7 @@ def _key(*parts: str) -> str:
 
 def publish_night(night: dict, handle, new_rows: Sequence[dict]) -> None:  # noqa: ANN001 -- a SimulationStore
     """The night's markdown report (one key per night and store) and each new observation's posterior plot."""
+    # deferred: Prefect (1.2 s) must be imported after the CLI quiets it; the CLI loads this module at start
     from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
     store_tag = hashlib.sha256(str(night["store"]).encode()).hexdigest()[:8]

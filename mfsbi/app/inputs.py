@@ -6,12 +6,19 @@ nothing has been written when it is raised.
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from pydantic import ValidationError
+
 from mfsbi.app.config_file import ConfigFileError, load_config_file, merge_options, one_line
+from mfsbi.app.console import fail
+from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
 
 if TYPE_CHECKING:
     from mfsbi.flows.config import RunConfig
@@ -91,8 +98,6 @@ def load_observation(path: Path, x_dim: int, label: str = "--observation") -> li
     Raises:
         UsageError: one line naming ``label`` and the problem.
     """
-    import numpy as np
-
     try:
         exists, is_file = path.exists(), path.is_file()
     except (OSError, ValueError) as error:  # a name too long, a NUL in it
@@ -127,11 +132,7 @@ def stored_posterior_at(store: str, run_name: str | None, task: str | None, obse
     Returns:
         ``(prefix, summary, posterior, task, x_o)``; bad input ends the command with one line.
     """
-    import numpy as np
-
-    from mfsbi.app.console import fail
-    from mfsbi.app.results import RunNotFoundError, load_posterior, run_summary
-    from mfsbi.simulators import TaskNotFoundError, get_task
+    from mfsbi.simulators import TaskNotFoundError, get_task  # deferred: torch, 1.5 s at every CLI start
 
     try:
         prefix, summary = run_summary(store, run_name)
@@ -161,10 +162,8 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
     Raises:
         UsageError: with one line naming the option (or the file and key) and the problem.
     """
-    import math
-
-    from pydantic import ValidationError
-
+    # deferred: at every CLI start these would cost torch (1.5 s: preflight, plan, simulators), zarr (0.4 s: storage)
+    # and 6 ms (flows.config, -X importtime)
     from mfsbi.app.preflight import PreflightError, check_store
     from mfsbi.flows.config import RunConfig, describe_validation_error
     from mfsbi.flows.plan import RunPlan
@@ -214,14 +213,14 @@ def build_config(*, config_file: Path | None = None, explicit: Collection[str] |
         raise UsageError(f"{label('observation')}: {len(config.observation)} values, but the task's x has "
                          f"{task.x_dim}; give {task.x_dim} numbers")
     if config.device == "cuda" and not (config.dask_address or config.cluster or os.environ.get("MFSBI_DASK_ADDRESS")):
-        import torch
+        import torch  # deferred: as above
 
         if not torch.cuda.is_available():
             raise UsageError(f"{label('device')}: cuda was asked for but no CUDA device is visible here; "
                              "use auto or cpu, or --dask-address of a cluster with a GPU worker")
     if config.cluster:
         check_cluster(config.cluster, config.dask_address, label)
-    from mfsbi.storage import StoreError, check_unlocked
+    from mfsbi.storage import StoreError, check_unlocked  # deferred: as above
 
     try:
         check_store(config, task)
@@ -244,11 +243,10 @@ def check_cluster(cluster: str, dask_address: str | None, label: Any = lambda na
     Raises:
         UsageError: one line naming the option and the fix.
     """
-    import shutil
-
     if dask_address:
         raise UsageError(f"{label('cluster')}: give either it or {label('dask_address')}, not both")
     try:
+        # deferred: runtime.slurm and yaml cost 22 ms (-X importtime) at every CLI start; only --cluster needs them
         from mfsbi.runtime.slurm import ClusterConfigError, load_slurm_settings
 
         load_slurm_settings(cluster)

@@ -19,7 +19,7 @@ _LF_USES_WIDTH = 30
 
 def task_records() -> list[dict[str, Any]]:
     """Every available task: dimensions, parameter names, references, costs, description."""
-    from mfsbi.simulators import available_tasks, get_task
+    from mfsbi.simulators import available_tasks, get_task  # deferred: torch, 1.5 s at every CLI start
 
     records = []
     for name in available_tasks():

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
+from prefect.runtime import flow_run
 
 from mfsbi import __version__
 from mfsbi.app.infer_report import posterior_png, publish_night, write_night
@@ -32,12 +35,14 @@ from mfsbi.app.infer_plan import InferConfig, InferPlan, plan_inference, result_
 from mfsbi.app.inputs import UsageError
 from mfsbi.app.observations import ObservationError, ObservationFile, read_statistics
 from mfsbi.app.results import load_posterior
-from mfsbi.storage import StoreError
+from mfsbi.runtime.cluster import dask_client
+from mfsbi.runtime.seeds import derive_seed
+from mfsbi.storage import StoreError, StoreLock, StoreLockedError
 
 __all__ = ["infer_flow", "run_inference"]
 
 def _ppc_plan(config: InferConfig, plan: InferPlan, posterior, x_o: np.ndarray):
-    from mfsbi.flows.ppc_plan import PpcPlan, draw_theta
+    from mfsbi.flows.ppc_plan import PpcPlan, draw_theta  # deferred: as in _infer_one
 
     theta = draw_theta(posterior, x_o, config.ppc_sims, plan.chunk_size, config.seed)
     return PpcPlan(store=config.store, run=plan.run, task=plan.task, x_o=[float(v) for v in x_o],
@@ -50,9 +55,9 @@ def _ppc_plan(config: InferConfig, plan: InferPlan, posterior, x_o: np.ndarray):
 
 def _infer_one(config: InferConfig, plan: InferPlan, task, posterior, item: ObservationFile, executor) -> dict:
     """One observation: samples, check, files; returns its report row. ``result.json`` is written last."""
+    # deferred: torch+sbi (4 s, flows.ppc) only when a file is new: `mfsbi infer` with nothing new loads this module
     from mfsbi.flows.evaluation import sample_posterior
     from mfsbi.flows.ppc import run_ppc
-    from mfsbi.runtime.seeds import derive_seed
 
     started = time.monotonic()
     x_o = read_statistics(item.path, task, config.series)
@@ -86,8 +91,6 @@ def _infer_one(config: InferConfig, plan: InferPlan, task, posterior, item: Obse
 
 def _logger():
     """The flow run's logger; outside a flow (a pass with nothing new, from the CLI) the module's."""
-    from prefect.exceptions import MissingContextError
-
     try:
         return get_run_logger()
     except MissingContextError:
@@ -103,8 +106,6 @@ def _done_row(config: InferConfig, plan: InferPlan, item: ObservationFile) -> di
 
 def _lock(config: InferConfig, owner: str):
     """The store's lock, waiting up to ``lock_wait`` seconds for another run (a scheduled training) to end."""
-    from mfsbi.storage import StoreLock, StoreLockedError
-
     deadline = time.monotonic() + config.lock_wait
     while True:
         lock = StoreLock(config.store, owner=owner)
@@ -129,7 +130,7 @@ def run_inference(config: InferConfig, plan: InferPlan | None = None) -> dict:
     rows = [{"status": "failed", "file": path.name, "error": message} for path, message in plan.unreadable]
     rows += [_done_row(config, plan, f) for f in plan.done]
     if plan.new:
-        from mfsbi.simulators import get_task
+        from mfsbi.simulators import get_task  # deferred: as in _infer_one
 
         task = get_task(plan.task)
         posterior = load_posterior(config.store, plan.run, task=config.task)
@@ -138,8 +139,7 @@ def run_inference(config: InferConfig, plan: InferPlan | None = None) -> dict:
             stack.callback(lock.__exit__, None, None, None)
             executor = None
             if config.ppc_sims:
-                from mfsbi.runtime.cluster import dask_client
-                from mfsbi.runtime.executor import DaskExecutor
+                from mfsbi.runtime.executor import DaskExecutor  # deferred: torch; as in _infer_one
 
                 client = stack.enter_context(dask_client(config.dask_address, config.n_workers, config.cluster))
                 executor = DaskExecutor(client)
@@ -169,11 +169,9 @@ def run_inference(config: InferConfig, plan: InferPlan | None = None) -> dict:
 
 def _check_location(config: InferConfig) -> None:
     """A deployment run refuses a relative store or folder (the worker runs in a temporary folder)."""
-    from mfsbi.flows.run import check_store_location
+    from mfsbi.flows.run import check_store_location  # deferred: torch+sbi; as in _infer_one
 
     check_store_location(config.store)
-    from prefect.context import FlowRunContext
-
     flow_run = getattr(FlowRunContext.get(), "flow_run", None)
     if getattr(flow_run, "deployment_id", None) is not None and not Path(config.observations).is_absolute():
         raise UsageError(f"observations: {config.observations!r} is relative, which a deployment run reads in the "
@@ -181,8 +179,6 @@ def _check_location(config: InferConfig) -> None:
 
 
 def _flow_run_name() -> str:
-    from prefect.runtime import flow_run
-
     config = flow_run.parameters.get("config")
     folder = config.observations if isinstance(config, InferConfig) else (config or {}).get("observations")
     return f"infer {folder}"

@@ -90,7 +90,7 @@ def read_statistics(path: Path, task, series: str | None = None) -> np.ndarray: 
             return np.asarray(load_observation(path, task.x_dim, label=path.name), dtype=np.float64)
         except UsageError as error:
             raise ObservationError(str(error)) from None
-    from mfsbi.simulators import RecordingError
+    from mfsbi.simulators import RecordingError  # deferred: torch, 1.5 s on mfsbi runs/submit (app.deployments -> infer_plan)
 
     if task.recording is None:
         raise ObservationError(f"{path.name}: task {task.name!r} says no way to turn a recording into its "

@@ -55,7 +55,7 @@ def read_current_clamp(path: Path, name: str | None) -> tuple[np.ndarray, float]
     Raises:
         ValueError: a one-line message naming the option at fault (``--nwb`` or ``--series``).
     """
-    try:  # optional: only this command reads NWB (pyproject's `recording` extra)
+    try:  # deferred: optional, only this command reads NWB (pyproject's `recording` extra)
         from pynwb import NWBHDF5IO
         from pynwb.icephys import CurrentClampSeries
     except ImportError:
@@ -116,7 +116,7 @@ def observe(
     The trace is resampled to the task's rate if it differs; its first sample is the protocol's
     t = 0 (see the task's documentation for what it must have recorded).
     """
-    from mfsbi.simulators import RecordingError, TaskNotFoundError, get_task
+    from mfsbi.simulators import RecordingError, TaskNotFoundError, get_task  # deferred: torch, 1.5 s at every CLI start
 
     if out.suffix != ".npy":
         fail(f"--out: {str(out)!r} must end in .npy")

@@ -28,7 +28,7 @@ DEFAULT_DRAWS = 400
 def _plan(store: str, observation: Path, num_draws: int, budget: int, run_name: str | None, seed: int,
           task: str | None, where: dict[str, Any]):
     """The check's plan (draws made), or a one-line exit on bad input."""
-    from mfsbi.flows.ppc_plan import PpcPlan, draw_theta
+    from mfsbi.flows.ppc_plan import PpcPlan, draw_theta  # deferred: torch+zarr, 1.9 s at every CLI start
 
     prefix, summary, posterior, task_obj, x_o = stored_posterior_at(store, run_name, task, observation)
     config = summary["config"]
@@ -46,7 +46,7 @@ def _plan(store: str, observation: Path, num_draws: int, budget: int, run_name: 
 def _check(plan) -> dict[str, Any]:  # noqa: ANN001 -- a PpcPlan
     """Runs the check's flow. Prefect is imported here, inside the CLI's services: importing it earlier
     would set up its logging before the CLI quiets it."""
-    from mfsbi.flows.ppc import ppc_flow
+    from mfsbi.flows.ppc import ppc_flow  # deferred: Prefect must be imported after the CLI quiets it (above)
 
     return ppc_flow(plan)
 
@@ -77,7 +77,7 @@ def ppc_command(run_with_services: Callable[..., Any]) -> Callable[..., None]:
         with its estimated cost before anything is spent; a rerun reuses the stored rows. Output: per
         statistic the predictive p-value and distance, a one-line verdict, a plot (docs/ppc.md).
         """
-        from mfsbi.flows.ppc_plan import DrawsMismatchError, estimate
+        from mfsbi.flows.ppc_plan import DrawsMismatchError, estimate  # deferred: as in _plan
 
         limit = num_draws if budget is None else budget
         if num_draws > limit:

@@ -166,6 +166,7 @@ def prefect_api(timeout: float = 90.0) -> Iterator[str]:
         os.environ["PREFECT_API_URL"] = url
         os.environ["PREFECT_API_AUTH_STRING"] = auth  # read by Prefect at import, and by child processes
         if "prefect" in sys.modules:  # imported already: its settings were read, override them
+            # deferred: only in this case; Prefect costs 1.2 s and must read the settings above when imported
             from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
             settings.enter_context(temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}))

@@ -26,7 +26,7 @@ class RunNotFoundError(LookupError):
 
 
 def _store(store: str | Path):
-    from mfsbi.storage import SimulationStore, StoreError
+    from mfsbi.storage import SimulationStore, StoreError  # deferred: zarr, 0.4 s at every CLI start (app.inputs)
 
     try:
         return SimulationStore(str(store), mode="r")
@@ -55,7 +55,7 @@ def run_summary(store: str | Path, run: str | None = None) -> tuple[str, dict[st
 
 
 def _task(spec: str, given: str | None):
-    from mfsbi.simulators import get_task
+    from mfsbi.simulators import get_task  # deferred: torch, 1.5 s at every CLI start (app.inputs)
 
     if given is not None:
         return get_task(given)
@@ -82,7 +82,7 @@ def load_posterior(store: str | Path, run: str | None = None, *, task: str | Non
     Raises:
         RunNotFoundError: no such store or run, or a run without a density (MF-ABC).
     """
-    from mfsbi.inference import Ensemble, estimator_from_bytes
+    from mfsbi.inference import Ensemble, estimator_from_bytes  # deferred: torch+sbi, 3.6 s at every CLI start
 
     prefix, summary = run_summary(store, run)
     paths = summary.get("posterior")
@@ -97,7 +97,7 @@ def load_posterior(store: str | Path, run: str | None = None, *, task: str | Non
     posterior = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
     x_o = _run_observation(handle, summary, task_obj)
     if x_o is not None:
-        import torch
+        import torch  # deferred: as above
 
         posterior.set_default_x(torch.as_tensor(x_o, dtype=torch.float32))
     return posterior

@@ -7,13 +7,16 @@ registered on the ``mfsbi`` app by :mod:`mfsbi.app.cli`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from mfsbi.app.console import console, fail
+from mfsbi.app.console import console, fail, name_column, print_json, print_table
+from mfsbi.app.inputs import UsageError, check_cluster
+from mfsbi.app.prefect_server import ServiceError, healthy
 
 __all__ = ["deploy", "print_store_runs", "require_api", "runs", "serve", "submit"]
 
@@ -23,10 +26,9 @@ def print_store_runs(store: str, show: bool = True) -> list[dict] | None:
 
     ``show=False``: only returns them (``status --json``).
     """
+    # deferred: app.deployments and app.stack cost 14 ms (-X importtime) at every CLI start
     from mfsbi.app import deployments
     from mfsbi.app import stack as serve_stack
-    from mfsbi.app.console import name_column, print_table
-    from mfsbi.app.prefect_server import healthy
 
     api_url = serve_stack.resolve_api_url()
     if not api_url or not healthy(api_url):
@@ -59,7 +61,7 @@ def _same_store(a: str | None, b: str) -> bool:
 
 
 def require_api() -> str:
-    from mfsbi.app import stack as serve_stack
+    from mfsbi.app import stack as serve_stack  # deferred: as in print_store_runs
 
     api_url = serve_stack.resolve_api_url()
     if not api_url:
@@ -70,8 +72,7 @@ def require_api() -> str:
 
 def _use_api(api_url: str) -> None:
     """Points Prefect at ``api_url`` with this user's auth string; a non-private auth file: one line, exit 1."""
-    from mfsbi.app import stack as serve_stack
-    from mfsbi.app.prefect_server import ServiceError
+    from mfsbi.app import stack as serve_stack  # deferred: as in print_store_runs
 
     try:
         serve_stack.use_api(api_url)
@@ -98,16 +99,12 @@ def serve(
     PREFECT_API_DATABASE_CONNECTION_URL is set), a Dask scheduler and workers, the process work pool
     mfsbi-process and a Prefect worker on it. Addresses go to $MFSBI_HOME/serve.json.
     """
-    import os
-
-    from mfsbi.app import stack as serve_stack
+    from mfsbi.app import stack as serve_stack  # deferred: as in print_store_runs
 
     def say(message: str) -> None:
         console.print(message, highlight=False)
 
     if cluster:
-        from mfsbi.app.inputs import UsageError, check_cluster
-
         try:
             check_cluster(cluster, None)
         except UsageError as error:
@@ -144,7 +141,7 @@ def deploy(
     scheduled mfsbi-infer reads the observations in $MFSBI_HOME/observations and infers them with that
     store's latest run (docs/infer.md).
     """
-    from mfsbi.app import deployments
+    from mfsbi.app import deployments  # deferred: as in print_store_runs
 
     try:  # bad input is refused before any API is needed
         deployments.amortized_schedules(schedule, cron)
@@ -155,7 +152,7 @@ def deploy(
     except deployments.ParamError as error:
         fail(str(error))
     api_url = require_api()
-    from mfsbi.app import stack as serve_stack
+    from mfsbi.app import stack as serve_stack  # deferred: as in print_store_runs
 
     try:
         chosen = {"names": deployment} if deployment else {}
@@ -184,7 +181,7 @@ def submit(
     timeout: Annotated[Optional[float], typer.Option(min=0, help="--follow: give up waiting after this many seconds")] = None,
 ) -> None:
     """Trigger a run of a deployment through the Prefect API (parameters validated as for `mfsbi run`)."""
-    from mfsbi.app import deployments
+    from mfsbi.app import deployments  # deferred: as in print_store_runs
     from mfsbi.app import stack as serve_stack
 
     full_name, short_name = deployments.deployment_full_name(deployment)
@@ -193,7 +190,7 @@ def submit(
     except deployments.ParamError as error:
         fail(str(error))
     api_url = require_api()
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound  # deferred: Prefect, 1.2 s at every CLI start
 
     try:
         flow_run = deployments.submit_run(full_name, config)
@@ -223,8 +220,7 @@ def runs(
 ) -> None:
     """List recent flow runs from the Prefect API: name, state, start, duration."""
     api_url = require_api()
-    from mfsbi.app import deployments
-    from mfsbi.app.console import name_column, print_json, print_table
+    from mfsbi.app import deployments  # deferred: as in print_store_runs
 
     try:
         rows = deployments.recent_runs(limit)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ from mfsbi.app.prefect_server import (OFFLINE_SETTINGS, ServiceError, client_aut
 from mfsbi.runtime.cluster import WORKER_PRELOAD
 from mfsbi.runtime.home import PrivateStateError, open_private_log, private_folder, private_home, write_private
 from mfsbi.runtime.processes import die_with_parent
+from mfsbi.runtime.slurm import client_tls_environment, load_slurm_settings, slurm_cluster
 from mfsbi.runtime.tls import certificates, client_environment, client_security, dask_cli_arguments
 
 __all__ = [
@@ -108,6 +110,7 @@ def use_api(api_url: str) -> None:
     if auth:
         os.environ["PREFECT_API_AUTH_STRING"] = auth
     if "prefect" in sys.modules:  # already imported: override the settings it read at import
+        # deferred: only in this case (as in prefect_server.prefect_api)
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
         updates = {PREFECT_API_URL: api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
@@ -354,10 +357,6 @@ def _start_local_dask(stack: Stack, base: dict[str, str], workers: int, dask_por
 
 def _start_slurm(stack: Stack, cluster: str) -> dict[str, str]:
     """An adaptive SLURM cluster held by this process; returns what its clients need in their environment."""
-    import shutil
-
-    from mfsbi.runtime.slurm import client_tls_environment, load_slurm_settings, slurm_cluster
-
     settings = load_slurm_settings(cluster)
     jobs = stack.cluster.enter_context(slurm_cluster(settings))
     folder = stack.home / "slurm-tls" / "clients"
@@ -368,7 +367,7 @@ def _start_slurm(stack: Stack, cluster: str) -> dict[str, str]:
 
 
 def _dask_workers(address: str) -> int:
-    from distributed import Client
+    from distributed import Client  # deferred: 0.3 s on mfsbi status/submit/runs, which load this module
 
     try:
         with Client(address, timeout="5s", security=client_security(address, mfsbi_home() / "tls")) as client:
@@ -378,7 +377,7 @@ def _dask_workers(address: str) -> int:
 
 
 def _worker_online(pool: str) -> bool:
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import get_client  # deferred: Prefect costs 1.2 s on mfsbi status, which loads this module
 
     try:
         with get_client(sync_client=True) as client:
@@ -389,6 +388,7 @@ def _worker_online(pool: str) -> bool:
 
 def ensure_work_pool(name: str = WORK_POOL) -> bool:
     """Creates the process work pool if it is missing; True when it was created."""
+    # deferred: as in _worker_online
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound

@@ -17,6 +17,7 @@ from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
+from mfsbi.inference import Ensemble, estimator_from_bytes
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -28,8 +29,6 @@ __all__ = ["amortized_flow", "run_amortized"]
 
 def _posterior(run: Run, results: list[TrainResult]):
     """One member's ``DirectPosterior``, or sbi's ``EnsemblePosterior`` of all of them."""
-    from mfsbi.inference import Ensemble, estimator_from_bytes
-
     members = [estimator_from_bytes(r.checkpoint, run.task.prior) for r in results]
     return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
 

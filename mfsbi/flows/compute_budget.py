@@ -23,12 +23,15 @@ import dataclasses
 import io
 from dataclasses import dataclass, field
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from mfsbi.flows.run import Run
 from mfsbi.flows.summary import RunSummary
+from mfsbi.inference import Evaluation, estimator_from_bytes, fit_learning_curve, next_step, pair_log_probs
 from mfsbi.runtime.simulation import SimulationReport
 from mfsbi.runtime.training_jobs import TrainResult
 
@@ -100,8 +103,6 @@ def spend_compute_budget(run: Run, summary: RunSummary) -> list[TrainResult]:
         amortised flow evaluates, stores and publishes). ``summary.planner`` holds every
         evaluation, decision and the fitted curve; the learning-curve plot is in the store and the UI.
     """
-    from mfsbi.inference import Evaluation, estimator_from_bytes, fit_learning_curve, next_step, pair_log_probs
-
     config, task = run.config, run.task
     levels = [level for level, _ in run.levels]
     fidelities = ["lf", *levels, "hf"]
@@ -260,10 +261,7 @@ def learning_curves_png(evaluations: list[dict], fidelities: list[str], curve, c
                         title: str) -> bytes:
     """One panel per fidelity: the scored allocations against its count, and the fitted curve through
     the chosen allocation (the other counts held there), as PNG bytes."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(fidelities), figsize=(3.2 * len(fidelities), 3), squeeze=False)
     for ax, fidelity in zip(axes[0], fidelities):

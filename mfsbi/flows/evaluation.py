@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from sbi.analysis import pairplot, sbc_rank_plot
 
 from mfsbi.flows.summary import Metrics
+from mfsbi.inference import c2st, calibration, calibration_at, mmd_squared, nltp, nrmse
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.simulators import Task
 
@@ -28,8 +32,6 @@ def calibration_on_pairs(posterior, theta: np.ndarray, x: np.ndarray, *, num_sam
 
     ``max_bytes`` bounds one sampling call's memory (the run's ``--training-memory``; default 256 MiB).
     """
-    from mfsbi.inference import calibration
-
     if len(theta) < 2:
         return None, ""
     bound = {} if max_bytes is None else {"max_batch_bytes": max_bytes}
@@ -40,8 +42,6 @@ def calibration_on_pairs(posterior, theta: np.ndarray, x: np.ndarray, *, num_sam
 
 def calibration_at_reference(posterior, task: Task, x_o: np.ndarray, *, num_samples: int, seed: int):
     """SBC + TARP at x_o against draws of the task's first exact reference, with ``on``; None without one."""
-    from mfsbi.inference import calibration_at
-
     if not task.references:
         return None, ""
     name, reference = next(iter(task.references.items()))
@@ -82,8 +82,6 @@ def posterior_metrics(task: Task, samples: Sequence[np.ndarray], x_o: Sequence[n
     Returns:
         The metrics; a task without references gets no C2ST or MMD.
     """
-    from mfsbi.inference import c2st, mmd_squared, nrmse
-
     metrics = Metrics(num_c2st_observations=len(samples), num_nltp_pairs=num_nltp_pairs, nltp=nltp,
                       c2st_per_observation={} if per_observation else None)
     if theta_true is not None and len(samples):
@@ -116,8 +114,6 @@ def evaluate_posterior(posterior, task: Task, test_theta: np.ndarray, test_x: np
         num_samples: posterior and reference samples per observation.
         seed: the evaluation seed (fixed across run seeds, so runs are compared on equal terms).
     """
-    from mfsbi.inference import nltp
-
     count = min(num_c2st, len(test_x))
     samples = [sample_posterior(posterior, test_x[i], num_samples, derive_seed(seed, "posterior", i))
                for i in range(count)]
@@ -135,11 +131,7 @@ def evaluate_posterior(posterior, task: Task, test_theta: np.ndarray, test_x: np
 
 def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, title: str) -> bytes:
     """A pair plot of posterior samples (sbi's ``pairplot``), as PNG bytes."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sbi.analysis import pairplot
 
     low, high = task.parameter_ranges()
     fig, _ = pairplot(
@@ -158,10 +150,7 @@ def pair_plot_png(samples: np.ndarray, task: Task, truth: np.ndarray | None, tit
 
 def loss_curves_png(curves: Sequence[Sequence[float]], title: str) -> bytes:
     """Validation loss per epoch of each trained estimator (one line per ensemble member), as PNG bytes."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for member, losses in enumerate(curves):
@@ -181,11 +170,7 @@ def loss_curves_png(curves: Sequence[Sequence[float]], title: str) -> bytes:
 
 def calibration_png(result, parameter_names: Sequence[str], title: str) -> bytes:
     """SBC rank CDFs per parameter (sbi's ``sbc_rank_plot``) beside TARP's coverage curve, as PNG bytes."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sbi.analysis import sbc_rank_plot
 
     fig, (ranks_ax, tarp_ax) = plt.subplots(1, 2, figsize=(9, 4))
     # sbi bins num_pairs // 20 by default: 0 bins (an error) under 20 pairs.

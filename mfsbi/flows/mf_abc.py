@@ -18,6 +18,10 @@ from mfsbi.flows.config import RunConfig
 from mfsbi.flows.evaluation import posterior_metrics
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, RunSummary
+from mfsbi.inference.mf_abc import (
+    ABCResult, abc_distances, continuation_decisions, distance_scale, epsilon_from_quantile, mf_abc_weights,
+    proposals_within_budget,
+)
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.storage import StoreLock
@@ -31,10 +35,6 @@ class ABCNoAcceptanceError(RuntimeError):
 
 @task(name="mf-abc weights", cache_policy=NO_CACHE)
 def _decide(theta: np.ndarray, x_lf: np.ndarray, x_o: np.ndarray, config: RunConfig, seed: int):
-    from mfsbi.inference.mf_abc import (
-        abc_distances, continuation_decisions, distance_scale, epsilon_from_quantile, proposals_within_budget,
-    )
-
     scale = distance_scale(x_lf)
     lf_distances = abc_distances(x_lf, x_o, scale)
     epsilon = epsilon_from_quantile(lf_distances, config.abc_quantile)
@@ -46,8 +46,6 @@ def _decide(theta: np.ndarray, x_lf: np.ndarray, x_o: np.ndarray, config: RunCon
 
 def run_abc(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     """The body of :func:`abc_flow`; returns the run summary."""
-    from mfsbi.inference.mf_abc import ABCResult, abc_distances, mf_abc_weights
-
     run = Run.start(config, executor, device="cpu")
     x_o, theta_true = run.target_observation()
     num = config.abc_proposals or config.lf_sims

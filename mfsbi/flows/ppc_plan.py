@@ -18,6 +18,8 @@ from mfsbi.flows.ppc_traces import TRACE_DRAWS, has_traces
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.runtime.simulation import theta_and_seeds
 from mfsbi.simulators import Task
+from mfsbi.simulators.network_model import PLAUSIBLE_RATES
+from mfsbi.simulators.pyramidal import statistic_names as pyramidal_names
 from mfsbi.storage import SimulationStore
 
 __all__ = ["PPC_MARK", "DrawsMismatchError", "PpcEstimate", "PpcPlan", "check_draws", "draw_theta", "estimate",
@@ -44,8 +46,6 @@ def statistic_names(task: Task) -> tuple[str, ...]:
     if task.name.startswith("plastic-network"):
         return ("rate_E", "rate_I")
     if hasattr(simulator, "statistics") and hasattr(simulator, "voltage"):  # the pyramidal cell's
-        from mfsbi.simulators.pyramidal import statistic_names as pyramidal_names
-
         return pyramidal_names(simulator.statistics)
     return tuple(f"x{j}" for j in range(task.x_dim))
 
@@ -54,15 +54,14 @@ def plausible_range(task: Task) -> tuple[float, float] | None:
     """The network's plausible rates (both in 1-50 Hz, PAPER.md); None for other tasks."""
     if not task.name.startswith("plastic-network"):
         return None
-    from mfsbi.simulators.network_model import PLAUSIBLE_RATES
-
     return PLAUSIBLE_RATES
 
 
 def draw_theta(posterior, x_o: np.ndarray, num_draws: int, chunk_size: int, seed: int) -> np.ndarray:
     """Posterior draws at x_o, chunk by chunk (chunk c from a seed of ``(seed, c)``): a larger ``num_draws``
     begins with the rows of a smaller one, so a check grown later keeps the rows it has."""
-    from mfsbi.flows.evaluation import sample_posterior  # torch and sbi: only where draws are made
+    # deferred: flows.evaluation brings sbi, 2.2 s; `mfsbi ppc` imports this module before checking -n and --budget
+    from mfsbi.flows.evaluation import sample_posterior
 
     chunks = [sample_posterior(posterior, x_o, chunk_size, derive_seed(seed, "ppc/theta", c))
               for c in range(-(-num_draws // chunk_size))]

@@ -6,6 +6,8 @@ import io
 import math
 from collections.abc import Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from mfsbi.flows.ppc_traces import Trace
@@ -35,10 +37,7 @@ def ppc_png(check: PredictiveCheck, hf: np.ndarray, lf: np.ndarray | None, title
     Returns:
         PNG bytes.
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     d = len(check.names)
     rows = math.ceil(d / COLUMNS)

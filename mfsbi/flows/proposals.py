@@ -54,7 +54,7 @@ def truncated(context: ProposalContext) -> tuple[Any, dict[str, Any]]:
 
 def acquired_and_truncated(context: ProposalContext) -> tuple[Any, dict[str, Any]]:
     """A-MF-TSNPE: the top share by ensemble disagreement from a prior pool, the rest truncated."""
-    from mfsbi.inference import Ensemble, propose_round
+    from mfsbi.inference import Ensemble, propose_round  # deferred: sbi+torch 3.6 s; the CLI loads this module at start
 
     config = context.config
     theta, acquisition = propose_round(

@@ -12,6 +12,7 @@ again whatever Prefect remembers, and Prefect's own caching mis-handles killed D
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -19,10 +20,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task
+from prefect.artifacts import create_image_artifact
 from prefect.cache_policies import NONE as NO_CACHE
+from prefect.context import FlowRunContext
 
 from mfsbi import __version__
 from mfsbi.flows.config import RunConfig
@@ -31,12 +35,13 @@ from mfsbi.flows.methods import AMORTIZED
 from mfsbi.flows.plan import RunPlan
 from mfsbi.flows.summary import RunSummary
 from mfsbi.flows.training_progress import epoch_progress
+from mfsbi.inference import EstimatorConfig, TrainingConfig
 from mfsbi.runtime import progress
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.runtime.simulation import SimulationReport, ensure_rows, provenance, run_pending
 from mfsbi.runtime.multilevel_jobs import MultilevelJob, train_multilevel
 from mfsbi.runtime.training_jobs import TrainJob, TrainResult, train_estimator
-from mfsbi.storage import SimulationStore
+from mfsbi.storage import SimulationStore, StoreError
 
 __all__ = ["ChainStep", "Run", "check_store_location", "resolve_device", "training_resources"]
 
@@ -68,12 +73,6 @@ def check_store_location(store: str) -> None:
     Raises:
         StoreError: one line naming ``store`` and the fix.
     """
-    from pathlib import Path
-
-    from prefect.context import FlowRunContext
-
-    from mfsbi.storage import StoreError
-
     context = FlowRunContext.get()
     # The context, not the API (prefect.runtime asks the server when the context lacks the id).
     flow_run = getattr(context, "flow_run", None)
@@ -188,8 +187,6 @@ class Run(RunPlan):
 
     def estimator_config(self) -> dict:
         """The paper's estimator for this task, as a job carries it."""
-        from mfsbi.inference import EstimatorConfig
-
         task = self.task
         if task.embedding:  # a CNN for images, its input z-scored as one block
             return EstimatorConfig(embedding=task.embedding, x_shape=task.x_shape, z_score_x="structured").to_dict()
@@ -198,8 +195,6 @@ class Run(RunPlan):
     def training_config(self, learning_rate: float, seed: int, batch_size: int = 200,
                         anchor_penalty: float = 0.0) -> dict:
         """The training settings of a job, as it carries them."""
-        from mfsbi.inference import TrainingConfig
-
         return TrainingConfig(learning_rate=learning_rate, max_num_epochs=self.config.max_num_epochs, seed=seed,
                               batch_size=batch_size, anchor_penalty=anchor_penalty).to_dict()
 
@@ -226,10 +221,6 @@ class Run(RunPlan):
         The artifact's page shows the picture; the flow run's page lists the artifact
         (benchmarks/ui_screenshot.py checks both with headless Chromium).
         """
-        import base64
-
-        from prefect.artifacts import create_image_artifact
-
         key = _slug(f"{self.name}-{path.rsplit('/', 1)[-1]}")[:100]
         create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(png).decode(), key=key,
                               description=f"{self.task.name} {self.name}: {what} ({self.location(path)})")

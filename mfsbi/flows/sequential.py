@@ -16,6 +16,8 @@ import json
 import time
 from dataclasses import dataclass
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from prefect import flow
@@ -28,6 +30,7 @@ from mfsbi.flows.proposals import ProposalContext
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import HFState, Metrics, RoundRecord, RunSummary
 from mfsbi.flows.transfer_guard import compare_with_scratch, not_compared, warn_on_negative_transfer
+from mfsbi.inference import Ensemble, estimator_from_bytes, pair_log_probs, truncated_prior
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
 from mfsbi.storage import StoreLock
@@ -70,15 +73,11 @@ class RoundPlan:
 
 
 def _posterior(checkpoints: list[bytes], prior):
-    from mfsbi.inference import Ensemble, estimator_from_bytes
-
     members = [estimator_from_bytes(c, prior) for c in checkpoints]
     return members, (members[0].posterior() if len(members) == 1 else Ensemble(members).posterior())
 
 
 def _propose(run: Run, plan: RoundPlan) -> tuple[np.ndarray, dict]:
-    from mfsbi.inference import truncated_prior
-
     seed = run.seed("propose", plan.index)
     if plan.checkpoints is None:
         return run.task.sample_prior(plan.size, seed), {"acceptance_rate": 1.0, "acquired": 0}
@@ -138,8 +137,6 @@ def _guard_round(run: Run, plan: RoundPlan, sim_table, members: int) -> dict:
     The previous round's members (the fine-tuned chain) and estimators trained from scratch on the
     same earlier rows are scored on this round's new rows, which neither has trained on.
     """
-    from mfsbi.inference import pair_log_probs
-
     held_theta, held_x = sim_table.read("ok", rounds=[plan.index])
     earlier = sim_table.num_rows - len(sim_table.read("all", rounds=[plan.index])[0])
     if len(held_theta) < 2:
@@ -315,10 +312,7 @@ def _final_metrics(run: Run, posterior, x_o: np.ndarray, theta_true: np.ndarray 
 
 def _budget_plot(run: Run, summary: RunSummary) -> None:
     """C2ST after each round against the HF simulations spent so far, saved with the run."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     references = sorted({name for row in summary.rounds for name in row.c2st})
     if not references:

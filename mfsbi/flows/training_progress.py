@@ -39,6 +39,8 @@ def _fraction(events: dict[int, dict[str, Any]], members: int) -> float:
 @contextlib.contextmanager
 def epoch_progress(executor: BatchExecutor, label: str, members: int) -> Iterator[None]:
     """While open: epochs of the trainings called ``label`` reach the listeners and the Prefect UI."""
+    # deferred: app.progress_display loads this module before the CLI sets PREFECT_API_URL and the logging level,
+    # which Prefect reads at import (and Prefect costs 1.2 s)
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     latest: dict[int, dict[str, Any]] = {}

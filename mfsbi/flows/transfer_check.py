@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from mfsbi.flows.config import RunConfig
 from mfsbi.flows.run import Run, check_store_location
+from mfsbi.inference import EstimatorConfig, TrainingConfig, check_transfer, estimator_from_bytes
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
 from mfsbi.runtime.executor import BatchExecutor, DaskExecutor
@@ -50,8 +51,6 @@ def _paired_lf(run: Run, theta: np.ndarray) -> np.ndarray:
 
 def run_transfer_check(config: RunConfig, executor: BatchExecutor, pilot: int) -> dict:
     """The body of :func:`transfer_check_flow` on a given executor; returns the report."""
-    from mfsbi.inference import EstimatorConfig, TrainingConfig, check_transfer, estimator_from_bytes
-
     run = Run.start(config, executor)
     summary = run.new_summary()
     pretrained = estimator_from_bytes(run.pretrained_through_chain(summary), run.task.prior)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import least_squares
 
 __all__ = ["Evaluation", "LearningCurve", "Step", "fit_learning_curve", "next_step"]
 
@@ -77,8 +78,6 @@ def fit_learning_curve(evaluations: Sequence[Evaluation], fidelities: Sequence[s
     Returns:
         The fitted :class:`LearningCurve`.
     """
-    from scipy.optimize import least_squares
-
     if not evaluations:
         raise ValueError("evaluations: need at least one trained allocation to fit a learning curve")
     k = len(fidelities)

@@ -29,6 +29,11 @@ import warnings
 
 import numpy as np
 import torch
+from sbi.diagnostics import check_tarp
+from sbi.diagnostics.sbc import check_uniformity_frequentist
+from sbi.diagnostics.tarp import _run_tarp, get_tarp_references
+from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
+from scipy.stats import ttest_1samp
 from torch import Tensor
 
 __all__ = ["BIASED", "CALIBRATED", "CALIBRATION_BATCH_BYTES", "MISLEADING_VERDICTS", "OVER_CONFIDENT",
@@ -68,8 +73,6 @@ class Calibration:
 
 def _rank_shape(u: np.ndarray, level: float) -> tuple[str, str]:
     """How ranks ``u`` (in [0, 1], one parameter) depart from uniform: off-centre first, else their spread."""
-    from scipy.stats import ttest_1samp
-
     n = len(u)
     # Off-centre: a t-test of the mean against 1/2 with the ranks' own variance. A z-test with the
     # uniform's variance 1/12 named 16-19 % of clearly over-confident posteriors (SD x 0.5) biased:
@@ -101,10 +104,6 @@ def _verdict(ks_pvalues: np.ndarray, u: np.ndarray, atc: float, tarp_p: float, l
 
 
 def _from_samples(samples: Tensor, theta: Tensor, num_posterior_samples: int, level: float) -> Calibration:
-    from sbi.diagnostics import check_tarp
-    from sbi.diagnostics.sbc import check_uniformity_frequentist
-    from sbi.diagnostics.tarp import _run_tarp, get_tarp_references
-
     # The SBC rank is sbi's definition: how many posterior samples lie below the true value.
     ranks = (samples < theta[None]).sum(0)
     # TARP as sbi's run_tarp does it: references drawn over the box of theta, theta z-scored.
@@ -151,8 +150,6 @@ def pairs_per_batch(num_posterior_samples: int, x_dim: int, max_bytes: int) -> i
 def samples_on_pairs(posterior: Any, x: Tensor, num_posterior_samples: int,
                      max_bytes: int = CALIBRATION_BATCH_BYTES) -> Tensor:
     """``(num_posterior_samples, n, d)`` draws at each of the n observations, sampled in batches within ``max_bytes``."""
-    from sbi.utils.diagnostics_utils import get_posterior_samples_on_batch
-
     step = pairs_per_batch(num_posterior_samples, x.shape[1], max_bytes)
     with warnings.catch_warnings():
         # sbi caps its own sampling batch (a memory guard of its own) and says so on every call.

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from .embeddings import EMBEDDINGS
+
 __all__ = [
     "EstimatorConfig",
     "PAPER_CODE_LF_LEARNING_RATE",
@@ -82,8 +84,6 @@ class EstimatorConfig:
     x_shape: Optional[tuple[int, ...]] = None
 
     def __post_init__(self) -> None:
-        from .embeddings import EMBEDDINGS
-
         if self.x_shape is not None:
             # JSON gives lists back; keep the frozen config hashable and comparable.
             object.__setattr__(self, "x_shape", tuple(int(s) for s in self.x_shape))

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import bootstrap, permutation_test, rankdata, wilcoxon
 from torch.distributions import Distribution
 
 from .config import EstimatorConfig, TrainingConfig
@@ -96,8 +97,6 @@ def _pairing_scores(network: torch.nn.Module, theta: torch.Tensor, x: torch.Tens
 
 def _ranking(scores: np.ndarray, permutations: int, seed: int) -> tuple[float, float, float, float]:
     """Ranking AUC of the diagonal of ``scores``, its permutation p-value and one-sided 95 % bootstrap bounds."""
-    from scipy.stats import bootstrap, permutation_test, rankdata
-
     n = len(scores)
     # Row i: each theta_j's rank among the n candidates for x_i, as the fraction of the others below it.
     fraction_below = (rankdata(np.nan_to_num(scores, nan=-np.inf), axis=1) - 1) / (n - 1)
@@ -193,8 +192,6 @@ def check_transfer(
         tuned = fine_tune(pretrained, theta[train], x_hf[train], training=dataclasses.replace(fine_tuning, seed=fold_seed))
         scratch_lp[held] = _log_prob(own, theta_t[held], x_t[held])
         tuned_lp[held] = _log_prob(tuned, theta_t[held], x_t[held])
-    from scipy.stats import wilcoxon
-
     scores = _pairing_scores(restandardized_copy(pretrained, x_t), theta_t, x_t)
     auc, auc_p, auc_lower, auc_upper = _ranking(scores, permutations, seed)
     d = tuned_lp - scratch_lp

@@ -15,6 +15,7 @@ import signal
 from collections.abc import Iterator
 
 from mfsbi.runtime.home import mfsbi_home
+from mfsbi.runtime.slurm import load_slurm_settings, slurm_cluster
 from mfsbi.runtime.tls import client_security, scheduler_http_closed
 
 __all__ = ["CLUSTER_CLOSE_TIMEOUT", "WORKER_PRELOAD", "close_cluster", "dask_client", "planned_workers"]
@@ -47,11 +48,10 @@ def dask_client(address: str | None = None, n_workers: int | None = None,
         cluster: ``slurm`` or a YAML file (:mod:`mfsbi.runtime.slurm`): workers are SLURM jobs,
             scaled with the work, all closed at the end.
     """
+    # deferred: distributed costs 0.3 s; `mfsbi status/serve/submit/runs` load this module through app.stack
     from distributed import Client, LocalCluster
 
     if cluster:
-        from mfsbi.runtime.slurm import load_slurm_settings, slurm_cluster
-
         settings = load_slurm_settings(cluster)
         with slurm_cluster(settings) as jobs, Client(jobs) as client:
             _PLANNED[client.id] = settings.maximum_jobs * int(settings.jobqueue.get("processes") or 1)

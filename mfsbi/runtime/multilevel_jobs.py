@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from mfsbi.inference import EstimatorConfig, TrainingConfig, estimator_to_bytes, train_ml_npe
 from mfsbi.runtime.simulation import theta_and_seeds
 from mfsbi.runtime.training_jobs import TrainResult, epoch_sink, worker_name
 from mfsbi.runtime.worker_cache import store_for, task_for
@@ -76,10 +78,6 @@ def read_levels(store: object, levels: tuple[CoupledRows, ...]) -> list[tuple]:
 
 def train_multilevel(job: MultilevelJob) -> TrainResult:
     """Trains ML-NPE on a worker, reporting every epoch; returns the checkpoint as bytes."""
-    import torch
-
-    from mfsbi.inference import EstimatorConfig, TrainingConfig, estimator_to_bytes, train_ml_npe
-
     started = time.process_time()
     torch.set_num_threads(job.threads)
     task = task_for(job.task_spec)

@@ -18,6 +18,8 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from mfsbi.runtime.home import private_folder, read_secret, write_private
 
 __all__ = ["Certificates", "certificates", "client_environment", "client_security", "dask_cli_arguments",
@@ -39,8 +41,6 @@ class Certificates:
 
 
 def _valid(certificate: Path) -> bool:
-    from cryptography import x509
-
     try:
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
     except (OSError, ValueError):
@@ -61,6 +61,7 @@ def certificates(folder: Path) -> Certificates:
     Raises:
         PrivateStateError: the key is not this user's, is readable by others or is empty.
     """
+    # deferred: distributed costs 0.3 s; `mfsbi status/serve/submit/runs` load this module through app.stack
     from distributed.security import Security
 
     private_folder(folder)
@@ -101,7 +102,7 @@ def client_security(address: str, folder: Path):
         FileNotFoundError: a ``tls://`` address, no TLS settings and no certificates in ``folder``.
         PrivateStateError: the key in ``folder`` is not this user's, is readable by others or is empty.
     """
-    import dask
+    import dask  # deferred: dask + distributed cost 0.3 s (as in certificates)
     from distributed.security import Security
 
     if not address.startswith("tls://"):
@@ -120,6 +121,6 @@ def client_security(address: str, folder: Path):
 
 def scheduler_http_closed():
     """A context in which a scheduler made in this process serves only its health check over HTTP."""
-    import dask
+    import dask  # deferred: dask costs 0.14 s (as in certificates)
 
     return dask.config.set(HEALTH_ONLY)

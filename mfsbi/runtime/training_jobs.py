@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from distributed import get_worker
 
+from mfsbi.inference import (
+    EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune, fine_tune_streaming, train_npe,
+    train_npe_streaming,
+)
+from mfsbi.inference.chunk_stream import StreamingConfig
 from mfsbi.runtime import progress
 from mfsbi.runtime.worker_cache import store_for, task_for
 
@@ -120,14 +128,10 @@ class TableChunks:
 def default_training_memory() -> int:
     """Half the memory of the Dask worker running this, or of the machine outside Dask."""
     try:
-        from distributed import get_worker
-
         limit = get_worker().memory_manager.memory_limit
-    except (ImportError, ValueError):
+    except ValueError:  # not on a Dask worker
         limit = None
     if not limit:
-        import os
-
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # the machine's memory (POSIX)
     return int(DEFAULT_MEMORY_FRACTION * limit)
 
@@ -156,8 +160,6 @@ def streams(job: TrainJob, table: object) -> bool:
 
 
 def _streaming_config(job: TrainJob, table: object):
-    from mfsbi.inference.chunk_stream import StreamingConfig
-
     return StreamingConfig.for_memory(_budget(job), 8 * table.chunk_size * (table.theta_dim + table.x_dim))
 
 
@@ -168,10 +170,8 @@ def epoch_sink(job) -> object:
         job: a training job (its ``label`` and ``member`` name the training in progress displays).
     """
     try:
-        from distributed import get_worker
-
         worker = get_worker()
-    except (ImportError, ValueError):
+    except ValueError:  # not on a Dask worker
         worker = None
 
     def sink(report) -> None:
@@ -192,12 +192,6 @@ def train_estimator(job: TrainJob) -> TrainResult:
 
 
 def _train(job: TrainJob) -> TrainResult:
-    import torch
-
-    from mfsbi.inference import (
-        EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune, train_npe,
-    )
-
     torch.set_num_threads(job.threads)
     task = task_for(job.task_spec)
     table = store_for(job.store_url).table(job.table, job.fidelity)
@@ -227,13 +221,6 @@ def _train(job: TrainJob) -> TrainResult:
 
 
 def _train_streaming(job: TrainJob, task: object, table: object) -> TrainResult:
-    import torch
-
-    from mfsbi.inference import (
-        EstimatorConfig, TrainingConfig, estimator_from_bytes, estimator_to_bytes, fine_tune_streaming,
-        train_npe_streaming,
-    )
-
     source = TableChunks(table, job.limit)
     training = TrainingConfig.from_dict(job.training)
     streaming = _streaming_config(job, table)
@@ -254,8 +241,6 @@ def _train_streaming(job: TrainJob, task: object, table: object) -> TrainResult:
 def worker_name(_: object = None) -> str:
     """The Dask worker running this, or ``"flow process"`` outside Dask (recorded with each training)."""
     try:
-        from distributed import get_worker
-
         return str(get_worker().name)
-    except (ImportError, ValueError):
+    except ValueError:  # not on a Dask worker
         return "flow process"

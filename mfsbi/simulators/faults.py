@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from mfsbi.simulators.base import Simulator, Task
+from mfsbi.simulators.ou import ou2 as ou2_task
 
 __all__ = ["FaultPlan", "FaultySimulator", "faulty", "ou2"]
 
@@ -133,7 +134,5 @@ def ou2() -> Task:
     Returns:
         The task ``ou2-faulty``.
     """
-    from mfsbi.simulators.ou import ou2 as ou2_task
-
     return faulty(ou2_task(), FaultPlan.parse(os.environ.get("MFSBI_FAULTS", "")),
                   os.environ.get("MFSBI_FAULTS_LOG") or None)

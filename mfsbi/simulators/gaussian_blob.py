@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
@@ -213,10 +214,7 @@ class GaussianBlobLowFidelity:
 
 
 def _prior(size: int) -> Distribution:
-    # sbi is imported here, not at module import: workers unpickle the simulators, which need
-    # only numpy, and importing sbi costs more than a second.
-    import torch
-    from sbi.utils import BoxUniform
+    from sbi.utils import BoxUniform  # deferred: sbi costs 1.7 s over torch; `import mfsbi.simulators` must not load it
 
     return BoxUniform(
         low=torch.tensor([0.0, 0.0, GAMMA_LOW], dtype=torch.float32),

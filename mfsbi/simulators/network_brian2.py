@@ -43,7 +43,7 @@ def preload() -> None:
     Call it once in every process that simulates the high-fidelity model outside its main thread
     (Dask workers: ``--preload mfsbi.simulators.plastic_network`` or ``LocalCluster(preload=...)``).
     """
-    import brian2  # noqa: F401
+    import brian2  # noqa: F401 -- deferred: the point of this function (see _import_brian2)
 
 
 def dask_setup(worker: Any = None) -> None:
@@ -69,7 +69,7 @@ def resolve_target(target: Target) -> str:
     with _TARGET_LOCK:
         if "auto" not in _RESOLVED:
             try:
-                from brian2.codegen.runtime.cython_rt import CythonCodeObject
+                from brian2.codegen.runtime.cython_rt import CythonCodeObject  # deferred: as _import_brian2
 
                 _RESOLVED["auto"] = "cython" if CythonCodeObject.is_available() else "numpy"
             except Exception:  # noqa: BLE001 - any failure to compile means "no cython"
@@ -83,7 +83,7 @@ _RUN_LOCK = threading.Lock()
 
 def _import_brian2() -> Any:
     """brian2, or a RuntimeError that says to preload it (an import in a worker thread fails)."""
-    try:
+    try:  # deferred: brian2 costs 1.4 s, and fails to import outside a main thread (Dask worker threads)
         import brian2
     except ValueError as error:
         if threading.current_thread() is threading.main_thread():

@@ -70,7 +70,7 @@ def _quiet() -> None:
 def _neuron() -> Any:
     """``neuron.h`` with the standard run system loaded (imported on first use)."""
     _quiet()
-    from neuron import h
+    from neuron import h  # deferred: NEURON reads NEURON_MODULE_OPTIONS at its first import, so after _quiet()
 
     h.load_file("stdrun.hoc")
     return h
@@ -86,7 +86,7 @@ def demo_pyramid_path() -> Path:
         FileNotFoundError: when the installed NEURON does not ship it.
     """
     _quiet()
-    import neuron
+    import neuron  # deferred: after _quiet(), as in _neuron
 
     package = Path(neuron.__file__).resolve().parent
     candidates = [package / ".data" / DEMO_PYRAMID, package / DEMO_PYRAMID]

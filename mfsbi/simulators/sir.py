@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from scipy.special import expit
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, LogNormal
 
 from mfsbi.simulators.base import Task, check_theta_batch
 
@@ -267,10 +268,6 @@ class SIRCoarseLowFidelity:
 
 
 def _prior() -> Distribution:
-    # torch is imported here so that workers unpickling the simulators need only numpy.
-    import torch
-    from torch.distributions import Independent, LogNormal
-
     # Support is constraints.independent(positive, 1): unbounded above, so the estimator's
     # "logit" theta transform (sbi's biject_to(prior.support)) becomes a log transform here.
     return Independent(

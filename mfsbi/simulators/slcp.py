@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.distributions import Distribution
 
 from mfsbi.simulators.base import Task, check_theta_batch
@@ -261,10 +262,7 @@ def _propose(rng: np.random.Generator, m: int, mean: np.ndarray, chol: np.ndarra
 
 
 def _prior() -> Distribution:
-    # sbi is imported here, not at module import: workers unpickle the simulators, which need
-    # only numpy, and importing sbi costs more than a second.
-    import torch
-    from sbi.utils import BoxUniform
+    from sbi.utils import BoxUniform  # deferred: sbi costs 1.7 s over torch; `import mfsbi.simulators` must not load it
 
     return BoxUniform(
         low=torch.full((THETA_DIM,), PRIOR_LOW, dtype=torch.float32),
