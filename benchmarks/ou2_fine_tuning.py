@@ -45,7 +45,7 @@ VARIANTS: dict[str, dict] = {
 
 
 def _member_seeds(seed: int, size: int) -> list[int]:
-    """The seeds `mfsbi run --ensemble N` trains its members with (flows/amortized.py)."""
+    """The seeds `mfsbi run --ensemble N` trains its members with (flows/strategies.py, train_on_hf_budget)."""
     from mfsbi.runtime.seeds import derive_seed
 
     return [derive_seed(seed, "train")] + [derive_seed(seed, "train", e) for e in range(1, size)]

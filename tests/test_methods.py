@@ -21,7 +21,11 @@ def test_the_built_in_methods_and_their_families():
     assert [m for m in available_methods() if get_method(m).uses_lf] == [
         "mf-npe", "ml-npe", "mf-tsnpe", "a-mf-tsnpe", "mf-abc"]
     assert methods_of(AMORTIZED) == ["npe", "mf-npe", "ml-npe"]
-    assert [m for m in available_methods() if get_method(m).multilevel] == ["ml-npe"]
+    # Each amortised method is its training strategy, loaded from its module when a run calls it.
+    assert [get_method(m).train.entrypoint for m in methods_of(AMORTIZED)] == [
+        "mfsbi.flows.strategies:npe", "mfsbi.flows.strategies:mf_npe", "mfsbi.flows.multilevel:train_multilevel_run"]
+    assert all(callable(get_method(m).train.load()) for m in methods_of(AMORTIZED))
+    assert all(get_method(m).train is None for m in available_methods() if get_method(m).family is not AMORTIZED)
     assert methods_of(SEQUENTIAL) == ["tsnpe", "mf-tsnpe", "a-mf-tsnpe"]
     assert get_method("a-mf-tsnpe").members(5) == 5 and get_method("mf-tsnpe").members(5) == 1
     # Each method reads its options model: the common fields, its family's, its own.

@@ -11,7 +11,7 @@ from mfsbi.runtime.simulation import provenance
 from mfsbi.simulators import Task
 from mfsbi.storage import SimulationStore, StoreError
 
-__all__ = ["PreflightError", "check_levels", "check_store"]
+__all__ = ["PreflightError", "check_levels", "check_method", "check_store"]
 
 
 class PreflightError(ValueError):
@@ -35,6 +35,20 @@ def check_levels(config: RunConfig, task: Task) -> None:
                              f"levels need one of {', '.join(chained)} (or leave them out)")
 
 
+def check_method(config: RunConfig, task: Task) -> None:
+    """Refuses settings the method cannot run: its own check (:attr:`~mfsbi.flows.methods.Method.check`),
+    and a compute budget given to a method that takes counts."""
+    method = config.method_spec
+    if method.check is not None:
+        try:
+            method.check(config, task)
+        except ValueError as error:  # the method's one line, as every other preflight refusal
+            raise PreflightError(str(error)) from None
+    if config.compute_budget is not None and "compute_budget" not in method.option_names:
+        raise PreflightError(f"--compute-budget: {config.method} takes counts (--sims); a compute budget is planned "
+                             "for mf-npe")
+
+
 def check_store(config: RunConfig, task: Task) -> None:
     """Refuses a store that is not an mfsbi store, or holds tables made with other settings.
 
@@ -42,24 +56,7 @@ def check_store(config: RunConfig, task: Task) -> None:
     """
     run = RunPlan.of(config, task)
     check_levels(config, task)
-    if config.method_spec.multilevel:
-        if not task.coupled:
-            raise PreflightError(f"--method: ml-npe trains on coupled pairs, and task {task.name!r} does not couple its "
-                                 "fidelities (the same θ and seed do not give outputs that share their noise); use "
-                                 "mf-npe, or a coupled task (see `mfsbi tasks --json`: coupled)")
-        if config.ensemble > 1:
-            raise PreflightError("--ensemble: ml-npe trains one estimator; leave --ensemble at 1")
-    if config.compute_budget is not None:
-        if "compute_budget" not in config.method_spec.option_names:
-            raise PreflightError(f"--compute-budget: {config.method} takes counts (--sims); a compute budget is planned "
-                                 "for mf-npe")
-        if config.ensemble > 1:
-            raise PreflightError("--ensemble: the compute-budget planner trains one estimator per allocation; "
-                                 "leave --ensemble at 1")
-        unknown = sorted(set(config.simulation_cost) - {"lf", "hf", *config.level_sims})
-        if unknown:
-            raise PreflightError(f"--simulation-cost: {unknown[0]!r} is not a fidelity of this run "
-                                 f"(lf, {', '.join(config.level_sims) + ', ' if config.level_sims else ''}hf)")
+    check_method(config, task)
     if run.method.family is SEQUENTIAL and config.hf_sims < config.rounds:
         raise PreflightError(f"--hf-sims: {config.hf_sims} cannot fill {config.rounds} rounds; use --hf-sims >= --rounds")
 

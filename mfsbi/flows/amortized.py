@@ -1,26 +1,22 @@
-"""The amortised flow: NPE, MF-NPE (at counts or within a compute budget) and ML-NPE.
+"""The amortised flow: NPE, MF-NPE (at counts or within a compute budget), ML-NPE, any registered method.
 
-simulate LF → pretrain → simulate HF (the budget) → fine-tune (or train from scratch) → evaluate.
+The method's training strategy (for MF-NPE: simulate LF → pretrain → simulate HF (the budget) →
+fine-tune or choose; :mod:`mfsbi.flows.strategies`) → evaluate → calibrate → store and publish.
 Prefect tasks are coarse and run in the flow process; the fan-out of simulations and the training
 itself run as plain Dask tasks on the workers.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 
-from mfsbi.flows.compute_budget import spend_compute_budget
 from mfsbi.flows.config import RunConfig
-from mfsbi.flows.multilevel import train_multilevel_run
 from mfsbi.flows.evaluation import calibration_on_pairs, evaluate_posterior, sample_posterior
 from mfsbi.flows.run import Run, check_store_location
 from mfsbi.flows.summary import Metrics, RunSummary
-from mfsbi.flows.selection import select_estimator
 from mfsbi.inference import Ensemble, estimator_from_bytes
 from mfsbi.runtime import progress
 from mfsbi.runtime.cluster import dask_client
@@ -58,44 +54,12 @@ def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_th
         run.record_calibration(summary, result, on)
 
 
-def _train_at_counts(run: Run, summary: RunSummary) -> list[TrainResult]:
-    """NPE or MF-NPE at the configured counts: the chain below HF, the HF budget, the choice of estimator.
-
-    MF-NPE (one estimator, the guard not off) chooses among its candidates by cross-validation on
-    the HF budget's own rows (:mod:`mfsbi.flows.selection`); held-out test pairs are not passed in.
-    """
-    config = run.config
-    pretrained = run.pretrained_through_chain(summary) if run.method.uses_lf else None
-    hf = run.simulate(table=run.hf_table, fidelity="hf", num_rows=config.hf_sims, seed=config.seed,
-                      budget=config.hf_sims)
-    summary.hf = dataclasses.asdict(hf)
-    summary.hf_budget = dataclasses.asdict(run.store.table(run.hf_table, "hf").budget())
-    if pretrained is not None and config.transfer_guard != "off" and config.ensemble == 1:
-        return select_estimator(run, summary, pretrained)
-    label = f"fine-tune on {config.hf_sims} HF" if pretrained else f"train on {config.hf_sims} HF"
-    members = config.ensemble
-    if members > 1:
-        label += f" ({members} members)"
-    # Member 0 keeps the seed of a single estimator: --ensemble 1 is the run it always was.
-    seeds = [run.seed("train")] + [run.seed("train", e) for e in range(1, members)]
-    results = run.train([run.train_job(table=run.hf_table, fidelity="hf", limit=config.hf_sims,
-                                       learning_rate=config.hf_training_rate(pretrained is not None), seed=seed,
-                                       pretrained=pretrained)
-                         for seed in seeds], label=label)
-    return results
-
-
 def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     """The body of :func:`amortized_flow` on a given executor; returns the run summary."""
     run = Run.start(config, executor)
     summary = run.new_summary()
-    if config.compute_budget is not None:
-        # The planner chooses the counts; the run then evaluates and stores its best allocation.
-        results = spend_compute_budget(run, summary)
-    elif run.method.multilevel:
-        results = train_multilevel_run(run, summary)
-    else:
-        results = _train_at_counts(run, summary)
+    # The method's training strategy (mfsbi.flows.strategies): what it simulates and trains is its own.
+    results = run.method.train(run, summary)
     # Evaluation only reports: its pairs are simulated after every choice is made.
     test_theta, test_x = run.test_pairs(run.evaluation_pairs)
     members = len(results)
@@ -162,7 +126,8 @@ def _workers(train: dict | list[dict]) -> str:
 @flow(name="mfsbi-amortized",
       flow_run_name="{config.task} {config.method} lf={config.lf_sims} hf={config.hf_sims} seed={config.seed}")
 def amortized_flow(config: RunConfig) -> RunSummary:
-    """NPE or MF-NPE (one estimator or an ensemble) on one task, every simulation stored in the zarr store.
+    """An amortised method (NPE, MF-NPE, ML-NPE, one estimator or an ensemble) on one task, every
+    simulation stored in the zarr store.
 
     Arguments:
         config: the validated run configuration (the CLI and the deployments use the same model).

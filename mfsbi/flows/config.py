@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ConfigDict, ValidationError, field_validator
 
-from mfsbi.flows.methods import AMORTIZED, SEQUENTIAL, Method, MethodNotFoundError, get_method
+from mfsbi.flows.methods import Method, MethodNotFoundError, get_method
 from mfsbi.flows.options import (
     FINE_TUNING_LEARNING_RATE, HF_LEARNING_RATE, MAX_SIMULATIONS, ABCOptions, AcquisitionOptions, CommonOptions,
     ComputeBudgetOptions, EnsembleOptions, SequentialOptions, TransferGuardOptions,
@@ -81,21 +81,17 @@ class RunConfig(ComputeBudgetOptions, EnsembleOptions, TransferGuardOptions, ABC
 
     @property
     def run_name(self) -> str:
-        """A readable, deterministic name used for artifacts, tables and the Prefect flow run."""
+        """A readable, deterministic name used for artifacts, tables and the Prefect flow run.
+
+        ``<method>-[lf<n>-][<level><n>-]hf<n><the method's suffix>-seed<seed>``.
+        """
         lf = f"lf{self.lf_sims}-" if self.uses_lf else ""
         # Intermediate levels in the name only when given: two-level runs keep their names.
         levels = "".join(f"{level}{count}-" for level, count in self.level_sims.items())
-        name = f"{self.method}-{lf}{levels}hf{self.hf_sims}"
-        family = self.method_spec.family
-        if family is AMORTIZED and self.ensemble > 1:
-            name += f"-e{self.ensemble}"
-        if family is AMORTIZED and self.compute_budget is not None:
-            name += f"-compute{self.compute_budget:g}s"
-        if family is SEQUENTIAL:
-            name += f"-r{self.rounds}-{self.observation_tag}"
-        elif family.at_observation:
-            name += f"-{self.observation_tag}"
-        return f"{name}-seed{self.seed}"
+        # What follows the counts is the method's (its family's by default: an ensemble, a compute
+        # budget, the rounds and the observation): tests/test_run_names.py holds the built-ins' names.
+        suffix = self.method_spec.run_name_suffix(self)
+        return f"{self.method}-{lf}{levels}hf{self.hf_sims}{suffix}-seed{self.seed}"
 
     def chunk_rows(self, fidelity: str, task: "Task") -> int:
         """Rows per chunk of a table, capped so that a chunk of x stays ≤ 64 MiB.

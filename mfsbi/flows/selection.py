@@ -75,7 +75,7 @@ def _out_of_fold_calibration(estimators: list, theta: np.ndarray, x: np.ndarray,
             held = torch.as_tensor(folds == k)
             if held.any():
                 samples[:, held] = samples_on_pairs(estimator.posterior(), x_t[held], CALIBRATION_DRAWS, **bound)
-    return calibration_from_samples(samples, theta)
+    return calibration_from_samples(samples, theta, seed=seed)  # TARP's reference points: seeded too
 
 
 def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[TrainResult]:

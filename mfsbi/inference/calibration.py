@@ -159,7 +159,8 @@ def samples_on_pairs(posterior: Any, x: Tensor, num_posterior_samples: int,
                           for i in range(0, len(x), step)], dim=1)
 
 
-def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, level: float = 0.05) -> Calibration:
+def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, level: float = 0.05,
+                             seed: int = 0) -> Calibration:
     """SBC and TARP from draws already made: ``samples[:, i]`` are draws for the pair whose truth is ``theta[i]``.
 
     For out-of-fold calibration, where each pair is sampled from the estimator that did not train on it.
@@ -168,6 +169,8 @@ def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, lev
         samples: ``(num_posterior_samples, n, d)`` posterior draws.
         theta: ``(n, d)`` the true parameters.
         level: the tests' significance level.
+        seed: seeds TARP's reference points (the caller's RNG state is kept): the same draws give
+            the same verdict.
 
     Returns:
         A :class:`Calibration`.
@@ -179,7 +182,9 @@ def calibration_from_samples(samples: Tensor, theta: Tensor | np.ndarray, *, lev
                          f"{tuple(samples.shape)} and {tuple(theta.shape)}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    return _from_samples(samples, theta, samples.shape[0], level)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _from_samples(samples, theta, samples.shape[0], level)
 
 
 def calibration(posterior: Any, theta: Tensor | np.ndarray, x: Tensor | np.ndarray, *,

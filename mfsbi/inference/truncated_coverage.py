@@ -121,8 +121,7 @@ def pooled_truncated_coverage(groups: Sequence[tuple[Any, np.ndarray | Tensor, n
         mass = accepted / drawn if drawn else float("nan")
         if used < 2:
             return TruncatedCoverage(None, pairs, used, mass)
-        # Inside the seeded block: TARP draws its reference points from torch's generator.
-        result = calibration_from_samples(torch.cat(samples, dim=1), torch.cat(truths), level=level)
+        result = calibration_from_samples(torch.cat(samples, dim=1), torch.cat(truths), level=level, seed=seed)
     return TruncatedCoverage(result, pairs, used, mass)
 
 
