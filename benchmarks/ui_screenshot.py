@@ -1,7 +1,7 @@
 """Check with a real headless browser that the Prefect UI shows an mfsbi run's pictures offline.
 
 A run publishes its pair plot and loss curves as Prefect image artifacts whose ``image_url`` is a
-``data:image/png;base64,...`` URL (mfsbi/flows/run.py ``publish_image``), so the UI needs no internet
+``data:image/png;base64,...`` URL (mfsbi/flows/run_artifacts.py ``publish_image``), so the UI needs no internet
 to draw them. This script proves it end to end: it starts (or reuses, when ``PREFECT_API_URL`` is
 set) a Prefect server, runs ``mfsbi run --task ou2 --method npe --hf-sims 20`` against it, finds the
 flow run and its image artifacts through the API, then loads the UI pages in Chromium and checks the

@@ -69,7 +69,7 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
 
 
 def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_path, prefect_server, monkeypatch):
-    import mfsbi.flows.run as run_module
+    import mfsbi.flows.run_training as run_module
 
     reference = _sequential(_config(tmp_path / "a", "mf-tsnpe"))
 
@@ -99,7 +99,7 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
 
 def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_resumes_the_decision(
         tmp_path, prefect_server, monkeypatch, caplog):
-    import mfsbi.flows.run as run_module
+    import mfsbi.flows.run_training as run_module
     import mfsbi.flows.sequential as sequential
 
     real_compare, real_train = sequential.compare_with_scratch, run_module.train_jobs

@@ -3,7 +3,7 @@
 Two kinds of events: a step's ``(done, total)`` (rows simulated, estimators trained) and a
 training's epochs (epoch, losses, best epoch). Epochs happen on Dask workers: a worker publishes
 them as Dask events on :data:`TRAINING_TOPIC` and the flow process forwards them here
-(:func:`mfsbi.flows.run.train_jobs`); in a serial run they arrive here directly.
+(:func:`mfsbi.flows.run_training.train_jobs`); in a serial run they arrive here directly.
 """
 
 from __future__ import annotations
