@@ -38,8 +38,8 @@ from mfsbi.app.prefect_server import prefect_api
 from mfsbi.app.results import run_summary
 from mfsbi.app.stack import Stack, start_stack
 
-__all__ = ["MFSBI", "ROOT", "Record", "Services", "code_state", "command", "prefect_server", "run", "services",
-           "start", "stored_summary"]
+__all__ = ["MFSBI", "ROOT", "Record", "Services", "code_state", "command", "prefect_server", "protocol", "run",
+           "services", "start", "stored_summary"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The CLI of this interpreter's environment (a console script need not be installed or on PATH).
@@ -61,6 +61,11 @@ def code_state() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", None
     return {"git_commit": commit, "git_dirty": dirty}
+
+
+def protocol(args: Any) -> dict[str, Any]:
+    """A benchmark's arguments as its JSON records them (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def stored_summary(store: Union[str, Path]) -> dict:

@@ -43,8 +43,7 @@ from mfsbi.inference.config import EstimatorConfig
 from mfsbi.inference.fitting import VALIDATION_BATCH_SIZE, RowBatches, fit
 from mfsbi.inference.selection import fold_assignment
 from mfsbi.inference.training import TrainedEstimator, _builder, restandardized_copy
-from mfsbi.simulators.registry import get_task
-from selection_candidates import _c2st  # the script's folder is on sys.path
+from selection_candidates import _c2st, ou2_evaluation  # the script's folder is on sys.path
 from training_speed import _sbi_fine_tune, _sbi_loop
 
 FINE_TUNING = TrainingConfig(learning_rate=1e-4)
@@ -92,13 +91,7 @@ def _held_out_log_q(estimator, theta, x) -> float:
 
 def main(args) -> dict:
     torch.set_num_threads(1)
-    task = get_task("ou2")
-    reference = task.references[next(iter(task.references))]
-    observations = task.high_fidelity(task.sample_prior(args.observations, seed=args.observation_seed),
-                                      seed=args.observation_seed)
-    held_theta = task.sample_prior(2000, seed=args.observation_seed + 1)
-    held_x = torch.as_tensor(task.high_fidelity(held_theta, seed=args.observation_seed + 1), dtype=torch.float32)
-    held_theta = torch.as_tensor(held_theta, dtype=torch.float32)
+    task, reference, observations, held_theta, held_x = ou2_evaluation(args.observations, args.observation_seed)
     to = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     rows = []
     for seed in args.seeds:

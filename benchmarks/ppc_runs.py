@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _runner import code_state, run
+from _runner import code_state, protocol, run
 from mfsbi.simulators import get_task
 from mfsbi.simulators.plastic_network import is_plausible
 
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/ppc-runs.json"))
     args = parser.parse_args()
 
-    results = {"protocol": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    results = {"protocol": protocol(args),
                "paper_plausible_fraction": PAPER_PLAUSIBLE, **code_state(), "cases": []}
     started = time.perf_counter()
     for case in args.cases:

@@ -51,15 +51,23 @@ def _held_out(posterior_of, theta: torch.Tensor, x: torch.Tensor) -> float:
         return round(float(posterior_of(theta, x).mean()), 4)
 
 
-def main(args) -> dict:
-    torch.set_num_threads(1)
+def ou2_evaluation(num_observations: int, observation_seed: int):
+    """OU2, its exact reference, the C2ST observations and 2 000 held-out pairs, all from ``observation_seed``.
+
+    Returns:
+        ``(task, reference, observations, held_theta, held_x)``, the pairs as float32 tensors.
+    """
     task = get_task("ou2")
     reference = task.references[next(iter(task.references))]
-    observations = task.high_fidelity(task.sample_prior(args.observations, seed=args.observation_seed),
-                                      seed=args.observation_seed)
-    held_theta = task.sample_prior(2000, seed=args.observation_seed + 1)
-    held_x = torch.as_tensor(task.high_fidelity(held_theta, seed=args.observation_seed + 1), dtype=torch.float32)
-    held_theta = torch.as_tensor(held_theta, dtype=torch.float32)
+    observations = task.high_fidelity(task.sample_prior(num_observations, seed=observation_seed), seed=observation_seed)
+    held_theta = task.sample_prior(2000, seed=observation_seed + 1)
+    held_x = torch.as_tensor(task.high_fidelity(held_theta, seed=observation_seed + 1), dtype=torch.float32)
+    return task, reference, observations, torch.as_tensor(held_theta, dtype=torch.float32), held_x
+
+
+def main(args) -> dict:
+    torch.set_num_threads(1)
+    task, reference, observations, held_theta, held_x = ou2_evaluation(args.observations, args.observation_seed)
     rows, choices = [], []
     for seed in args.seeds:
         lf_theta = task.sample_prior(args.lf, seed=100 + seed)

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from _runner import code_state, run
+from _runner import code_state, protocol, run
 from mfsbi.inference import estimator_from_bytes, pair_log_probs
 from mfsbi.simulators import get_task
 from mfsbi.storage import SimulationStore
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    results = {"protocol": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    results = {"protocol": protocol(args),
                **code_state(), "runs": []}
     started = time.perf_counter()
     for seed in args.seeds:

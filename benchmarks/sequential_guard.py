@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _runner import code_state, run
+from _runner import code_state, protocol, run
 
 
 def _one(task: str, seed: int, mode: str, args, store: Path, config: Path) -> dict:
@@ -61,7 +61,7 @@ def main() -> None:
     args.stores.mkdir(parents=True, exist_ok=True)
     config = args.stores / "no-round-c2st.toml"
     config.write_text("evaluate_rounds = false\n")
-    results = {"protocol": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    results = {"protocol": protocol(args),
                **code_state(), "runs": []}
     started = time.perf_counter()
     for task in args.tasks:
