@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,12 +165,17 @@ def _check(kind: str, repeat: int, store: Path, log: Path, before: dict, kill_li
     return outcome
 
 
-def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rng: np.random.Generator) -> Outcome:
-    """One SIGKILL at a random point of the phase, then completion (resume), then the checks."""
+def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rng: np.random.Generator,
+               extra: Sequence[str] = ()) -> Outcome:
+    """One SIGKILL at a random point of the phase, then completion (resume), then the checks.
+
+    ``extra``: more ``mfsbi run`` options for both the killed and the resumed run (the test suite's
+    drill trains without MF-NPE's selection: what it checks is the store's bookkeeping).
+    """
     started = time.perf_counter()
     store, log = workdir / f"{kind}-{repeat}", workdir / f"{kind}-{repeat}.log"
     env = _env(SLOW, log, workdir / "home")
-    args = _arguments(kind)
+    args = [*_arguments(kind), *extra]
     process = runner.start(_command(store, args), env=env)
     target = float(rng.uniform(0.05, 0.95))
     which, total = {

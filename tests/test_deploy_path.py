@@ -144,7 +144,6 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
     url, description = database
     print(f"\ndatabase of the Prefect server: {description}")
     home = tmp_path / "home"
-    store = tmp_path / "store"
     env = {**os.environ, "MFSBI_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "2",
            "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     # The session's own Prefect server (tests/conftest.py) put its auth string in this process's environment:
@@ -192,27 +191,21 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
                              env=env, capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and "--hf-sims" in bad.stderr
 
-        submit = subprocess.run(
-            [*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "method=mf-npe",
-             "--param", "lf_sims=300", "--param", "hf_sims=20", "--param", f"store={store}",
-             "--param", "max_num_epochs=5", "--param", "num_test_observations=1", "--param", "num_nltp_pairs=5",
-             "--follow", "--timeout", "600"],
-            env=env, capture_output=True, text=True, timeout=700)
-        seen |= _descendants(serve.pid)
-        assert submit.returncode == 0, submit.stdout + submit.stderr + (home / "logs" / "prefect-worker.log").read_text()[-3000:]
-        flow_run_id = submit.stdout.split("flow run ", 1)[1].split()[0]
-
-        # No `store`: the default is taken from the submitter's folder, and outlives the flow run.
+        # No `store`: the default is taken from the submitter's folder (not the worker's temporary one),
+        # and outlives the flow run.
         submitter = tmp_path / "submitter"
         submitter.mkdir()
-        default = subprocess.run(
-            [*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "method=npe",
-             "--param", "hf_sims=20", "--param", "max_num_epochs=5", "--param", "num_test_observations=1",
-             "--param", "num_nltp_pairs=5", "--follow", "--timeout", "600"],
+        store = submitter / "mfsbi-store"
+        submit = subprocess.run(
+            [*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "method=mf-npe",
+             "--param", "lf_sims=300", "--param", "hf_sims=20",
+             "--param", "max_num_epochs=5", "--param", "num_test_observations=1", "--param", "num_nltp_pairs=5",
+             "--follow", "--timeout", "600"],
             env=env, cwd=submitter, capture_output=True, text=True, timeout=700)
         seen |= _descendants(serve.pid)
-        assert default.returncode == 0, default.stdout + default.stderr
-        assert f"store: {submitter / 'mfsbi-store'}" in default.stdout, default.stdout
+        assert submit.returncode == 0, submit.stdout + submit.stderr + (home / "logs" / "prefect-worker.log").read_text()[-3000:]
+        assert f"store: {store}" in submit.stdout, submit.stdout
+        flow_run_id = submit.stdout.split("flow run ", 1)[1].split()[0]
 
         # A relative store reaching a deployment run (not through `mfsbi submit`) fails the run, saying why.
         relative = subprocess.run([sys.executable, "-c", f"""
@@ -274,8 +267,6 @@ with get_client(sync_client=True) as client:
         handle = SimulationStore(str(store), mode="r")
         assert handle.table("ou2", "hf").counts()["ok"] == 20
         assert handle.table("ou2", "lf").counts()["ok"] == 300
-        kept = SimulationStore(str(submitter / "mfsbi-store"), mode="r")
-        assert kept.table("ou2", "hf").counts()["ok"] == 20
     finally:
         seen |= _descendants(serve.pid)
         stop_serve(serve, grace=60)

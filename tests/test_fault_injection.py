@@ -22,7 +22,10 @@ def _assert_clean(outcome: drills.Outcome) -> None:
 
 
 def test_flow_killed_mid_hf_resumes_without_simulating_a_stored_row_again(prefect_server, tmp_path):
-    outcome = drills.kill_drill("flow-kill-hf", 0, tmp_path, None, np.random.default_rng(3))
+    # MF-NPE fine-tunes without its cross-validated selection here (the slow test of every kind keeps it):
+    # the claim is the store's bookkeeping across the kill, not the estimator.
+    outcome = drills.kill_drill("flow-kill-hf", 0, tmp_path, None, np.random.default_rng(3),
+                                extra=["--transfer-guard", "off"])
     _assert_clean(outcome)
     assert outcome.extra["victim"] == "flow"
 
