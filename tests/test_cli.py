@@ -92,7 +92,8 @@ def test_run_sample_status_end_to_end(tmp_path, store, prefect_server):
     np.save(x_o, task.high_fidelity(np.array([[1.5, 0.3]]), seed=0)[0])
     result = _invoke("run", "--task", "ou2", "--method", "mf-npe", "--lf-sims", 200, "--hf-sims", 20,
                      "--store", store, "--seed", 0, "--observation", x_o, "--n-workers", 1,
-                     "--num-test-observations", 1, "--num-nltp-pairs", 5, "--max-num-epochs", 3)
+                     "--num-test-observations", 1, "--num-nltp-pairs", 5, "--max-num-epochs", 3,
+                     "--transfer-guard", "off")  # one fine-tuning: MF-NPE's selection is tests/test_flow.py's
     assert result.exit_code == 0, result.output
     assert "C2ST vs euler-maruyama" in result.output and "NLTP" in result.output
     assert "calibration (SBC + TARP on 5 held-out HF pairs)" in result.output

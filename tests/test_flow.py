@@ -10,7 +10,7 @@ from mfsbi.flows.config import RunConfig
 
 def _tiny(tmp_path, **overrides):
     values = dict(task="ou2", method="mf-npe", lf_sims=300, hf_sims=30, store=str(tmp_path / "store"), seed=3,
-                  n_workers=2, num_test_observations=2, num_nltp_pairs=10, posterior_samples=200,
+                  n_workers=2, num_test_observations=1, num_nltp_pairs=10, posterior_samples=200,
                   max_num_epochs=5, lf_chunk_size=100, hf_chunk_size=10)
     values.update(overrides)
     return RunConfig(**values)
