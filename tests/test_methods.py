@@ -81,9 +81,11 @@ def test_a_toy_sequential_method_runs_through_the_cli(tmp_path, prefect_server, 
     from mfsbi.app.cli import app
 
     store = tmp_path / "store"
+    config = tmp_path / "no-round-c2st.toml"  # the per-round C2ST only reports (tests/test_sequential_flow.py)
+    config.write_text("evaluate_rounds = false\n")
     result = CliRunner().invoke(app, [str(a) for a in (
-        "run", "--task", "ou2", "--method", "toy-tsnpe", "--hf-sims", 12, "--rounds", 2, "--store", store,
-        "--n-workers", 1, "--max-num-epochs", 3, "--num-test-observations", 1, "--num-nltp-pairs", 0,
+        "run", "--config", config, "--task", "ou2", "--method", "toy-tsnpe", "--hf-sims", 12, "--rounds", 2,
+        "--store", store, "--n-workers", 1, "--max-num-epochs", 3, "--num-test-observations", 1, "--num-nltp-pairs", 0,
         "--observation-index", 0)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "rounds" in result.output and "C2ST vs euler-maruyama" in result.output
