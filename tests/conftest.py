@@ -52,3 +52,15 @@ def shared_dask(dask_cluster_client, monkeypatch):
                           "distributed.comm.tls.client.cert": security.tls_client_cert,
                           "distributed.comm.tls.client.key": security.tls_client_key}):
         yield dask_cluster_client
+
+
+# The longest files first (--durations of the full suite): pytest-xdist hands whole files to its test
+# processes in collection order, and a long file handed out last leaves the other processes idle.
+LONGEST_FIRST = ("test_deploy_path.py", "test_fault_injection.py", "test_sequential_flow.py", "test_flow.py",
+                 "test_cli.py", "test_inference.py", "test_fidelity_chain.py", "test_methods.py",
+                 "test_transfer_check.py", "test_streaming.py", "test_multilevel.py", "test_failures.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
