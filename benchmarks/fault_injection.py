@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -166,12 +165,8 @@ def _check(kind: str, repeat: int, store: Path, log: Path, before: dict, kill_li
 
 
 def kill_drill(kind: str, repeat: int, workdir: Path, reference: dict | None, rng: np.random.Generator,
-               extra: Sequence[str] = ()) -> Outcome:
-    """One SIGKILL at a random point of the phase, then completion (resume), then the checks.
-
-    ``extra``: more ``mfsbi run`` options for both the killed and the resumed run (the test suite's
-    drill trains without MF-NPE's selection: what it checks is the store's bookkeeping).
-    """
+               extra: tuple[str, ...] = ()) -> Outcome:
+    """One SIGKILL mid-phase, completion (resume), the checks; ``extra``: more options for both runs."""
     started = time.perf_counter()
     store, log = workdir / f"{kind}-{repeat}", workdir / f"{kind}-{repeat}.log"
     env = _env(SLOW, log, workdir / "home")

@@ -25,7 +25,7 @@ def test_flow_killed_mid_hf_resumes_without_simulating_a_stored_row_again(prefec
     # MF-NPE fine-tunes without its cross-validated selection here, on one local worker (the slow test of
     # every kind keeps both): the claim is the store's bookkeeping across the kill, not the estimator.
     outcome = drills.kill_drill("flow-kill-hf", 0, tmp_path, None, np.random.default_rng(3),
-                                extra=["--transfer-guard", "off", "--n-workers", "1"])
+                                extra=("--transfer-guard", "off", "--n-workers", "1"))
     _assert_clean(outcome)
     assert outcome.extra["victim"] == "flow"
 
