@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -122,8 +123,7 @@ def run_commit(commit: str, work: Path, names: list[str], rerun: bool) -> dict[s
                 continue
         if name not in names:
             continue
-        if store.exists():
-            subprocess.run(["rm", "-rf", str(store)], check=True)
+        shutil.rmtree(store, ignore_errors=True)
         store.parent.mkdir(parents=True, exist_ok=True)
         print(f"{sha[:7]} {name} ...", file=sys.stderr, flush=True)
         done = run([*args, *COMMON, "--store", store], env=env, cwd=folder, log=record_file.with_suffix(".log"))
@@ -171,36 +171,14 @@ def compare_stores(before: Path, after: Path) -> dict[str, Any]:
             "attrs_differing": attrs}
 
 
-def _equal_checkpoint(x: Any, y: Any, path: str, out: list[str]) -> None:
-    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
-        same = (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
-                and x.shape == y.shape and torch.equal(x, y))
-        if not same:
-            out.append(path)
-    elif isinstance(x, dict) and isinstance(y, dict):
-        for k in sorted(set(x) | set(y), key=str):
-            if k in EXCLUDED_KEYS:
-                continue
-            if k not in x or k not in y:
-                out.append(f"{path}/{k}: only in {'after' if k not in x else 'before'}")
-            else:
-                _equal_checkpoint(x[k], y[k], f"{path}/{k}", out)
-    elif isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
-        for i, (u, v) in enumerate(zip(x, y)):
-            _equal_checkpoint(u, v, f"{path}/{i}", out)
-    elif x != y:
-        out.append(f"{path}: {x!r} vs {y!r}")
-
-
 def compare_checkpoints(before: Path, after: Path) -> dict[str, Any]:
     """Every ``*.pt`` under the stores' ``artifacts/``: tensors equal, other entries equal."""
     a = {p.relative_to(before).as_posix() for p in (before / "artifacts").rglob("*.pt")}
     b = {p.relative_to(after).as_posix() for p in (after / "artifacts").rglob("*.pt")}
     differing = [f"{p}: only in {'after' if p not in a else 'before'}" for p in sorted(a ^ b)]
     for rel in sorted(a & b):
-        out: list[str] = []
-        _equal_checkpoint(torch.load(before / rel, weights_only=True), torch.load(after / rel, weights_only=True),
-                          "", out)
+        out = [d["key"] for d in diff(torch.load(before / rel, weights_only=True),
+                                      torch.load(after / rel, weights_only=True), "", set())]
         differing += [f"{rel}: {d}" for d in out[:10]] + ([f"{rel}: ... {len(out) - 10} more"] if len(out) > 10 else [])
     files = sorted(a | b)
     bad = {d.split(":", 1)[0] for d in differing}
@@ -209,7 +187,14 @@ def compare_checkpoints(before: Path, after: Path) -> dict[str, Any]:
 
 
 def diff(x: Any, y: Any, path: str, excluded: set[str]) -> list[dict]:
-    """Key paths where two JSON values differ (``excluded`` collects the left-out paths seen)."""
+    """Key paths where two summaries or checkpoints differ (``excluded`` collects the left-out paths seen).
+
+    Tensors are equal with the same dtype, shape and values (``torch.equal``); NaN equals NaN.
+    """
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        same = (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == y.dtype
+                and x.shape == y.shape and torch.equal(x, y))
+        return [] if same else [{"key": path, "before": "tensor", "after": "tensor"}]
     if isinstance(x, dict) and isinstance(y, dict):
         found = []
         for k in sorted(set(x) | set(y)):
@@ -220,7 +205,7 @@ def diff(x: Any, y: Any, path: str, excluded: set[str]) -> list[dict]:
             else:
                 found += diff(x[k], y[k], f"{path}/{k}", excluded)
         return found
-    if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
         return [d for i, (u, v) in enumerate(zip(x, y)) for d in diff(u, v, f"{path}/{i}", excluded)]
     same = x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
     return [] if same else [{"key": path, "before": x, "after": y}]

@@ -12,7 +12,8 @@ from mfsbi.storage import SimulationStore
 def _config(tmp_path, method, **overrides):
     values = dict(task="ou2", method=method, lf_sims=300, hf_sims=24, rounds=3, store=str(tmp_path / "store"),
                   seed=5, num_test_observations=1, num_nltp_pairs=0, posterior_samples=200, max_num_epochs=3,
-                  lf_chunk_size=100, hf_chunk_size=5, ensemble_size=2, pool_size=50, truncation_quantile=1e-3)
+                  lf_chunk_size=100, hf_chunk_size=5, ensemble_size=2, pool_size=50, truncation_quantile=1e-3,
+                  evaluate_rounds=False)  # the per-round C2ST only reports: one test turns it on
     values.update(overrides)
     return RunConfig(**values)
 
@@ -77,7 +78,7 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
 def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_path, prefect_server, monkeypatch):
     import mfsbi.flows.run_training as run_module
 
-    reference = _sequential(_config(tmp_path / "a", "mf-tsnpe", evaluate_rounds=False))
+    reference = _sequential(_config(tmp_path / "a", "mf-tsnpe"))
 
     real_train = run_module.train_jobs
 
@@ -87,7 +88,7 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
         return real_train(executor, jobs, label=label)
 
     monkeypatch.setattr(run_module, "train_jobs", crash_in_round_two)
-    crashed = _config(tmp_path / "b", "mf-tsnpe", evaluate_rounds=False)
+    crashed = _config(tmp_path / "b", "mf-tsnpe")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _sequential(crashed)
     table = SimulationStore(crashed.store).table(f"ou2.{crashed.run_name}", "hf")
@@ -121,7 +122,7 @@ def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_res
         return real_train(executor, jobs, label=label)
 
     monkeypatch.setattr(run_module, "train_jobs", crash_in_the_last_round)
-    config = _config(tmp_path, "mf-tsnpe", evaluate_rounds=False)
+    config = _config(tmp_path, "mf-tsnpe")
     with pytest.raises(RuntimeError, match="simulated crash"):
         _sequential(config)
     assert any("negative transfer" in r.getMessage() for r in caplog.records)
