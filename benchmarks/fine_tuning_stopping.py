@@ -14,6 +14,11 @@ and sbi's 200), and the HF rows are fine-tuned in these ways (``--variants``):
 - ``cv-median``: the same, with the median of the folds' own best epochs.
 - ``fold-ensemble``: the five fold estimators of ``cv-epochs`` (each at its own best epoch) as an
   equal-weight mixture.
+- ``fold-ensemble-batch-10``: ``fold-ensemble`` with fine-tuning batches of 10 rows (4 steps an
+  epoch at HF 50 instead of one, so the patience of 20 epochs waits 80 steps).
+- ``fold-ensemble-repeated``: ``fold-ensemble`` and the 5 members of a second fold assignment
+  (another seed): 10 members, every row held out twice.
+- ``fold-ensemble-10``: 10 folds, each member fine-tuned on nine and stopped on the tenth.
 - ``sbi-split``: ``split`` through sbi 0.27's own training loop (``NPE.train``, what ran before
   mfsbi's loop; benchmarks/training_speed.py): the loops side by side on the same rows and seed.
 
@@ -66,13 +71,13 @@ def _tuned(pretrained: TrainedEstimator, theta: torch.Tensor, x: torch.Tensor, t
                             validation_losses=fitted.validation_losses)
 
 
-def _cross_validated(pretrained, theta, x, folds, seed):
+def _cross_validated(pretrained, theta, x, folds, seed, batch_size=FINE_TUNING.batch_size):
     """The fold fine-tunings (each stopped on its held-out fold) and the epoch counts they point at."""
     members, curves = [], []
     for k in range(int(folds.max()) + 1):
         keep, held = torch.as_tensor(folds != k), torch.as_tensor(folds == k)
-        member = _tuned(pretrained, theta[keep], x[keep], dataclasses.replace(FINE_TUNING, seed=seed + k),
-                        (theta[held], x[held]))
+        member = _tuned(pretrained, theta[keep], x[keep],
+                        dataclasses.replace(FINE_TUNING, seed=seed + k, batch_size=batch_size), (theta[held], x[held]))
         members.append(member)
         curves.append(np.asarray(member.validation_losses) * int(held.sum()))
     reached = min(len(c) for c in curves)
@@ -123,13 +128,22 @@ def main(args) -> dict:
                     "cv-median": lambda: _tuned(pretrained, theta, x, dataclasses.replace(
                         FINE_TUNING, seed=seed, max_num_epochs=median_epochs), None),
                     "fold-ensemble": lambda: Ensemble(members),
+                    "fold-ensemble-batch-10": lambda: Ensemble(
+                        _cross_validated(pretrained, theta, x, folds, seed, batch_size=10)[0]),
+                    "fold-ensemble-repeated": lambda: Ensemble(members + _cross_validated(
+                        pretrained, theta, x, fold_assignment(hf, args.folds, seed + 1000), seed + 1000)[0]),
+                    "fold-ensemble-10": lambda: Ensemble(
+                        _cross_validated(pretrained, theta, x, fold_assignment(hf, 10, seed), seed)[0]),
                     "sbi-split": lambda: _sbi_fine_tune(pretrained, theta, x, dataclasses.replace(FINE_TUNING, seed=seed)),
                 }
                 for variant in args.variants:
+                    started = time.perf_counter()
                     estimator = forms[variant]()
+                    seconds = round(time.perf_counter() - started, 1)  # beyond the 5 folds every variant shares
                     scores = _c2st(estimator.posterior(), observations, reference, seed=1000 * seed)
                     row = {"seed": seed, "lf_batch": lf_batch, "hf": hf, "variant": variant, **optimism,
-                           "epochs": getattr(estimator, "epochs", None), "fold_best_epochs": best_epochs,
+                           "epochs": getattr(estimator, "epochs", None), "seconds": seconds,
+                           "fold_best_epochs": best_epochs,
                            "cv_epochs": curve_epochs, "cv_median_epochs": median_epochs,
                            "c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
                            "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)}
