@@ -9,15 +9,76 @@ os.environ.setdefault("NEURON_MODULE_OPTIONS", "-nogui")
 import pytest
 
 
+_SHARED_API = "mfsbi_prefect_api"  # a key of xdist's workerinput: (URL, auth string, MFSBI_HOME) of the controller's server
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist, in the controller: start one Prefect server for every test process and hand it over.
+
+    Each test process used to start its own (about 14 CPU seconds each on this machine); the controller
+    only waits on its workers, so the server runs there, started on the first worker's configuration
+    and stopped in :func:`pytest_unconfigure`. The address goes through ``workerinput``, not the
+    environment: a test that starts a server of its own (tests/test_private_state.py) must not find one.
+    The test processes share the server's ``MFSBI_HOME`` too, as one process did (tests/test_shared_machine.py
+    reads the server's files there).
+    """
+    config = node.config
+    if not hasattr(config, "_mfsbi_prefect"):
+        import contextlib
+        import shutil
+        import tempfile
+
+        from mfsbi.app.prefect_server import prefect_api
+
+        home = tempfile.mkdtemp(prefix="mfsbi-test-home-")
+        stack = contextlib.ExitStack()
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        previous = {key: os.environ.get(key) for key in ("MFSBI_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+        os.environ["MFSBI_HOME"] = home
+        os.environ.pop("PREFECT_API_URL", None)
+        try:
+            url = stack.enter_context(prefect_api())
+            auth = os.environ["PREFECT_API_AUTH_STRING"]
+        finally:
+            # The environment the test processes inherit is left as it was.
+            for key, value in previous.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        config._mfsbi_prefect = (stack, url, auth, home)
+    node.workerinput[_SHARED_API] = config._mfsbi_prefect[1:]
+
+
+def pytest_unconfigure(config):
+    if hasattr(config, "_mfsbi_prefect"):
+        config._mfsbi_prefect[0].close()
+
+
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """One real local Prefect API for the whole session (started as `mfsbi run` does), torn down after."""
-    os.environ["MFSBI_HOME"] = str(tmp_path_factory.mktemp("mfsbi-home"))
+def prefect_server(request, tmp_path_factory):
+    """One real local Prefect API for the whole session (started as `mfsbi run` does), torn down after.
+
+    Under pytest-xdist it is the controller's (:func:`pytest_configure_node`), shared by the test processes."""
     os.environ.pop("PREFECT_API_URL", None)
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    shared = getattr(request.config, "workerinput", {}).get(_SHARED_API)
+    if shared is not None:
+        url, auth, home = shared
+        # In the environment too: for the `mfsbi` processes the tests start.
+        os.environ.update(PREFECT_API_URL=url, PREFECT_API_AUTH_STRING=auth, MFSBI_HOME=home)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
+                yield url
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+            os.environ.pop("PREFECT_API_AUTH_STRING", None)
+        return
     from mfsbi.app.prefect_server import prefect_api
 
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+    os.environ["MFSBI_HOME"] = str(tmp_path_factory.mktemp("mfsbi-home"))
     with prefect_api() as url, temporary_settings(updates={PREFECT_API_URL: url}):
         # temporary_settings too: a module that imported prefect before this fixture ran would
         # otherwise keep its settings and start a temporary server of its own.
