@@ -9,51 +9,72 @@ os.environ.setdefault("NEURON_MODULE_OPTIONS", "-nogui")
 import pytest
 
 
-_SHARED_API = "mfsbi_prefect_api"  # a key of xdist's workerinput: (URL, auth string, MFSBI_HOME) of the controller's server
+_SHARED_API = "mfsbi_prefect_home"  # a key of xdist's workerinput: the MFSBI_HOME of the controller's server
+_SERVER_READY = "test-prefect-server.json"  # written there once the server is healthy: its URL and auth string
+# Runs `prefect_api` (what `mfsbi run` does) in a process of its own, so that the controller's environment,
+# which its test processes inherit, never holds the server's address; stops it when stdin closes.
+_SERVER_PROCESS = f"""
+import json, os, sys
+from mfsbi.app.prefect_server import prefect_api
+with prefect_api() as url:
+    ready = os.path.join(os.environ["MFSBI_HOME"], "{_SERVER_READY}")
+    with open(ready + ".part", "w") as file:
+        json.dump({{"url": url, "auth": os.environ["PREFECT_API_AUTH_STRING"]}}, file)
+    os.replace(ready + ".part", ready)
+    sys.stdin.read()
+"""
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """pytest-xdist, in the controller: start one Prefect server for every test process and hand it over.
+    """pytest-xdist, in the controller: one Prefect server for every test process.
 
-    Each test process used to start its own (about 14 CPU seconds each on this machine); the controller
-    only waits on its workers, so the server runs there, started on the first worker's configuration
-    and stopped in :func:`pytest_unconfigure`. The address goes through ``workerinput``, not the
-    environment: a test that starts a server of its own (tests/test_private_state.py) must not find one.
-    The test processes share the server's ``MFSBI_HOME`` too, as one process did (tests/test_shared_machine.py
-    reads the server's files there).
+    Each test process used to start its own (about 14 CPU seconds each on this machine). The controller
+    starts one with the first test process, without waiting: the server comes up while the test
+    processes collect, and the first test that needs it waits for it (:func:`prefect_server`). Its
+    address goes through the ``MFSBI_HOME`` handed over in ``workerinput``, never the environment: a
+    test that starts a server of its own (tests/test_private_state.py) must not find one. The test
+    processes share that home, as one process did (tests/test_shared_machine.py reads the server's
+    files there). Stopped in :func:`pytest_unconfigure`.
     """
     config = node.config
     if not hasattr(config, "_mfsbi_prefect"):
-        import contextlib
-        import shutil
+        import subprocess
+        import sys
         import tempfile
 
-        from mfsbi.app.prefect_server import prefect_api
-
-        home = tempfile.mkdtemp(prefix="mfsbi-test-home-")
-        stack = contextlib.ExitStack()
-        stack.callback(shutil.rmtree, home, ignore_errors=True)
-        previous = {key: os.environ.get(key) for key in ("MFSBI_HOME", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-        os.environ["MFSBI_HOME"] = home
-        os.environ.pop("PREFECT_API_URL", None)
-        try:
-            url = stack.enter_context(prefect_api())
-            auth = os.environ["PREFECT_API_AUTH_STRING"]
-        finally:
-            # The environment the test processes inherit is left as it was.
-            for key, value in previous.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
-        config._mfsbi_prefect = (stack, url, auth, home)
-    node.workerinput[_SHARED_API] = config._mfsbi_prefect[1:]
+        home = tempfile.mkdtemp(prefix="mfsbi-test-home-")  # mode 700
+        env = {key: value for key, value in os.environ.items()
+               if key not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+        server = subprocess.Popen([sys.executable, "-c", _SERVER_PROCESS], env={**env, "MFSBI_HOME": home},
+                                  stdin=subprocess.PIPE)
+        config._mfsbi_prefect = (server, home)
+    node.workerinput[_SHARED_API] = config._mfsbi_prefect[1]
 
 
 def pytest_unconfigure(config):
     if hasattr(config, "_mfsbi_prefect"):
-        config._mfsbi_prefect[0].close()
+        import shutil
+
+        server, home = config._mfsbi_prefect
+        server.stdin.close()
+        server.wait(timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _shared_server(home: str) -> tuple[str, str]:
+    """The (URL, auth string) of the controller's server in ``home``, once it is up."""
+    import json
+    import time
+    from pathlib import Path
+
+    ready, deadline = Path(home) / _SERVER_READY, time.monotonic() + 180
+    while not ready.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the test session's Prefect server did not come up; see {home}/prefect/server.log")
+        time.sleep(0.2)
+    info = json.loads(ready.read_text())
+    return info["url"], info["auth"]
 
 
 @pytest.fixture(scope="session")
@@ -64,9 +85,9 @@ def prefect_server(request, tmp_path_factory):
     os.environ.pop("PREFECT_API_URL", None)
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    shared = getattr(request.config, "workerinput", {}).get(_SHARED_API)
-    if shared is not None:
-        url, auth, home = shared
+    home = getattr(request.config, "workerinput", {}).get(_SHARED_API)
+    if home is not None:
+        url, auth = _shared_server(home)
         # In the environment too: for the `mfsbi` processes the tests start.
         os.environ.update(PREFECT_API_URL=url, PREFECT_API_AUTH_STRING=auth, MFSBI_HOME=home)
         try:
@@ -98,8 +119,8 @@ def dask_cluster_client():
 def shared_dask(dask_cluster_client, monkeypatch):
     """Runs in the test (a flow, `mfsbi run`) connect to the session's Dask cluster through $MFSBI_DASK_ADDRESS,
     as a run under `mfsbi serve` does, instead of starting a local cluster each: every start spawns workers that
-    preload torch, sbi, NEURON and Brian2. tests/test_flow.py::test_mf_npe_flow_end_to_end and the CLI's
-    end-to-end test still start their own."""
+    preload torch, sbi, NEURON and Brian2. The CLI's end-to-end test (tests/test_cli.py) and the kill
+    drill (tests/test_fault_injection.py) still start their own, as `mfsbi run` does."""
     import dask
 
     monkeypatch.setenv("MFSBI_DASK_ADDRESS", dask_cluster_client.scheduler.address)

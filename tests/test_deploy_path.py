@@ -199,7 +199,7 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         submit = subprocess.run(
             [*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "method=mf-npe",
              "--param", "lf_sims=300", "--param", "hf_sims=20", "--param", "transfer_guard=off",
-             "--param", "max_num_epochs=5", "--param", "num_test_observations=1", "--param", "num_nltp_pairs=5",
+             "--param", "max_num_epochs=5", "--param", "num_test_observations=0", "--param", "num_nltp_pairs=5",
              "--follow", "--timeout", "600"],
             env=env, cwd=submitter, capture_output=True, text=True, timeout=700)
         seen |= _descendants(serve.pid)

@@ -23,10 +23,11 @@ def _assert_clean(outcome: drills.Outcome) -> None:
 
 def test_flow_killed_mid_hf_resumes_without_simulating_a_stored_row_again(prefect_server, tmp_path):
     # MF-NPE fine-tunes without its cross-validated selection here, on one local worker, after 1 000 LF
-    # instead of 4 000 (the slow test of every kind keeps all three): the claim is the store's bookkeeping
-    # across a kill mid-HF, not the estimator.
+    # instead of 4 000, and evaluates nothing (the slow test of every kind keeps the benchmark's arguments):
+    # the claim is the store's bookkeeping across a kill mid-HF, not the estimator.
     outcome = drills.kill_drill("flow-kill-hf", 0, tmp_path, None, np.random.default_rng(3),
-                                extra=("--transfer-guard", "off", "--n-workers", "1", "--lf-sims", "1000"))
+                                extra=("--transfer-guard", "off", "--n-workers", "1", "--lf-sims", "1000",
+                                       "--num-test-observations", "0", "--num-nltp-pairs", "0"))
     _assert_clean(outcome)
     assert outcome.extra["victim"] == "flow"
 

@@ -16,7 +16,7 @@ def _tiny(tmp_path, **overrides):
     return RunConfig(**values)
 
 
-def test_mf_npe_flow_end_to_end(tmp_path, prefect_server):
+def test_mf_npe_flow_end_to_end(tmp_path, prefect_server, shared_dask):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
                                                 FlowRunFilterName)

@@ -1,5 +1,7 @@
 """Sequential methods through the flow: every method end to end, the budget, resume after a crash."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from prefect import flow
@@ -25,12 +27,22 @@ def _sequential(config):
     return run_sequential(config, SerialExecutor()).to_dict()
 
 
+@pytest.fixture(scope="module")
+def mf_tsnpe_run(tmp_path_factory, prefect_server):
+    """MF-TSNPE with ``_config``, run once: its own test checks it, the resume test compares with it."""
+    config = _config(tmp_path_factory.mktemp("mf-tsnpe"), "mf-tsnpe")
+    return config, _sequential(config)
+
+
 @pytest.mark.parametrize("method", ["tsnpe", "mf-tsnpe", "a-mf-tsnpe"])
-def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_server, method):
+def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_server, method, request):
     # The per-round C2ST (two references, a classifier each round) only reports: one method checks it.
     per_round = method == "a-mf-tsnpe"
-    config = _config(tmp_path, method, evaluate_rounds=per_round)
-    summary = _sequential(config)
+    if method == "mf-tsnpe":
+        config, summary = request.getfixturevalue("mf_tsnpe_run")
+    else:
+        config = _config(tmp_path, method, evaluate_rounds=per_round)
+        summary = _sequential(config)
     assert [row["new_simulations"] for row in summary["rounds"]] == [8, 8, 8]
     table = SimulationStore(config.store).table(f"ou2.{config.run_name}", "hf")
     assert table.counts()["ok"] == 24 and table.counts()["pending"] == 0
@@ -43,7 +55,7 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
     assert all(row["calibration"]["verdict"] in ("calibrated", "over-confident", "under-confident", "biased")
                for row in summary["rounds"] if per_round)
     assert summary["calibration"]["num_pairs"] == 200 and summary["calibration"]["on"].startswith("x_o")
-    outputs = tmp_path / "store" / "artifacts" / "ou2" / config.run_name
+    outputs = Path(config.store) / "artifacts" / "ou2" / config.run_name
     assert (outputs / "calibration.png").stat().st_size > 0
     assert (outputs / "pairplot.png").stat().st_size > 0
     assert (outputs / "c2st-vs-budget.png").exists() == per_round
@@ -75,10 +87,11 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
     assert all(0 < row["acceptance_rate"] <= 1 for row in summary["rounds"])
 
 
-def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_path, prefect_server, monkeypatch):
+def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_path, prefect_server, monkeypatch,
+                                                                           mf_tsnpe_run):
     import mfsbi.flows.run_training as run_module
 
-    reference = _sequential(_config(tmp_path / "a", "mf-tsnpe"))
+    reference_config, reference = mf_tsnpe_run  # the same config in another store
 
     real_train = run_module.train_jobs
 
@@ -98,7 +111,7 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
     resumed = _sequential(crashed.model_copy(update={"resume": True}))
     assert [row["simulated_now"] for row in resumed["rounds"]] == [0, 0, 8]
     assert table.counts()["ok"] == 24 and table.budget().reserved == 24
-    a = SimulationStore(tmp_path / "a" / "store").table(f"ou2.{crashed.run_name}", "hf").read("ok")
+    a = SimulationStore(reference_config.store).table(f"ou2.{reference_config.run_name}", "hf").read("ok")
     b = table.read("ok")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert resumed["metrics"]["c2st"] == reference["metrics"]["c2st"]
