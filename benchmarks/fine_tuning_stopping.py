@@ -28,7 +28,9 @@ the same seed gives another split and another start in the two loops; over many 
 agree on average if the loop itself changed nothing.
 
 Every variant is scored by C2ST against the exact reference at ``--observations`` observations
-drawn with a seed no run uses, and by mean log q on 2 000 held-out HF pairs.
+drawn with a seed no run uses, and by mean log q on 2 000 held-out HF pairs. ``--task`` runs another
+task than OU2 (e.g. ``slcp``, ``pyramidal-reduced``); one without an exact reference is scored by the
+held-out pairs alone (``--held-out`` of them).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mfsbi.inference.config import EstimatorConfig
 from mfsbi.inference.fitting import VALIDATION_BATCH_SIZE, RowBatches, fit
 from mfsbi.inference.selection import fold_assignment
 from mfsbi.inference.training import TrainedEstimator, _builder, restandardized_copy
+from mfsbi.simulators import get_task
 from selection_candidates import _c2st, ou2_evaluation  # the script's folder is on sys.path
 from training_speed import _sbi_fine_tune, _sbi_loop
 
@@ -94,9 +97,26 @@ def _held_out_log_q(estimator, theta, x) -> float:
     return float(-estimator.network.loss(theta, x).mean())
 
 
+def _evaluation(args):
+    """``(task, reference or None, observations, held_theta, held_x)``: OU2's as before, else the task's."""
+    if args.task == "ou2" and args.held_out == 2000:
+        return ou2_evaluation(args.observations, args.observation_seed)
+    task = get_task(args.task)
+    reference = task.references[next(iter(task.references))] if task.references else None
+    seed = args.observation_seed
+    observations = task.high_fidelity(task.sample_prior(args.observations, seed=seed), seed=seed)
+    held_theta = task.sample_prior(args.held_out, seed=seed + 1)
+    held_x = torch.as_tensor(np.asarray(task.high_fidelity(held_theta, seed=seed + 1)), dtype=torch.float32)
+    return task, reference, observations, torch.as_tensor(np.asarray(held_theta), dtype=torch.float32), held_x
+
+
+def _scores(estimator, observations, reference, seed) -> list[float] | None:
+    return None if reference is None else _c2st(estimator.posterior(), observations, reference, seed=seed)
+
+
 def main(args) -> dict:
     torch.set_num_threads(1)
-    task, reference, observations, held_theta, held_x = ou2_evaluation(args.observations, args.observation_seed)
+    task, reference, observations, held_theta, held_x = _evaluation(args)
     to = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     rows = []
     for seed in args.seeds:
@@ -140,12 +160,12 @@ def main(args) -> dict:
                     started = time.perf_counter()
                     estimator = forms[variant]()
                     seconds = round(time.perf_counter() - started, 1)  # beyond the 5 folds every variant shares
-                    scores = _c2st(estimator.posterior(), observations, reference, seed=1000 * seed)
+                    scores = _scores(estimator, observations, reference, 1000 * seed)
                     row = {"seed": seed, "lf_batch": lf_batch, "hf": hf, "variant": variant, **optimism,
                            "epochs": getattr(estimator, "epochs", None), "seconds": seconds,
                            "fold_best_epochs": best_epochs,
                            "cv_epochs": curve_epochs, "cv_median_epochs": median_epochs,
-                           "c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                           "c2st": None if scores is None else round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
                            "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)}
                     print(json.dumps({k: v for k, v in row.items() if k != "c2st_per_observation"}), flush=True)
                     rows.append(row)
@@ -168,9 +188,9 @@ def _from_scratch(task, seed, args, observations, reference, held_theta, held_x)
                                                 EstimatorConfig())}
         for variant in args.variants:
             estimator = forms[variant]()
-            scores = _c2st(estimator.posterior(), observations, reference, seed=1000 * seed)
+            scores = _scores(estimator, observations, reference, 1000 * seed)
             rows.append({"seed": seed, "lf_batch": 0, "hf": hf, "variant": f"npe {variant}", "epochs": estimator.epochs,
-                         "c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                         "c2st": None if scores is None else round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
                          "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "c2st_per_observation"}), flush=True)
     return rows
@@ -181,17 +201,25 @@ def report(path: Path) -> None:
     data = json.loads(path.read_text())
     rows = data["rows"]
     print(f"{data['command']}\n")
-    print("| pretraining batch | HF | variant | C2ST mean ± sd over seeds (per seed) | held-out mean log q | epochs |")
+    print("| pretraining batch | HF | variant | C2ST mean ± sd over seeds (per seed) | held-out mean log q (same) | epochs |")
     print("|---|---|---|---|---|---|")
     for lf_batch in sorted({r["lf_batch"] for r in rows}):
         for hf in sorted({r["hf"] for r in rows}):
             for variant in dict.fromkeys(r["variant"] for r in rows):
                 mine = [r for r in rows if (r["lf_batch"], r["hf"], r["variant"]) == (lf_batch, hf, variant)]
-                c = [r["c2st"] for r in mine]
-                print(f"| {lf_batch} | {hf} | {variant} | {np.mean(c):.3f} ± {np.std(c, ddof=1) if len(c) > 1 else 0:.3f} "
-                      f"({', '.join(f'{v:.3f}' for v in c)}) | {np.mean([r['held_out_log_q'] for r in mine]):.3f} | "
+                if not mine:
+                    continue
+                c, q = [r["c2st"] for r in mine], [r["held_out_log_q"] for r in mine]
+                print(f"| {lf_batch} | {hf} | {variant} | {_spread(c)} | {_spread(q)} | "
                       f"{', '.join(str(r['epochs']) for r in mine)} |")
 
+
+def _spread(values: list) -> str:
+    """``mean ± sd (per seed)``, or a dash where there is no value (no exact reference)."""
+    if any(v is None for v in values):
+        return "—"
+    sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {sd:.3f} ({', '.join(f'{v:.3f}' for v in values)})"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -199,6 +227,8 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
     parser.add_argument("--hf", type=int, nargs="+", default=[50, 100])
     parser.add_argument("--method", choices=["mf-npe", "npe"], default="mf-npe")
+    parser.add_argument("--task", default="ou2")
+    parser.add_argument("--held-out", type=int, default=2000, help="held-out HF pairs for mean log q")
     parser.add_argument("--lf", type=int, default=10_000)
     parser.add_argument("--lf-batch", type=int, nargs="+", default=[500])
     parser.add_argument("--folds", type=int, default=5)
