@@ -97,6 +97,19 @@ def _held_out_log_q(estimator, theta, x) -> float:
     return float(-estimator.network.loss(theta, x).mean())
 
 
+def _simulated(task, theta, seed: int, float32_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(theta, x)`` as float32 tensors, HF; a simulator that reports failed rows (the NEURON cells'
+    ``(x, errors)``) has them left out. ``float32_first``: simulate the float32-rounded theta (what the
+    training rows always were here, so that the JSONs written before stay reproducible)."""
+    if float32_first:
+        theta = np.asarray(theta, dtype=np.float32)
+    out = task.high_fidelity(np.asarray(theta, dtype=np.float64), seed=seed)
+    x, ok = (out, np.ones(len(theta), bool)) if not isinstance(out, tuple) else (
+        out[0], np.array([error is None for error in out[1]]))
+    return (torch.as_tensor(np.asarray(theta)[ok], dtype=torch.float32),
+            torch.as_tensor(np.asarray(x)[ok], dtype=torch.float32))
+
+
 def _evaluation(args):
     """``(task, reference or None, observations, held_theta, held_x)``: OU2's as before, else the task's."""
     if args.task == "ou2" and args.held_out == 2000:
@@ -104,10 +117,9 @@ def _evaluation(args):
     task = get_task(args.task)
     reference = task.references[next(iter(task.references))] if task.references else None
     seed = args.observation_seed
-    observations = task.high_fidelity(task.sample_prior(args.observations, seed=seed), seed=seed)
-    held_theta = task.sample_prior(args.held_out, seed=seed + 1)
-    held_x = torch.as_tensor(np.asarray(task.high_fidelity(held_theta, seed=seed + 1)), dtype=torch.float32)
-    return task, reference, observations, torch.as_tensor(np.asarray(held_theta), dtype=torch.float32), held_x
+    observations = _simulated(task, task.sample_prior(args.observations, seed=seed), seed)[1].numpy()
+    held_theta, held_x = _simulated(task, task.sample_prior(args.held_out, seed=seed + 1), seed + 1)
+    return task, reference, observations, held_theta, held_x
 
 
 def _scores(estimator, observations, reference, seed) -> list[float] | None:
@@ -180,8 +192,7 @@ def _from_scratch(task, seed, args, observations, reference, held_theta, held_x)
     """NPE on the HF rows alone, through mfsbi's loop and through sbi's."""
     rows = []
     for hf in args.hf:
-        theta = torch.as_tensor(task.sample_prior(hf, seed=200 + seed), dtype=torch.float32)
-        x = torch.as_tensor(task.high_fidelity(theta.numpy().astype(np.float64), seed=200 + seed), dtype=torch.float32)
+        theta, x = _simulated(task, task.sample_prior(hf, seed=200 + seed), 200 + seed, float32_first=True)
         training = TrainingConfig(seed=seed)
         forms = {"split": lambda: train_npe(task.prior, theta, x, training=training),
                  "sbi-split": lambda: _sbi_loop(task.prior, theta, x, _builder(task.prior, EstimatorConfig()), training,
