@@ -51,7 +51,7 @@ from mfsbi.inference.fitting import VALIDATION_BATCH_SIZE, RowBatches, fit
 from mfsbi.inference.selection import fold_assignment
 from mfsbi.inference.training import TrainedEstimator, _builder, restandardized_copy
 from mfsbi.simulators import get_task
-from selection_candidates import _c2st, ou2_evaluation  # the script's folder is on sys.path
+from selection_candidates import _c2st  # the script's folder is on sys.path
 from training_speed import _sbi_fine_tune, _sbi_loop
 
 FINE_TUNING = TrainingConfig(learning_rate=1e-4)
@@ -97,39 +97,43 @@ def _held_out_log_q(estimator, theta, x) -> float:
     return float(-estimator.network.loss(theta, x).mean())
 
 
-def _simulated(task, theta, seed: int, float32_first: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(theta, x)`` as float32 tensors, HF; a simulator that reports failed rows (the NEURON cells'
-    ``(x, errors)``) has them left out. ``float32_first``: simulate the float32-rounded theta (what the
-    training rows always were here, so that the JSONs written before stay reproducible)."""
-    if float32_first:
-        theta = np.asarray(theta, dtype=np.float32)
-    out = task.high_fidelity(np.asarray(theta, dtype=np.float64), seed=seed)
-    x, ok = (out, np.ones(len(theta), bool)) if not isinstance(out, tuple) else (
-        out[0], np.array([error is None for error in out[1]]))
-    return (torch.as_tensor(np.asarray(theta)[ok], dtype=torch.float32),
-            torch.as_tensor(np.asarray(x)[ok], dtype=torch.float32))
+def _simulated(task, theta, seed: int, float32_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """HF ``(theta, x)`` of the rows that simulated: a simulator that reports failed rows (the NEURON
+    cells' ``(x, errors)``) has them left out. ``float32_first``: simulate the float32-rounded theta
+    (what the training rows always were here, so that the JSONs written before stay reproducible)."""
+    theta = np.asarray(theta, dtype=np.float32 if float32_first else np.float64)
+    out = task.high_fidelity(theta.astype(np.float64), seed=seed)
+    if not isinstance(out, tuple):
+        return theta, np.asarray(out)
+    ok = np.array([error is None for error in out[1]])
+    return theta[ok], np.asarray(out[0])[ok]
+
+
+def _tensors(*arrays) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(a, dtype=torch.float32) for a in arrays)
 
 
 def _evaluation(args):
-    """``(task, reference or None, observations, held_theta, held_x)``: OU2's as before, else the task's."""
-    if args.task == "ou2" and args.held_out == 2000:
-        return ou2_evaluation(args.observations, args.observation_seed)
+    """``(task, reference or None, observations, held_theta, held_x)``, all drawn from ``--observation-seed``."""
     task = get_task(args.task)
     reference = task.references[next(iter(task.references))] if task.references else None
     seed = args.observation_seed
-    observations = _simulated(task, task.sample_prior(args.observations, seed=seed), seed)[1].numpy()
-    held_theta, held_x = _simulated(task, task.sample_prior(args.held_out, seed=seed + 1), seed + 1)
-    return task, reference, observations, held_theta, held_x
+    observations = _simulated(task, task.sample_prior(args.observations, seed=seed), seed)[1]
+    held = _simulated(task, task.sample_prior(args.held_out, seed=seed + 1), seed + 1)
+    return (task, reference, observations, *_tensors(*held))
 
 
-def _scores(estimator, observations, reference, seed) -> list[float] | None:
-    return None if reference is None else _c2st(estimator.posterior(), observations, reference, seed=seed)
+def _c2st_entries(estimator, observations, reference, seed) -> dict:
+    """A row's C2ST (mean) and its per-observation values; None without an exact reference."""
+    if reference is None:
+        return {"c2st": None, "c2st_per_observation": None}
+    scores = _c2st(estimator.posterior(), observations, reference, seed=seed)
+    return {"c2st": round(float(np.mean(scores)), 4), "c2st_per_observation": scores}
 
 
 def main(args) -> dict:
     torch.set_num_threads(1)
     task, reference, observations, held_theta, held_x = _evaluation(args)
-    to = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
     rows = []
     for seed in args.seeds:
         if args.method == "npe":
@@ -142,8 +146,8 @@ def main(args) -> dict:
             pretrained = train_npe(task.prior, lf_theta, lf_x, training=TrainingConfig(seed=seed, batch_size=lf_batch))
             print(f"seed {seed}: pretrained (batch {lf_batch}) in {time.perf_counter() - started:.0f} s", flush=True)
             for hf in args.hf:
-                theta = to(task.sample_prior(hf, seed=200 + seed))
-                x = to(task.high_fidelity(theta.numpy().astype(np.float64), seed=200 + seed))
+                theta, x = _tensors(*_simulated(task, task.sample_prior(hf, seed=200 + seed), 200 + seed,
+                                                float32_first=True))
                 folds = fold_assignment(hf, args.folds, seed)
                 members, curve_epochs, median_epochs, best_epochs = _cross_validated(pretrained, theta, x, folds, seed)
                 # What stopping on its own fold flatters a fold estimator by: its mean log q on that fold
@@ -172,12 +176,11 @@ def main(args) -> dict:
                     started = time.perf_counter()
                     estimator = forms[variant]()
                     seconds = round(time.perf_counter() - started, 1)  # beyond the 5 folds every variant shares
-                    scores = _scores(estimator, observations, reference, 1000 * seed)
                     row = {"seed": seed, "lf_batch": lf_batch, "hf": hf, "variant": variant, **optimism,
                            "epochs": getattr(estimator, "epochs", None), "seconds": seconds,
                            "fold_best_epochs": best_epochs,
                            "cv_epochs": curve_epochs, "cv_median_epochs": median_epochs,
-                           "c2st": None if scores is None else round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                           **_c2st_entries(estimator, observations, reference, 1000 * seed),
                            "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)}
                     print(json.dumps({k: v for k, v in row.items() if k != "c2st_per_observation"}), flush=True)
                     rows.append(row)
@@ -192,16 +195,15 @@ def _from_scratch(task, seed, args, observations, reference, held_theta, held_x)
     """NPE on the HF rows alone, through mfsbi's loop and through sbi's."""
     rows = []
     for hf in args.hf:
-        theta, x = _simulated(task, task.sample_prior(hf, seed=200 + seed), 200 + seed, float32_first=True)
+        theta, x = _tensors(*_simulated(task, task.sample_prior(hf, seed=200 + seed), 200 + seed, float32_first=True))
         training = TrainingConfig(seed=seed)
         forms = {"split": lambda: train_npe(task.prior, theta, x, training=training),
                  "sbi-split": lambda: _sbi_loop(task.prior, theta, x, _builder(task.prior, EstimatorConfig()), training,
                                                 EstimatorConfig())}
         for variant in args.variants:
             estimator = forms[variant]()
-            scores = _scores(estimator, observations, reference, 1000 * seed)
             rows.append({"seed": seed, "lf_batch": 0, "hf": hf, "variant": f"npe {variant}", "epochs": estimator.epochs,
-                         "c2st": None if scores is None else round(float(np.mean(scores)), 4), "c2st_per_observation": scores,
+                         **_c2st_entries(estimator, observations, reference, 1000 * seed),
                          "held_out_log_q": round(_held_out_log_q(estimator, held_theta, held_x), 4)})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "c2st_per_observation"}), flush=True)
     return rows
@@ -231,6 +233,7 @@ def _spread(values: list) -> str:
         return "—"
     sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
     return f"{np.mean(values):.3f} ± {sd:.3f} ({', '.join(f'{v:.3f}' for v in values)})"
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -9,7 +9,7 @@ os.environ.setdefault("NEURON_MODULE_OPTIONS", "-nogui")
 import pytest
 
 
-_SHARED_API = "mfsbi_prefect_home"  # a key of xdist's workerinput: the MFSBI_HOME of the controller's server
+_SHARED_HOME = "mfsbi_prefect_home"  # a key of xdist's workerinput: the MFSBI_HOME of the controller's server
 _SERVER_READY = "test-prefect-server.json"  # written there once the server is healthy: its URL and auth string
 # Runs `prefect_api` (what `mfsbi run` does) in a process of its own, so that the controller's environment,
 # which its test processes inherit, never holds the server's address; stops it when stdin closes.
@@ -49,7 +49,7 @@ def pytest_configure_node(node):
         server = subprocess.Popen([sys.executable, "-c", _SERVER_PROCESS], env={**env, "MFSBI_HOME": home},
                                   stdin=subprocess.PIPE)
         config._mfsbi_prefect = (server, home)
-    node.workerinput[_SHARED_API] = config._mfsbi_prefect[1]
+    node.workerinput[_SHARED_HOME] = config._mfsbi_prefect[1]
 
 
 def pytest_unconfigure(config):
@@ -85,7 +85,7 @@ def prefect_server(request, tmp_path_factory):
     os.environ.pop("PREFECT_API_URL", None)
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    home = getattr(request.config, "workerinput", {}).get(_SHARED_API)
+    home = getattr(request.config, "workerinput", {}).get(_SHARED_HOME)
     if home is not None:
         url, auth = _shared_server(home)
         # In the environment too: for the `mfsbi` processes the tests start.
