@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import zarr
 
 from mfsbi.flows.config import RunConfig
@@ -46,16 +47,20 @@ def test_mf_npe_flow_end_to_end(tmp_path, prefect_server, shared_dask):
     assert len(calibration["sbc_ks_pvalues"]) == 2 and 0 <= calibration["tarp_ks_pvalue"] <= 1
     assert saved["calibration_plot"].endswith("calibration.png")
     assert (tmp_path / "store" / saved["calibration_plot"]).read_bytes()[:4] == b"\x89PNG"
-    # MF-NPE chose its estimator by 5-fold cross-validation on its own 30 HF rows: every candidate scored
-    # out of fold with an interval, the kept one named with the reason, its fold trainings recorded.
+    # MF-NPE cross-validated its candidates 5-fold on its own 30 HF rows: every candidate scored out of
+    # fold with an interval; it kept their stacked mixture, each weighted candidate's kept form in it
+    # (the pretrained estimator one member, a trained candidate its 5 fold-stopped members).
     selection = saved["selection"]
     assert set(selection["scores"]) == {"pretrained", "anchored", "fine-tuned", "scratch"}
-    if selection["kept"] == "pretrained":
-        assert summary["train"]["epochs"] == 0
-    else:  # the kept candidate's 5 fold estimators: every row trained four of them and stopped the fifth
-        assert [t["simulations"] for t in summary["train"]] == [24] * 5 and len(summary["posterior"]) == 5
-    assert selection["folds"] == 5 and selection["rows"] == 30 and selection["mode"] == "select"
-    assert selection["kept"] in selection["scores"] and selection["reason"]
+    assert selection["kept"] == "stacked" and selection["mode"] == "stack" and "stacking" in selection["reason"]
+    weights = selection["weights"]
+    assert set(weights) <= set(selection["scores"]) and sum(weights.values()) == pytest.approx(1.0)
+    assert min(weights.values()) >= 0.01 and selection["chosen_by_rule"] in selection["scores"]
+    expected = [0] * (1 if "pretrained" in weights else 0) + [24] * (5 * len(set(weights) - {"pretrained"}))
+    trained = summary["train"] if isinstance(summary["train"], list) else [summary["train"]]
+    assert sorted(t["simulations"] for t in trained) == expected
+    assert len(saved["posterior_weights"]) == len(trained) and sum(saved["posterior_weights"]) == pytest.approx(1.0)
+    assert selection["folds"] == 5 and selection["rows"] == 30
     for row in selection["scores"].values():
         assert row["lower"] <= row["mean"] <= row["upper"]
     assert all(len(fold) == 5 and all(t["simulations"] == 24 for t in fold)
@@ -126,7 +131,7 @@ def test_a_clearly_better_candidate_is_kept_and_its_checkpoint_is_the_posterior(
         return real(estimator, theta, x) + 5.0  # log_q scores only the pretrained estimator here
 
     monkeypatch.setattr(selection, "log_q", pretrained_scores_better)
-    config = _tiny(tmp_path, lf_sims=200, hf_sims=20)
+    config = _tiny(tmp_path, lf_sims=200, hf_sims=20, transfer_guard="select")  # one candidate kept, by the rule
     summary = amortized_flow(config).to_dict()
     selection_summary = summary["selection"]
     assert selection_summary["kept"] == "pretrained" and "clearly better" in selection_summary["reason"]
@@ -145,7 +150,7 @@ def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_
     from mfsbi.simulators import get_task
 
     config_prior = get_task("ou2").prior
-    weights = []
+    weights, mixtures = [], []
     for pairs in (0, 100, 1000):
         config = _tiny(tmp_path / str(pairs), lf_sims=200, hf_sims=20, num_nltp_pairs=pairs,
                        num_test_observations=0)
@@ -154,7 +159,9 @@ def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_
         paths = summary["posterior"] if isinstance(summary["posterior"], list) else [summary["posterior"]]
         members = [estimator_from_bytes((store / p).read_bytes(), config_prior) for p in paths]
         weights.append([m.network.state_dict() for m in members])
+        mixtures.append(summary["posterior_weights"])
         assert summary["metrics"]["num_nltp_pairs"] == pairs
+    assert mixtures[0] and mixtures[1] == mixtures[0] and mixtures[2] == mixtures[0]  # the stacked mixture's weights
     for other in weights[1:]:
         assert len(other) == len(weights[0])
         assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(weights[0], other))

@@ -6,7 +6,8 @@ import torch
 
 from mfsbi.inference import TrainingConfig, fine_tune, train_npe
 from mfsbi.inference.selection import (
-    CANDIDATES, choose, cross_validate, fold_assignment, fold_stopped_ensemble, log_q, out_of_fold_scores,
+    CANDIDATES, choose, choose_nearest, cross_validate, fold_assignment, fold_stopped_ensemble, log_q,
+    out_of_fold_calibration, out_of_fold_scores, stacking_weights,
 )
 from toy import QUICK, TINY, make_prior, sample_prior, simulate_hf, simulate_lf, state_equal
 
@@ -133,3 +134,71 @@ def test_an_anchored_fine_tuning_stays_nearer_the_pretrained_weights():
     assert anchored < 0.5 * free
     with pytest.raises(ValueError, match="anchor_penalty"):
         TrainingConfig(anchor_penalty=-1.0)
+
+
+ORDER = ["pretrained", "anchored", "fine-tuned", "scratch"]
+
+
+def test_nearest_first_steps_only_on_a_clear_gain_over_the_candidate_it_holds():
+    base = _noisy(-1.0, spread=0.1)
+    # Each step clear (0.5 nats per row over the one before): the walk ends at the farthest.
+    clear = {name: base + 0.5 * i for i, name in enumerate(ORDER)}
+    assert choose_nearest(clear, order=ORDER, margin=0.25).kept == "scratch"
+    # A lead inside the margin keeps the nearer one, even where the farther one's mean is higher.
+    near = {"pretrained": base, "anchored": base + 0.1, "fine-tuned": base + 0.2, "scratch": base + 0.2}
+    choice = choose_nearest(near, order=ORDER, margin=0.25)
+    assert choice.kept == "pretrained" and choice.default == "pretrained"
+    assert "anchored vs pretrained +0.100" in choice.reason
+    # Compared with the held candidate, not the start: fine-tuned clears pretrained but not anchored.
+    chain = {"pretrained": base, "anchored": base + 1.0, "fine-tuned": base + 1.1, "scratch": base - 1.0}
+    assert choose_nearest(chain, order=ORDER, margin=0.25).kept == "anchored"
+
+
+def test_nearest_first_leaves_a_miscalibrated_end_only_for_a_candidate_of_about_its_score():
+    base = _noisy(-1.0, spread=0.1)
+    # The walk ends at fine-tuned (over-confident); anchored scores a nat lower: not about as well, so it stays.
+    scores = {"pretrained": base, "anchored": base + 1.0, "fine-tuned": base + 2.0, "scratch": base}
+    kept = choose_nearest(scores, order=ORDER, margin=0.25, miscalibrated={"fine-tuned": "over-confident"})
+    assert kept.kept == "fine-tuned" and "over-confident" in kept.reason
+    # Near ones miscalibrated do not make the walk compare a far one with the start (OU2 development seed 10:
+    # from scratch 13 nats above the pretrained estimator, a nat below the fine-tunings).
+    far = {"pretrained": base - 13.0, "anchored": base, "fine-tuned": base, "scratch": base - 1.0}
+    assert choose_nearest(far, order=ORDER, margin=0.25,
+                          miscalibrated={"anchored": "biased", "fine-tuned": "biased"}).kept == "anchored"
+    # The start miscalibrated, nothing clearly better: a candidate of about its score that is not replaces it.
+    flat = {"pretrained": _noisy(-1.0, seed=1), "anchored": _noisy(-1.05, seed=2), "fine-tuned": _noisy(-3.0, seed=3),
+            "scratch": _noisy(-3.0, seed=4)}
+    assert choose_nearest(flat, order=ORDER, margin=0.5, miscalibrated={"pretrained": "biased"}).kept == "anchored"
+    with pytest.raises(ValueError, match="order"):
+        choose_nearest(flat, order=["pretrained", "elsewhere"], margin=0.25)
+
+
+def test_stacking_weights_go_to_the_candidate_that_scores_every_row_best_and_mix_complementary_ones():
+    rng = np.random.default_rng(0)
+    good, bad = rng.normal(0.0, 0.1, 200), rng.normal(-5.0, 0.1, 200)
+    weights = stacking_weights({"good": good, "bad": bad})
+    assert weights["good"] > 0.99 and sum(weights.values()) == pytest.approx(1.0)
+    # Each candidate right on its own half of the rows: the mixture needs both, about equally.
+    half = np.arange(200) < 100
+    a, b = np.where(half, 0.0, -8.0), np.where(half, -8.0, 0.0)
+    weights = stacking_weights({"a": a, "b": b})
+    assert weights["a"] == pytest.approx(0.5, abs=0.01)
+    mixed = np.logaddexp(np.log(weights["a"]) + a, np.log(weights["b"]) + b).mean()
+    assert mixed > max(a.mean(), b.mean()) + 3.0
+
+
+def test_out_of_fold_calibration_samples_each_row_from_the_estimator_that_did_not_train_on_it():
+    pretrained = _pretrained()
+    theta = sample_prior(20, seed=5)
+    x = simulate_hf(theta, seed=5)
+    folds = fold_assignment(20, 4, seed=0)
+    training = TrainingConfig(max_num_epochs=3, seed=1)
+    estimators = [fine_tune(pretrained, theta[folds != k], x[folds != k], training=training) for k in range(4)]
+    first = out_of_fold_calibration(estimators, theta, x, folds, draws=50, seed=3)
+    again = out_of_fold_calibration(estimators, theta, x, folds, draws=50, seed=3)
+    assert first.verdict == again.verdict and np.array_equal(first.ranks, again.ranks)
+    assert np.asarray(first.ranks).shape[0] == 20
+    # Every row from the one pretrained estimator instead: other draws, so other ranks.
+    assert not np.array_equal(out_of_fold_calibration([pretrained] * 4, theta, x, folds, draws=50, seed=3).ranks,
+                              first.ranks)
+    assert out_of_fold_calibration(estimators, theta[:1], x[:1], folds[:1], draws=50, seed=3) is None

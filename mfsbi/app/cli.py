@@ -97,10 +97,12 @@ def run(
     ensemble: Annotated[int, typer.Option(help="NPE / MF-NPE: train N estimators (seeds differ) and use their "
                                                "mixture, sbi's EnsemblePosterior; 1: one estimator")] = 1,
     ensemble_size: Annotated[int, typer.Option(help="A-MF-TSNPE ensemble members E")] = 5,
-    transfer_guard: Annotated[str, typer.Option(help="MF methods: also train from scratch on the same HF rows and "
-                                                     "compare on HF pairs neither trained on (held-out pairs; "
-                                                     "sequential: the last round's new rows); select (keep the "
-                                                     "better), report (keep the fine-tuned) or off")] = "select",
+    transfer_guard: Annotated[str, typer.Option(help="MF methods: choose inside the HF budget. MF-NPE cross-validates "
+                                                     "its candidates on the budget's rows; stack (keep their mixture "
+                                                     "weighted by stacking), select (keep one: the fine-tuning unless "
+                                                     "another is clearly better), report (keep the fine-tuning) or "
+                                                     "off (fine-tune once). Sequential: from scratch against the chain "
+                                                     "on the last round's new rows")] = "stack",
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,

@@ -36,12 +36,14 @@ def _selection_rows(table: Table, summary: RunSummary) -> None:
                           summary.out_of_fold["calibration"])
     if not selection:
         return
+    weights = selection.get("weights") or {}
     for name, row in selection["scores"].items():
         mark = " (kept)" if name == selection["kept"] else ""
         calibrated = (selection.get("calibration") or {}).get(name)
-        table.add_row(f"candidate {name}{mark}: out-of-fold mean log q",
+        table.add_row(f"candidate {name}{mark}: out-of-fold mean log q" + (", mixture weight" if weights else ""),
                       f"{row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}]"
-                      + (f", {calibrated['verdict']}" if calibrated else ""))
+                      + (f", {calibrated['verdict']}" if calibrated else "")
+                      + (f", {weights.get(name, 0.0):.2f}" if weights else ""))
     table.add_row("kept", selection["reason"])
 
 

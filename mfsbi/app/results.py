@@ -94,7 +94,8 @@ def load_posterior(store: str | Path, run: str | None = None, *, task: str | Non
     handle = _store(store)
     members = [estimator_from_bytes(handle.read_artifact(p.removeprefix("artifacts/")), task_obj.prior, device=device)
                for p in paths]
-    posterior = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
+    weights = summary.get("posterior_weights")  # MF-NPE's stacked mixture; else equal
+    posterior = members[0].posterior() if len(members) == 1 else Ensemble(members, weights).posterior()
     x_o = _run_observation(handle, summary, task_obj)
     if x_o is not None:
         import torch  # deferred: as above

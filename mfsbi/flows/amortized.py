@@ -27,16 +27,17 @@ from mfsbi.storage import StoreLock
 __all__ = ["amortized_flow", "run_amortized"]
 
 
-def _posterior(run: Run, results: list[TrainResult]):
-    """One member's ``DirectPosterior``, or sbi's ``EnsemblePosterior`` of all of them."""
+def _posterior(run: Run, results: list[TrainResult], weights: list[float] | None = None):
+    """One member's ``DirectPosterior``, or sbi's ``EnsemblePosterior`` of all of them (``weights``: default equal)."""
     members = [estimator_from_bytes(r.checkpoint, run.task.prior) for r in results]
-    return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
+    return members[0].posterior() if len(members) == 1 else Ensemble(members, weights).posterior()
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
+def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray,
+             weights: list[float] | None = None) -> Metrics:
     progress.report("evaluate", 0, 1)
-    metrics = evaluate_posterior(_posterior(run, results), run.task, test_theta, test_x,
+    metrics = evaluate_posterior(_posterior(run, results, weights), run.task, test_theta, test_x,
                                  num_c2st=run.num_test_observations,
                                  num_samples=run.config.posterior_samples, seed=run.config.test_seed)
     progress.report("evaluate", 1, 1)
@@ -47,7 +48,7 @@ def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_
 def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_theta: np.ndarray,
               test_x: np.ndarray) -> None:
     """SBC and TARP on the held-out HF pairs, into the summary, the store and the UI."""
-    result, on = calibration_on_pairs(_posterior(run, results), test_theta, test_x,
+    result, on = calibration_on_pairs(_posterior(run, results, summary.posterior_weights), test_theta, test_x,
                                       num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"),
                                       max_bytes=run.config.training_memory)
     if result is not None:
@@ -70,16 +71,17 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         summary.train = [r.record() for r in results]
         summary.posterior = [run.write_artifact(f"posterior-member-{e}.pt", r.checkpoint)
                              for e, r in enumerate(results)]
-    summary.metrics = evaluate(run, results, test_theta, test_x)
+    summary.metrics = evaluate(run, results, test_theta, test_x, summary.posterior_weights)
     calibrate(run, summary, results, test_theta, test_x)
 
-    samples, truth, where = _plot_samples(run, results, test_theta, test_x)
+    samples, truth, where = _plot_samples(run, results, test_theta, test_x, summary.posterior_weights)
     run.finish(summary, samples, truth, where)
     _publish(run, summary)
     return summary
 
 
-def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray):
+def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray,
+                  weights: list[float] | None = None):
     """Posterior samples for the pair plot: at the given observation, else at held-out observation 0."""
     if run.config.observation is not None:
         x_o, truth, where = np.asarray(run.config.observation, dtype=np.float64), None, "the given observation"
@@ -87,7 +89,7 @@ def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, 
         x_o, truth, where = test_x[0], test_theta[0], "held-out observation 0 (true θ marked)"
     else:
         return None, None, ""
-    return sample_posterior(_posterior(run, results), x_o, run.config.posterior_samples, run.seed("plot")), truth, where
+    return sample_posterior(_posterior(run, results, weights), x_o, run.config.posterior_samples, run.seed("plot")), truth, where
 
 
 def _publish(run: Run, summary: RunSummary) -> None:
@@ -101,9 +103,11 @@ def _publish(run: Run, summary: RunSummary) -> None:
     if summary.selection:
         selection = summary.selection
         verdicts = {name: (c or {}).get("verdict", "-") for name, c in (selection.get("calibration") or {}).items()}
+        weights = selection.get("weights") or {}
         lines += [f"| candidate {name}{' (kept)' if name == selection['kept'] else ''}: out-of-fold mean log q "
-                  f"[90 % interval], calibration | {row['mean']:.3f} [{row['lower']:.3f}, {row['upper']:.3f}], "
-                  f"{verdicts.get(name, '-')} |" for name, row in selection["scores"].items()]
+                  f"[90 % interval], calibration{', mixture weight' if weights else ''} | {row['mean']:.3f} "
+                  f"[{row['lower']:.3f}, {row['upper']:.3f}], {verdicts.get(name, '-')}"
+                  f"{f', {weights.get(name, 0.0):.2f}' if weights else ''} |" for name, row in selection["scores"].items()]
         lines.append(f"| kept | {selection['reason']} |")
     if summary.calibration:
         lines.append(f"| calibration (SBC + TARP, {summary.calibration['on']}) | {summary.calibration['verdict']} |")

@@ -141,11 +141,13 @@ class EnsembleOptions(_Options):
 class TransferGuardOptions(_Options):
     """MF methods (MF-NPE, MF-TSNPE, A-MF-TSNPE): the fine-tuned estimator against one trained from scratch."""
 
-    transfer_guard: Literal["select", "report", "off"] = Field(
-        "select", description="MF-NPE: cross-validate its candidates (pretrained as it is, anchored and plain "
-                              "fine-tuning, from scratch) on the HF budget's own rows; select: keep the default "
-                              "(fine-tuned) unless another is clearly better, report: keep it, off: fine-tune once. "
-                              "Sequential MF: compare with from scratch on the last round's new rows")
+    transfer_guard: Literal["stack", "select", "report", "off"] = Field(
+        "stack", description="MF-NPE: cross-validate its candidates (pretrained as it is, anchored and plain "
+                             "fine-tuning, from scratch) on the HF budget's own rows; stack: keep their mixture "
+                             "weighted by stacking of the out-of-fold scores, select: keep the default (fine-tuned) "
+                             "unless another is clearly better, report: keep the fine-tuned, off: fine-tune once. "
+                             "Sequential MF: compare with from scratch on the last round's new rows (stack and select: "
+                             "keep from scratch only if clearly better)")
 
 
 class SequentialOptions(_Options):

@@ -127,6 +127,7 @@ class RunSummary:
     transfer_guard: dict[str, Any] | None = None  # sequential MF: fine-tuned vs from scratch on a round's rows
     selection: dict[str, Any] | None = None       # MF-NPE: candidates cross-validated on the HF budget's rows
     out_of_fold: dict[str, Any] | None = None     # NLTP of the kept estimator's kind, out of fold, in the budget
+    posterior_weights: list[float] | None = None  # MF-NPE stacked: each stored posterior member's mixture weight
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
     coverage_at_x_o: dict[str, Any] | None = None  # sequential: truncated SBC + TARP out of fold, no reference
     calibration_plot: str | None = None

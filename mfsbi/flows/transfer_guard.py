@@ -42,8 +42,8 @@ def compare_with_scratch(tuned: np.ndarray, scratch: np.ndarray, *, mode: str, o
     Arguments:
         tuned: log q(θ_i | x_i) of the fine-tuned estimator, one per pair.
         scratch: the same for the estimator trained from scratch.
-        mode: ``select`` (keep the fine-tuned unless from scratch is clearly better) or ``report``
-            (keep the fine-tuned).
+        mode: ``select`` or ``stack`` (keep the fine-tuned unless from scratch is clearly better: a
+            sequential run has no candidates to stack) or ``report`` (keep the fine-tuned).
         on: what the pairs are, for the reader.
         scratch_train: the from-scratch training's record(s).
         seed: seeds the bootstrap.
@@ -65,7 +65,7 @@ def compare_with_scratch(tuned: np.ndarray, scratch: np.ndarray, *, mode: str, o
         "wilcoxon_pvalue": float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0,
         "scratch_gain_interval": [scratch_row["vs_default_lower"], scratch_row["vs_default_upper"]],
         "margin": GUARD_MARGIN, "better": better, "chosen": choice.kept, "reason": choice.reason,
-        "kept": choice.kept if mode == "select" else "fine-tuned", "mode": mode,
+        "kept": choice.kept if mode in ("stack", "select") else "fine-tuned", "mode": mode,
         "scratch_train": scratch_train,
     }
 

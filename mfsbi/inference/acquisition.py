@@ -51,25 +51,35 @@ class Ensemble:
     Arguments:
         members: the trained estimators (anything with ``.posterior()`` returning an sbi
             posterior works, which the tests use for fakes).
+        weights: the members' mixture weights (normalised here); default equal. MF-NPE's stacked
+            mixture weighs its candidates (:func:`mfsbi.inference.selection.stacking_weights`).
     """
 
     members: tuple[TrainedEstimator, ...]
+    weights: Optional[tuple[float, ...]] = None
 
-    def __init__(self, members: Sequence[TrainedEstimator]) -> None:
+    def __init__(self, members: Sequence[TrainedEstimator], weights: Optional[Sequence[float]] = None) -> None:
         if len(members) < 1:
             raise ValueError("an ensemble needs at least one member")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(members) or min(weights) < 0 or not sum(weights) > 0:
+                raise ValueError(f"weights: need {len(members)} non-negative weights with a positive sum, got {weights}")
+            weights = tuple(w / sum(weights) for w in weights)
         object.__setattr__(self, "members", tuple(members))
+        object.__setattr__(self, "weights", weights)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def posterior(self) -> EnsemblePosterior:
-        r"""sbi's equal-weight mixture of the members' posteriors.
+        r"""sbi's mixture of the members' posteriors (equal weights unless given).
 
         Returns:
             An ``EnsemblePosterior`` with ``.sample((n,), x=x_o)`` and ``.log_prob(theta, x=x_o)``.
         """
-        return EnsemblePosterior([m.posterior() for m in self.members])
+        weights = None if self.weights is None else list(self.weights)
+        return EnsemblePosterior([m.posterior() for m in self.members], weights=weights)
 
     @torch.no_grad()
     def log_probs(self, theta: ArrayLike, x_o: ArrayLike) -> Tensor:

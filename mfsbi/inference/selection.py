@@ -36,11 +36,13 @@ import torch
 from scipy.stats import bootstrap
 
 from .acquisition import Ensemble
+from .calibration import Calibration, calibration_from_samples, samples_on_pairs
 from .config import TrainingConfig
 from .training import TrainedEstimator, fine_tune, train_npe
 
-__all__ = ["CANDIDATES", "Candidate", "Choice", "CrossValidation", "choose", "cross_validate", "fold_assignment",
-           "fold_stopped_ensemble", "log_q", "out_of_fold_scores"]
+__all__ = ["CANDIDATES", "Candidate", "Choice", "CrossValidation", "choose", "choose_nearest", "cross_validate",
+           "fold_assignment", "fold_stopped_ensemble", "log_q", "mixture_out_of_fold_calibration", "mixture_scores",
+           "out_of_fold_calibration", "out_of_fold_scores", "stacking_weights"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,78 @@ def out_of_fold_scores(fold_estimators: Sequence[TrainedEstimator], theta: Any, 
         held = folds == k
         scores[held] = log_q(estimator, theta[held], x[held])
     return scores
+
+
+def out_of_fold_calibration(fold_estimators: Sequence[TrainedEstimator], theta: Any, x: Any, folds: np.ndarray, *,
+                            draws: int, seed: int, max_bytes: Optional[int] = None) -> Optional[Calibration]:
+    """SBC + TARP with every row sampled from the estimator that did not train on it.
+
+    Arguments:
+        fold_estimators: fold k's estimator (trained without fold k's rows).
+        theta, x: the rows.
+        folds: each row's fold.
+        draws: posterior draws per row.
+        seed: seeds the draws and TARP's reference points.
+        max_bytes: bounds one sampling call's memory (default: the calibration's own bound).
+
+    Returns:
+        The calibration, or None under 2 rows.
+    """
+    return mixture_out_of_fold_calibration({"": fold_estimators}, {"": 1.0}, theta, x, folds, draws=draws, seed=seed,
+                                           max_bytes=max_bytes)
+
+
+def _allocate(draws: int, weights: dict[str, float]) -> dict[str, int]:
+    """``draws`` split by ``weights`` in whole draws (largest remainders), so every row gets the same mixture."""
+    exact = {name: draws * w / sum(weights.values()) for name, w in weights.items()}
+    counts = {name: int(np.floor(v)) for name, v in exact.items()}
+    for name in sorted(exact, key=lambda n: counts[n] - exact[n])[:draws - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def mixture_out_of_fold_calibration(fold_estimators: dict[str, Sequence[TrainedEstimator]], weights: dict[str, float],
+                                    theta: Any, x: Any, folds: np.ndarray, *, draws: int, seed: int,
+                                    max_bytes: Optional[int] = None) -> Optional[Calibration]:
+    """SBC + TARP of a mixture of candidates, every row sampled from the candidates' estimators that did not train on it.
+
+    Arguments:
+        fold_estimators: by candidate, fold k's estimator (trained without fold k's rows).
+        weights: by candidate, its mixture weight; each row's ``draws`` are split by them.
+        theta, x: the rows.
+        folds: each row's fold.
+        draws: posterior draws per row.
+        seed: seeds the draws and TARP's reference points.
+        max_bytes: bounds one sampling call's memory (default: the calibration's own bound).
+
+    Returns:
+        The calibration, or None under 2 rows.
+    """
+    if len(theta) < 2:
+        return None
+    theta = np.asarray(theta)
+    x_t = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    parts = []
+    bound = {} if max_bytes is None else {"max_bytes": max_bytes}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for name, count in _allocate(draws, weights).items():
+            if count == 0:
+                continue
+            samples = torch.empty(count, len(theta), theta.shape[1])
+            for k, estimator in enumerate(fold_estimators[name]):
+                held = torch.as_tensor(folds == k)
+                if held.any():
+                    samples[:, held] = samples_on_pairs(estimator.posterior(), x_t[held], count, **bound)
+            parts.append(samples)
+    return calibration_from_samples(torch.cat(parts), theta, seed=seed)
+
+
+def mixture_scores(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
+    """Per row, log of the weighted mixture of the candidates' densities (their out-of-fold log q)."""
+    used = [name for name, w in weights.items() if w > 0]
+    return np.logaddexp.reduce(np.stack([np.log(weights[n]) + np.asarray(scores[n], dtype=np.float64) for n in used]),
+                               axis=0)
 
 
 def train_candidate(candidate: Candidate, pretrained: TrainedEstimator, theta: Any, x: Any,
@@ -279,3 +353,83 @@ def choose(scores: dict[str, np.ndarray], *, default: str, margin: float, seed: 
     if miscalibrated:
         reason += "; clearly miscalibrated out of fold: " + ", ".join(f"{k} ({v})" for k, v in sorted(miscalibrated.items()))
     return Choice(kept=kept, default=default, margin=margin, scores=table, reason=reason)
+
+
+def choose_nearest(scores: dict[str, np.ndarray], *, order: Sequence[str], margin: float, seed: int = 0,
+                   resamples: int = 2000, miscalibrated: Optional[dict[str, str]] = None) -> Choice:
+    """Nearness first: start at the candidate nearest the pretrained estimator, step farther only on a clear gain.
+
+    The candidates are walked in ``order`` (nearest first); the walk moves from the candidate it holds
+    to the next only when the next's one-sided 95 % bootstrap lower bound of its mean paired gain
+    over the held one lies above ``margin``. The walk reads scores only: a candidate where it ends
+    that is clearly miscalibrated then gives way as the default does in :func:`choose`, to the
+    best-scoring candidate that is not and scores about as well. (Skipping miscalibrated candidates
+    during the walk would compare a far one with a much worse near one and step past the better.)
+    The table's ``vs_default`` columns compare with ``order[0]``; the steps are in the reason.
+
+    Arguments:
+        scores: out-of-fold log q per row, by candidate (the same rows for all).
+        order: the candidates to walk, nearest to the pretrained estimator first.
+        margin: nats of mean log q a step must clear (the criterion's measured noise).
+        seed: seeds the bootstrap.
+        resamples: bootstrap resamples.
+        miscalibrated: candidates whose out-of-fold calibration is clearly off, with the verdict.
+
+    Returns:
+        A :class:`Choice` whose ``default`` is ``order[0]``.
+    """
+    missing = [name for name in order if name not in scores]
+    if not order or missing:
+        raise ValueError(f"order: {missing or 'empty'} without scores; candidates are {sorted(scores)}")
+    miscalibrated = miscalibrated or {}
+    start = order[0]
+    table = choose(scores, default=start, margin=margin, seed=seed, resamples=resamples).scores
+    held, steps = start, []
+    for name in order[1:]:
+        gain = np.asarray(scores[name], dtype=np.float64) - np.asarray(scores[held], dtype=np.float64)
+        lower, _ = _interval(gain, seed, resamples)
+        moved = lower > margin
+        steps.append(f"{name} vs {held} {gain.mean():+.3f} (lower bound {lower:+.3f})" + (": stepped" if moved else ""))
+        if moved:
+            held = name
+    reason = f"nearest first from {start}, a step needs a lower bound above {margin:g}: " + "; ".join(steps)
+    if held in miscalibrated:
+        fallback = choose({n: scores[n] for n in order}, default=held, margin=margin, seed=seed, resamples=resamples,
+                          miscalibrated=miscalibrated)
+        if fallback.kept != held and "about as well" in fallback.reason:
+            reason += f"; {fallback.reason}"
+            held = fallback.kept
+    if miscalibrated:
+        reason += "; clearly miscalibrated out of fold: " + ", ".join(f"{k} ({v})" for k, v in sorted(miscalibrated.items()))
+    return Choice(kept=held, default=start, margin=margin, scores=table, reason=reason)
+
+
+def stacking_weights(scores: dict[str, np.ndarray], *, iterations: int = 1000, tolerance: float = 1e-9) -> dict[str, float]:
+    """Mixture weights of the candidates that maximise the out-of-fold log score of their mixture.
+
+    Stacking of predictive densities (Yao, Vehtari, Simpson and Gelman 2018): the weights w on the
+    simplex maximising sum_i log sum_c w_c q_c(theta_i | x_i), each q_c scored out of fold. The
+    components are fixed, so this is the EM update of a mixture's weights, which increases the
+    objective at every step (written here: sbi mixes posteriors with given weights but fits none).
+
+    Arguments:
+        scores: out-of-fold log q per row, by candidate (the same rows for all).
+        iterations: EM steps at most.
+        tolerance: stop when the objective gains less than this per row.
+
+    Returns:
+        The weight of each candidate (summing to 1).
+    """
+    names = list(scores)
+    log_q = np.stack([np.asarray(scores[n], dtype=np.float64) for n in names], axis=1)
+    weights = np.full(len(names), 1.0 / len(names))
+    previous = -np.inf
+    for _ in range(iterations):
+        joint = log_q + np.log(np.maximum(weights, 1e-300))
+        total = np.logaddexp.reduce(joint, axis=1)
+        objective = float(total.mean())
+        weights = np.exp(joint - total[:, None]).mean(axis=0)
+        if objective - previous < tolerance:
+            break
+        previous = objective
+    return {n: float(w) for n, w in zip(names, weights)}
