@@ -121,3 +121,17 @@ def test_the_readme_example_runs(ensemble_store, monkeypatch):
                  .replace("(200,", "(20,"), "README", "exec"), namespace)
     assert np.isfinite(np.asarray(namespace["log_p"])).all()
     assert len(namespace["ranks"]) == 20
+
+
+def test_a_stacked_runs_member_weights_are_applied_when_loaded(ensemble_store, tmp_path):
+    """MF-NPE's stacked mixture stores one weight per member (``posterior_weights``); loading applies them."""
+    import shutil
+
+    store, _ = ensemble_store
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    path = copy / "artifacts" / "ou2" / "mf-npe-lf300-hf30-e2-seed1" / "summary.json"
+    saved = json.loads(path.read_text())
+    assert mfsbi.load_posterior(copy)._weights.tolist() == pytest.approx([0.5, 0.5])  # none stored: equal
+    path.write_text(json.dumps({**saved, "posterior_weights": [0.9, 0.1]}))
+    assert mfsbi.load_posterior(copy)._weights.tolist() == pytest.approx([0.9, 0.1])

@@ -72,13 +72,18 @@ def _pretrained(seed: int = 0):
     return train_npe(make_prior(), theta, simulate_lf(theta, seed=seed), estimator=TINY, training=QUICK)
 
 
-def test_out_of_fold_scores_come_from_the_estimator_that_did_not_see_the_row():
-    pretrained = _pretrained()
-    theta = sample_prior(20, seed=7)
-    x = simulate_hf(theta, seed=7)
+def _fold_estimators(pretrained, data_seed: int):
+    """20 HF rows in 4 folds and the 4 fine-tunings that each left one fold out (3 epochs)."""
+    theta = sample_prior(20, seed=data_seed)
+    x = simulate_hf(theta, seed=data_seed)
     folds = fold_assignment(20, 4, seed=0)
     training = TrainingConfig(max_num_epochs=3, seed=1)
-    estimators = [fine_tune(pretrained, theta[folds != k], x[folds != k], training=training) for k in range(4)]
+    return theta, x, folds, [fine_tune(pretrained, theta[folds != k], x[folds != k], training=training) for k in range(4)]
+
+
+def test_out_of_fold_scores_come_from_the_estimator_that_did_not_see_the_row():
+    pretrained = _pretrained()
+    theta, x, folds, estimators = _fold_estimators(pretrained, 7)
     scores = out_of_fold_scores(estimators, theta, x, folds)
     for k in range(4):
         assert np.allclose(scores[folds == k], log_q(estimators[k], theta[folds == k], x[folds == k]))
@@ -189,11 +194,7 @@ def test_stacking_weights_go_to_the_candidate_that_scores_every_row_best_and_mix
 
 def test_out_of_fold_calibration_samples_each_row_from_the_estimator_that_did_not_train_on_it():
     pretrained = _pretrained()
-    theta = sample_prior(20, seed=5)
-    x = simulate_hf(theta, seed=5)
-    folds = fold_assignment(20, 4, seed=0)
-    training = TrainingConfig(max_num_epochs=3, seed=1)
-    estimators = [fine_tune(pretrained, theta[folds != k], x[folds != k], training=training) for k in range(4)]
+    theta, x, folds, estimators = _fold_estimators(pretrained, 5)
     first = out_of_fold_calibration(estimators, theta, x, folds, draws=50, seed=3)
     again = out_of_fold_calibration(estimators, theta, x, folds, draws=50, seed=3)
     assert first.verdict == again.verdict and np.array_equal(first.ranks, again.ranks)
@@ -202,3 +203,25 @@ def test_out_of_fold_calibration_samples_each_row_from_the_estimator_that_did_no
     assert not np.array_equal(out_of_fold_calibration([pretrained] * 4, theta, x, folds, draws=50, seed=3).ranks,
                               first.ranks)
     assert out_of_fold_calibration(estimators, theta[:1], x[:1], folds[:1], draws=50, seed=3) is None
+
+
+def test_an_ensembles_weights_reach_sbis_mixture_and_are_checked():
+    from mfsbi.inference import Ensemble
+
+    members = [_pretrained(seed=0), _pretrained(seed=1)]
+    assert Ensemble(members).posterior()._weights.tolist() == pytest.approx([0.5, 0.5])
+    assert Ensemble(members, [3.0, 1.0]).posterior()._weights.tolist() == pytest.approx([0.75, 0.25])
+    for bad in ([1.0], [-1.0, 2.0], [0.0, 0.0]):
+        with pytest.raises(ValueError, match="weights"):
+            Ensemble(members, bad)
+
+
+def test_a_mixtures_out_of_fold_score_and_draws_follow_its_weights():
+    from mfsbi.inference.selection import _allocate, mixture_scores
+
+    a, b = np.log(np.array([0.5, 0.1])), np.log(np.array([0.1, 0.5]))
+    mixed = mixture_scores({"a": a, "b": b, "c": a - 50}, {"a": 0.75, "b": 0.25, "c": 0.0})
+    assert np.allclose(np.exp(mixed), [0.75 * 0.5 + 0.25 * 0.1, 0.75 * 0.1 + 0.25 * 0.5])
+    assert _allocate(200, {"a": 0.75, "b": 0.25}) == {"a": 150, "b": 50}
+    counts = _allocate(7, {"a": 0.5, "b": 0.3, "c": 0.2})
+    assert sum(counts.values()) == 7 and counts == {"a": 4, "b": 2, "c": 1}

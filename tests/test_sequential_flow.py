@@ -70,9 +70,10 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         # The transfer guard: the chain after round 2 against estimators trained from scratch on the
         # same 16 rows, scored on round 3's 8 new rows before round 3 trained on them.
         guard = summary["transfer_guard"]
-        assert guard["compared"] and guard["num_pairs"] == 8 and guard["mode"] == "select"
+        assert guard["compared"] and guard["num_pairs"] == 8 and guard["mode"] == "stack"
         assert guard["better"] == ("fine-tuned" if guard["difference"] >= 0 else "from scratch")
-        # select keeps from scratch only on a clear gain: the interval's lower end above the margin.
+        # stack (the default; as select in a sequential run) keeps from scratch only on a clear gain: the
+        # interval's lower end above the margin.
         clear = guard["scratch_gain_interval"][0] > guard["margin"]
         assert guard["kept"] == guard["chosen"] == ("from scratch" if clear else "fine-tuned")
         # The check near x_o without a reference: per round from round 2, and the final one out of fold.

@@ -27,8 +27,8 @@ def test_a_difference_inside_the_noise_keeps_the_fine_tuned_chain():
     assert "margin" in guard["reason"]
 
 
-@pytest.mark.parametrize("mode, kept", [("select", "from scratch"), ("report", "fine-tuned")])
-def test_a_clear_gain_from_scratch_is_chosen_and_kept_by_select_only(mode, kept):
+@pytest.mark.parametrize("mode, kept", [("stack", "from scratch"), ("select", "from scratch"), ("report", "fine-tuned")])
+def test_a_clear_gain_from_scratch_is_chosen_and_kept_by_select_and_stack_only(mode, kept):
     rng = np.random.default_rng(4)
     tuned = rng.normal(-1.0, 0.5, 20)
     guard = _guard(tuned, tuned + 2.0 + rng.normal(0, 0.2, 20), mode=mode)

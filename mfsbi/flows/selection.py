@@ -23,7 +23,7 @@ from prefect import get_run_logger
 
 from mfsbi.flows.run import Run
 from mfsbi.flows.summary import RunSummary
-from mfsbi.inference import clearly_miscalibrated, estimator_from_bytes
+from mfsbi.inference import Calibration, clearly_miscalibrated, estimator_from_bytes
 from mfsbi.inference.selection import (
     CANDIDATES, Candidate, choose, fold_assignment, log_q, mixture_out_of_fold_calibration, mixture_scores,
     out_of_fold_calibration, out_of_fold_scores, stacking_weights,
@@ -71,7 +71,7 @@ def _kept_jobs(run: Run, candidate: Candidate, pretrained: bytes, rows: np.ndarr
 
 
 def _stack(run: Run, scores: dict[str, np.ndarray], fold_estimators: dict[str, list], theta: np.ndarray,
-           x: np.ndarray, folds: np.ndarray) -> tuple[dict[str, float], np.ndarray, object]:
+           x: np.ndarray, folds: np.ndarray) -> tuple[dict[str, float], np.ndarray, Calibration | None]:
     """Stacking weights (those under :data:`STACKING_FLOOR` dropped), the mixture's out-of-fold log q and calibration."""
     weights = {n: w for n, w in stacking_weights(scores).items() if w >= STACKING_FLOOR}
     weights = {n: w / sum(weights.values()) for n, w in weights.items()}

@@ -116,16 +116,8 @@ def out_of_fold_calibration(fold_estimators: Sequence[TrainedEstimator], theta: 
                             draws: int, seed: int, max_bytes: Optional[int] = None) -> Optional[Calibration]:
     """SBC + TARP with every row sampled from the estimator that did not train on it.
 
-    Arguments:
-        fold_estimators: fold k's estimator (trained without fold k's rows).
-        theta, x: the rows.
-        folds: each row's fold.
-        draws: posterior draws per row.
-        seed: seeds the draws and TARP's reference points.
-        max_bytes: bounds one sampling call's memory (default: the calibration's own bound).
-
-    Returns:
-        The calibration, or None under 2 rows.
+    :func:`mixture_out_of_fold_calibration` of one candidate (``fold_estimators``: fold k's
+    estimator, trained without fold k's rows); the same arguments otherwise, and the same return.
     """
     return mixture_out_of_fold_calibration({"": fold_estimators}, {"": 1.0}, theta, x, folds, draws=draws, seed=seed,
                                            max_bytes=max_bytes)
