@@ -13,6 +13,9 @@ records the check near x_o that needs no reference (``coverage_at_x_o``) beside 
 calibration against the exact reference at x_o, for the check's validation (docs/sequential.md).
 
     python benchmarks/sequential_guard.py --tasks ou2 ou2-lf-noise --seeds 0 1 2 3 4 --out docs/sequential-guard.json
+
+With ``--method tsnpe`` or ``mf-tsnpe`` the same runs give those methods' C2ST and calibration at
+the same observations (issue 34, item 2: coverage at x_o against TSNPE); TSNPE has no guard.
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ def main() -> None:
     summary = {}
     for task in args.tasks:
         rows = [r for r in results["runs"] if r["task"] == task and r.get("chain_c2st")]
-        chosen = [r["report"]["transfer_guard"].get("chosen") for r in rows]
-        old = [r["report"]["transfer_guard"].get("better") for r in rows]
+        chosen = [(r["report"].get("transfer_guard") or {}).get("chosen") for r in rows]  # TSNPE has no guard
+        old = [(r["report"].get("transfer_guard") or {}).get("better") for r in rows]
         first = lambda c: next(iter(c.values())) if isinstance(c, dict) else c  # noqa: E731 (the first reference's C2ST)
         diff = [first(r["default_c2st"]) - first(r["chain_c2st"]) for r in rows]
         chain = [first(r["chain_c2st"]) for r in rows]
