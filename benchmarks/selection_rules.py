@@ -39,7 +39,7 @@ from mfsbi.flows.evaluation import evaluate_posterior
 from mfsbi.inference import Ensemble, clearly_miscalibrated, estimator_from_bytes
 from mfsbi.inference.selection import (
     CANDIDATES, choose, choose_nearest, cross_validate, fold_assignment, fold_stopped_ensemble, out_of_fold_calibration,
-    stacking_weights,
+    spread_weights, stacking_weights,
 )
 from mfsbi.runtime.training_jobs import read_training_data
 from mfsbi.simulators import get_task
@@ -87,8 +87,8 @@ def study(path: Path, task_name: str, seed: int, lf: int, hf: int) -> dict:
     # Stacking: the candidates' kept forms mixed with the weights their out-of-fold scores give
     # (one flat mixture of every member: sbi scores no mixture of mixtures).
     weights = stacking_weights(cv.scores)
-    flat = [(m, weights[n] / len(members[n])) for n in ORDER if weights[n] > 1e-3 for m in members[n]]
-    stacked = EnsemblePosterior([m.posterior() for m, _ in flat], weights=[w for _, w in flat])
+    flat, flat_weights = spread_weights({n: w for n, w in weights.items() if w > 1e-3}, members)
+    stacked = EnsemblePosterior([m.posterior() for m in flat], weights=flat_weights)
     kept_forms["stacked"] = _metrics(stacked, task, test_theta, test_x, config)
     row = {"task": task_name, "seed": seed, "rows": len(theta), "test_pairs": len(test_theta),
            "out_of_fold_mean_log_q": {n: float(np.mean(v)) for n, v in cv.scores.items()},

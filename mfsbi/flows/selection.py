@@ -26,7 +26,7 @@ from mfsbi.flows.summary import RunSummary
 from mfsbi.inference import Calibration, clearly_miscalibrated, estimator_from_bytes
 from mfsbi.inference.selection import (
     CANDIDATES, Candidate, choose, fold_assignment, log_q, mixture_out_of_fold_calibration, mixture_scores,
-    out_of_fold_calibration, out_of_fold_scores, stacking_weights,
+    out_of_fold_calibration, out_of_fold_scores, spread_weights, stacking_weights,
 )
 from mfsbi.runtime.training_jobs import TrainResult, read_training_data
 
@@ -73,8 +73,7 @@ def _kept_jobs(run: Run, candidate: Candidate, pretrained: bytes, rows: np.ndarr
 def _stack(run: Run, scores: dict[str, np.ndarray], fold_estimators: dict[str, list], theta: np.ndarray,
            x: np.ndarray, folds: np.ndarray) -> tuple[dict[str, float], np.ndarray, Calibration | None]:
     """Stacking weights (those under :data:`STACKING_FLOOR` dropped), the mixture's out-of-fold log q and calibration."""
-    weights = {n: w for n, w in stacking_weights(scores).items() if w >= STACKING_FLOOR}
-    weights = {n: w / sum(weights.values()) for n, w in weights.items()}
+    weights = stacking_weights(scores, floor=STACKING_FLOOR)
     calibration = mixture_out_of_fold_calibration(fold_estimators, weights, theta, x, folds, draws=CALIBRATION_DRAWS,
                                                   seed=run.seed("selection-calibration"),
                                                   max_bytes=run.config.training_memory)
@@ -164,9 +163,8 @@ def select_estimator(run: Run, summary: RunSummary, pretrained: bytes) -> list[T
                     row["mean"], row["lower"], row["upper"], verdict)
     logger.info("kept %s: %s", kept, reason)
     if stacking:
-        members = [(r, w / len(kept_members[n])) for n, w in weights.items() for r in kept_members[n]]
-        summary.posterior_weights = [w for _, w in members]
-        return [r for r, _ in members]
+        members, summary.posterior_weights = spread_weights(weights, kept_members)
+        return members
     if kept in kept_members:
         return kept_members[kept]
     return run.train(_kept_jobs(run, CANDIDATES[kept], pretrained, rows, folds),

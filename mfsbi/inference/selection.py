@@ -42,7 +42,7 @@ from .training import TrainedEstimator, fine_tune, train_npe
 
 __all__ = ["CANDIDATES", "Candidate", "Choice", "CrossValidation", "choose", "choose_nearest", "cross_validate",
            "fold_assignment", "fold_stopped_ensemble", "log_q", "mixture_out_of_fold_calibration", "mixture_scores",
-           "out_of_fold_calibration", "out_of_fold_scores", "stacking_weights"]
+           "out_of_fold_calibration", "out_of_fold_scores", "spread_weights", "stacking_weights"]
 
 
 @dataclass(frozen=True)
@@ -396,7 +396,8 @@ def choose_nearest(scores: dict[str, np.ndarray], *, order: Sequence[str], margi
     return Choice(kept=held, default=start, margin=margin, scores=table, reason=reason)
 
 
-def stacking_weights(scores: dict[str, np.ndarray], *, iterations: int = 1000, tolerance: float = 1e-9) -> dict[str, float]:
+def stacking_weights(scores: dict[str, np.ndarray], *, floor: float = 0.0, iterations: int = 1000,
+                     tolerance: float = 1e-9) -> dict[str, float]:
     """Mixture weights of the candidates that maximise the out-of-fold log score of their mixture.
 
     Stacking of predictive densities (Yao, Vehtari, Simpson and Gelman 2018): the weights w on the
@@ -406,11 +407,12 @@ def stacking_weights(scores: dict[str, np.ndarray], *, iterations: int = 1000, t
 
     Arguments:
         scores: out-of-fold log q per row, by candidate (the same rows for all).
+        floor: candidates weighted below this are left out and the rest renormalised.
         iterations: EM steps at most.
         tolerance: stop when the objective gains less than this per row.
 
     Returns:
-        The weight of each candidate (summing to 1).
+        The weight of each candidate kept (summing to 1).
     """
     names = list(scores)
     log_q = np.stack([np.asarray(scores[n], dtype=np.float64) for n in names], axis=1)
@@ -424,4 +426,19 @@ def stacking_weights(scores: dict[str, np.ndarray], *, iterations: int = 1000, t
         if objective - previous < tolerance:
             break
         previous = objective
-    return {n: float(w) for n, w in zip(names, weights)}
+    kept = {n: float(w) for n, w in zip(names, weights) if w >= floor}
+    return {n: w / sum(kept.values()) for n, w in kept.items()}
+
+
+def spread_weights(weights: dict[str, float], members: dict[str, Sequence[Any]]) -> tuple[list[Any], list[float]]:
+    """One flat mixture from weighted candidates of several members each: a candidate's weight split evenly.
+
+    Arguments:
+        weights: by candidate, its mixture weight.
+        members: by candidate, its members (its fold-stopped ensemble; one for the pretrained estimator).
+
+    Returns:
+        The members of every weighted candidate, and each member's weight.
+    """
+    pairs = [(m, w / len(members[n])) for n, w in weights.items() for m in members[n]]
+    return [m for m, _ in pairs], [w for _, w in pairs]
