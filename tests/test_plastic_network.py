@@ -23,7 +23,7 @@ from mfsbi.simulators.plastic_network import (
 )
 
 TINY = NetworkScale.tiny()  # 80 + 20 neurons, 2 s, rates over the last 1 s
-SHORT = dataclasses.replace(TINY, duration=0.5, window=0.25)
+SHORT = dataclasses.replace(TINY, duration=0.2, window=0.1)  # ~2 s a batch on the numpy target
 
 
 def rule(tau_pre=0.02, tau_post=0.02, alpha=0.0, beta=0.0, gamma=0.0, kappa=0.0):
