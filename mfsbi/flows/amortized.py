@@ -34,10 +34,9 @@ def _posterior(run: Run, results: list[TrainResult], weights: list[float] | None
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray,
-             weights: list[float] | None = None) -> Metrics:
+def evaluate(run: Run, posterior, test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
     progress.report("evaluate", 0, 1)
-    metrics = evaluate_posterior(_posterior(run, results, weights), run.task, test_theta, test_x,
+    metrics = evaluate_posterior(posterior, run.task, test_theta, test_x,
                                  num_c2st=run.num_test_observations,
                                  num_samples=run.config.posterior_samples, seed=run.config.test_seed)
     progress.report("evaluate", 1, 1)
@@ -45,10 +44,9 @@ def evaluate(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
-def calibrate(run: Run, summary: RunSummary, results: list[TrainResult], test_theta: np.ndarray,
-              test_x: np.ndarray) -> None:
+def calibrate(run: Run, summary: RunSummary, posterior, test_theta: np.ndarray, test_x: np.ndarray) -> None:
     """SBC and TARP on the held-out HF pairs, into the summary, the store and the UI."""
-    result, on = calibration_on_pairs(_posterior(run, results, summary.posterior_weights), test_theta, test_x,
+    result, on = calibration_on_pairs(posterior, test_theta, test_x,
                                       num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"),
                                       max_bytes=run.config.training_memory)
     if result is not None:
@@ -71,17 +69,18 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         summary.train = [r.record() for r in results]
         summary.posterior = [run.write_artifact(f"posterior-member-{e}.pt", r.checkpoint)
                              for e, r in enumerate(results)]
-    summary.metrics = evaluate(run, results, test_theta, test_x, summary.posterior_weights)
-    calibrate(run, summary, results, test_theta, test_x)
+    # One posterior for evaluation, calibration and the plot: the kept members, with their weights.
+    posterior = _posterior(run, results, summary.posterior_weights)
+    summary.metrics = evaluate(run, posterior, test_theta, test_x)
+    calibrate(run, summary, posterior, test_theta, test_x)
 
-    samples, truth, where = _plot_samples(run, results, test_theta, test_x, summary.posterior_weights)
+    samples, truth, where = _plot_samples(run, posterior, test_theta, test_x)
     run.finish(summary, samples, truth, where)
     _publish(run, summary)
     return summary
 
 
-def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, test_x: np.ndarray,
-                  weights: list[float] | None = None):
+def _plot_samples(run: Run, posterior, test_theta: np.ndarray, test_x: np.ndarray):
     """Posterior samples for the pair plot: at the given observation, else at held-out observation 0."""
     if run.config.observation is not None:
         x_o, truth, where = np.asarray(run.config.observation, dtype=np.float64), None, "the given observation"
@@ -89,7 +88,7 @@ def _plot_samples(run: Run, results: list[TrainResult], test_theta: np.ndarray, 
         x_o, truth, where = test_x[0], test_theta[0], "held-out observation 0 (true θ marked)"
     else:
         return None, None, ""
-    return sample_posterior(_posterior(run, results, weights), x_o, run.config.posterior_samples, run.seed("plot")), truth, where
+    return sample_posterior(posterior, x_o, run.config.posterior_samples, run.seed("plot")), truth, where
 
 
 def _publish(run: Run, summary: RunSummary) -> None:
