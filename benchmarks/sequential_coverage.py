@@ -1,0 +1,99 @@
+"""Coverage at x_o of stored sequential runs, against the exact reference (issue 34, item 2).
+
+A verdict (calibrated / biased / ...) from 200 exact draws at x_o flags almost every estimate at
+HF 100, the baseline's included (docs/sequential.md), so it cannot say whether an MF method's
+coverage *breaks* where TSNPE's holds. This reads how much of the exact posterior at x_o each
+estimate's credible intervals hold: for every parameter and level, the fraction of exact draws
+inside the estimate's central marginal interval (read from SBC ranks against ``--draws`` exact
+draws, each ranked among ``--samples`` posterior samples), and TARP's expected coverage at those levels.
+An exact estimate holds each level; a narrower or shifted one holds less (coverage breaks), a wider
+one more (safe, less informative).
+
+Every run's posterior is loaded from its store (``mfsbi.load_posterior``, its own x_o as default
+x); nothing is simulated or trained. One row per run found under ``--stores`` (all
+``*/artifacts/TASK/RUN/summary.json`` of sequential methods):
+
+    python benchmarks/sequential_coverage.py --stores benchmarks/stores/sequential-coverage \
+        benchmarks/stores/sequential-guard --out docs/sequential-coverage-levels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _runner import code_state
+from mfsbi import load_posterior
+from mfsbi.inference.calibration import calibration_at
+from mfsbi.runtime.seeds import derive_seed
+from mfsbi.simulators import get_task
+
+SEQUENTIAL = ("tsnpe", "mf-tsnpe", "a-mf-tsnpe")
+LEVELS = (0.5, 0.8, 0.95)
+
+
+def marginal_coverage(ranks: np.ndarray, num_samples: int, level: float) -> np.ndarray:
+    """Per parameter, the fraction of true values inside the estimate's central ``level`` interval.
+
+    Arguments:
+        ranks: ``(n, d)`` SBC ranks (posterior samples below the true value).
+        num_samples: posterior samples each rank was taken among.
+        level: the interval's credibility, in (0, 1).
+
+    Returns:
+        ``(d,)`` fractions: ``level`` for an exact estimate, up to the draws' noise.
+    """
+    u = (np.asarray(ranks, dtype=float) + 0.5) / num_samples
+    return (np.abs(u - 0.5) <= level / 2).mean(axis=0)
+
+
+def _runs(stores: list[Path]):
+    for root in stores:
+        for summary_path in sorted(root.glob("*/artifacts/*/*/summary.json")):
+            summary = json.loads(summary_path.read_text())
+            if summary.get("method") in SEQUENTIAL and summary.get("posterior"):
+                yield summary_path.parents[3], f"{summary_path.parent.parent.name}/{summary_path.parent.name}", summary
+
+
+def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int) -> dict:
+    posterior = load_posterior(store, run)
+    x_o = posterior.default_x.numpy().reshape(-1)
+    task = get_task(summary["config"]["task"])
+    name, reference = next(iter(task.references.items()))
+    theta = reference(x_o, draws, derive_seed(summary["config"]["seed"], f"coverage-levels/{name}"))
+    result = calibration_at(posterior, x_o, theta, num_posterior_samples=samples, seed=summary["config"]["seed"])
+    ranks = np.asarray(result.ranks)
+    alpha, ecp = np.asarray(result.credibility), np.asarray(result.coverage)
+    return {
+        "store": str(store), "run": run, "task": summary["config"]["task"], "method": summary["method"],
+        "seed": summary["config"]["seed"], "c2st": (summary.get("metrics") or {}).get("c2st"),
+        "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
+        "marginal_coverage": {str(level): [round(float(v), 4) for v in marginal_coverage(ranks, samples, level)]
+                              for level in LEVELS},
+        "tarp_coverage": {str(level): round(float(np.interp(level, alpha, ecp)), 4) for level in LEVELS},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stores", type=Path, nargs="+", required=True)
+    parser.add_argument("--draws", type=int, default=500, help="exact reference draws at x_o per run")
+    parser.add_argument("--samples", type=int, default=500, help="posterior samples each draw is ranked among")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    started, rows = time.perf_counter(), []
+    for store, run, summary in _runs(args.stores):
+        rows.append(coverage_row(store, run, summary, args.draws, args.samples))
+        print(json.dumps({k: rows[-1][k] for k in ("run", "c2st", "verdict", "marginal_coverage")}), flush=True)
+    args.out.write_text(json.dumps({"command": "python benchmarks/sequential_coverage.py --stores "
+                                               + " ".join(map(str, args.stores)) + f" --draws {args.draws} --samples {args.samples}",
+                                    **code_state(), "levels": list(LEVELS), "rows": rows,
+                                    "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
