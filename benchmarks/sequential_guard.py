@@ -7,7 +7,8 @@ chooses from scratch, the same run again with ``--transfer-guard select`` (a sto
 the C2ST of what the default keeps; elsewhere the default's run is the report run itself (the guard's
 scratch training has seeds of its own and changes nothing else: a select run that keeps the chain
 is the report run). The old rule (the higher mean) is read from the same record (``better``).
-Observation: held-out test observation ``seed`` (``--observation-index``), C2ST against the exact
+Observation: held-out test observation ``seed`` (``--observation-index``; with
+``--observation-offsets 0 5 10`` also ``seed + 5`` and ``seed + 10``, one run each), C2ST against the exact
 reference at it; per-round C2ST is off (``evaluate_rounds = false``: it only reports). Each run also
 records the check near x_o that needs no reference (``coverage_at_x_o``) beside the verdict of the
 calibration against the exact reference at x_o, for the check's validation (docs/sequential.md).
@@ -30,9 +31,9 @@ import numpy as np
 from _runner import code_state, protocol, run
 
 
-def _one(task: str, seed: int, mode: str, args, store: Path, config: Path) -> dict:
+def _one(task: str, seed: int, observation: int, mode: str, args, store: Path, config: Path) -> dict:
     rec = run(["run", "--config", config, "--task", task, "--method", args.method, "--lf-sims", args.lf,
-               "--hf-sims", args.hf, "--seed", seed, "--observation-index", seed, "--transfer-guard", mode,
+               "--hf-sims", args.hf, "--seed", seed, "--observation-index", observation, "--transfer-guard", mode,
                "--store", store, "--n-workers", args.workers, "--json"], log=store.with_suffix(".log"), append=True)
     out = {"mode": mode, "command": rec.text, "returncode": rec.returncode, "wall_seconds": rec.wall_seconds,
            "cpu_seconds": rec.cpu_seconds}
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--lf", type=int, default=10_000)
     parser.add_argument("--hf", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--observation-offsets", nargs="+", type=int, default=[0],
+                        help="seed s runs at held-out observations s + offset (issue 34: 3 observations per seed)")
     parser.add_argument("--stores", type=Path, default=Path("benchmarks/stores/sequential-guard"))
     parser.add_argument("--out", type=Path, default=Path("docs/sequential-guard.json"))
     args = parser.parse_args()
@@ -68,16 +71,19 @@ def main() -> None:
                **code_state(), "runs": []}
     started = time.perf_counter()
     for task in args.tasks:
-        for seed in args.seeds:
-            row: dict = {"task": task, "seed": seed}
-            row["report"] = report = _one(task, seed, "report", args, args.stores / f"{task}-seed{seed}", config)
+        for seed, offset in ((s, o) for s in args.seeds for o in args.observation_offsets):
+            observation = seed + offset
+            # Offset 0 keeps the store names of the runs made before observations had offsets.
+            name = f"{task}-seed{seed}" + (f"-obs{observation}" if offset else "")
+            row: dict = {"task": task, "seed": seed, "observation": observation}
+            row["report"] = report = _one(task, seed, observation, "report", args, args.stores / name, config)
             guard = report.get("transfer_guard") or {}
             if guard.get("chosen") == "from scratch":
-                row["select"] = _one(task, seed, "select", args, args.stores / f"{task}-seed{seed}-select", config)
+                row["select"] = _one(task, seed, observation, "select", args, args.stores / f"{name}-select", config)
             kept = row.get("select", report)
             row["default_c2st"] = kept.get("c2st")
             row["chain_c2st"] = report.get("c2st")
-            print(f"{task} seed {seed}: chosen {guard.get('chosen')} (old rule: {guard.get('better')}, difference "
+            print(f"{task} seed {seed} observation {observation}: chosen {guard.get('chosen')} (old rule: {guard.get('better')}, difference "
                   f"{guard.get('difference')}), C2ST default {row['default_c2st']} chain {row['chain_c2st']}", flush=True)
             results["runs"].append(row)
             results["wall_seconds"] = round(time.perf_counter() - started, 1)
