@@ -78,20 +78,38 @@ def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int)
     }
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Per task and method: runs, and each level's coverage per parameter, mean and lowest over the runs."""
+    out: dict = {}
+    for row in rows:
+        out.setdefault(row["task"], {}).setdefault(row["method"], []).append(row)
+    return {task: {method: {"runs": len(group), **{level: {
+                "mean": [round(float(v), 3) for v in np.mean([r["marginal_coverage"][level] for r in group], axis=0)],
+                "lowest": [round(float(v), 3) for v in np.min([r["marginal_coverage"][level] for r in group], axis=0)]}
+                for level in map(str, LEVELS)}}
+                   for method, group in sorted(by_method.items())}
+            for task, by_method in sorted(out.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stores", type=Path, nargs="+", required=True)
     parser.add_argument("--draws", type=int, default=500, help="exact reference draws at x_o per run")
     parser.add_argument("--samples", type=int, default=500, help="posterior samples each draw is ranked among")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reuse", type=Path, help="a JSON this script wrote: its rows of the same runs, draws and "
+                                                     "samples are taken as they are (every row is seeded)")
     args = parser.parse_args()
+    done = {(r["store"], r["run"], r["draws"], r["posterior_samples"]): r
+            for r in (json.loads(args.reuse.read_text())["rows"] if args.reuse else [])}
     started, rows = time.perf_counter(), []
     for store, run, summary in _runs(args.stores):
-        rows.append(coverage_row(store, run, summary, args.draws, args.samples))
+        key = (str(store), run, args.draws, args.samples)
+        rows.append(done[key] if key in done else coverage_row(store, run, summary, args.draws, args.samples))
         print(json.dumps({k: rows[-1][k] for k in ("run", "c2st", "verdict", "marginal_coverage")}), flush=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/sequential_coverage.py --stores "
                                                + " ".join(map(str, args.stores)) + f" --draws {args.draws} --samples {args.samples}",
-                                    **code_state(), "levels": list(LEVELS), "rows": rows,
+                                    **code_state(), "levels": list(LEVELS), "rows": rows, "summary": summarise(rows),
                                     "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
 
 
