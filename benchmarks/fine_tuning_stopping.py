@@ -97,12 +97,14 @@ def _held_out_log_q(estimator, theta, x) -> float:
     return float(-estimator.network.loss(theta, x).mean())
 
 
-def _simulated(task, theta, seed: int, float32_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """HF ``(theta, x)`` of the rows that simulated: a simulator that reports failed rows (the NEURON
-    cells' ``(x, errors)``) has them left out. ``float32_first``: simulate the float32-rounded theta
-    (what the training rows always were here, so that the JSONs written before stay reproducible)."""
+def _simulated(task, theta, seed: int, float32_first: bool = False,
+               fidelity: str = "high_fidelity") -> tuple[np.ndarray, np.ndarray]:
+    """HF (or ``fidelity``'s) ``(theta, x)`` of the rows that simulated: a simulator that reports failed
+    rows (the NEURON cells' ``(x, errors)``) has them left out. ``float32_first``: simulate the
+    float32-rounded theta (what the training rows always were here, so that the JSONs written before
+    stay reproducible)."""
     theta = np.asarray(theta, dtype=np.float32 if float32_first else np.float64)
-    out = task.high_fidelity(theta.astype(np.float64), seed=seed)
+    out = getattr(task, fidelity)(theta.astype(np.float64), seed=seed)
     if not isinstance(out, tuple):
         return theta, np.asarray(out)
     ok = np.array([error is None for error in out[1]])
@@ -139,8 +141,8 @@ def main(args) -> dict:
         if args.method == "npe":
             rows += _from_scratch(task, seed, args, observations, reference, held_theta, held_x)
             continue
-        lf_theta = task.sample_prior(args.lf, seed=100 + seed)
-        lf_x = task.low_fidelity(lf_theta, seed=100 + seed)
+        lf_theta, lf_x = _simulated(task, task.sample_prior(args.lf, seed=100 + seed), 100 + seed,
+                                    fidelity="low_fidelity")
         for lf_batch in args.lf_batch:
             started = time.perf_counter()
             pretrained = train_npe(task.prior, lf_theta, lf_x, training=TrainingConfig(seed=seed, batch_size=lf_batch))
