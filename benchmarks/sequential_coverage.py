@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int)
     alpha, ecp = np.asarray(result.credibility), np.asarray(result.coverage)
     return {
         "store": str(store), "run": run, "task": summary["config"]["task"], "method": summary["method"],
-        "seed": summary["config"]["seed"], "c2st": (summary.get("metrics") or {}).get("c2st"),
+        "seed": summary["config"]["seed"], "observation": summary["config"].get("observation_index"), "c2st": (summary.get("metrics") or {}).get("c2st"),
         "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
         "marginal_coverage": {str(level): [round(float(v), 4) for v in marginal_coverage(ranks, samples, level)]
                               for level in LEVELS},
@@ -91,6 +92,37 @@ def summarise(rows: list[dict]) -> dict:
             for task, by_method in sorted(out.items())}
 
 
+def paired_with_tsnpe(rows: list[dict], level: str = "0.95") -> dict:
+    """Per task and MF method: its ``level`` coverage against TSNPE's at the same seeds and observations.
+
+    The rule of docs/decisions.md ("How coverage at x_o is read"): coverage *breaks* when, for some
+    parameter, TSNPE's coverage minus the method's is above 0.05 on average and its one-sided 95 %
+    interval (mean - 1.645 standard errors) lies above 0.
+
+    Arguments:
+        rows: rows of :func:`coverage_row`.
+        level: the credibility level compared.
+
+    Returns:
+        ``{task: {method: {pairs, tsnpe_minus_method: {mean, se}, breaks}}}`` where TSNPE ran.
+    """
+    key = lambda r: (r["task"], r["seed"], r["observation"])  # noqa: E731
+    tsnpe = {key(r): r for r in rows if r["method"] == "tsnpe"}
+    out: dict = {}
+    for method in ("mf-tsnpe", "a-mf-tsnpe"):
+        for task in sorted({r["task"] for r in rows}):
+            pairs = [(tsnpe[key(r)], r) for r in rows if r["method"] == method and r["task"] == task and key(r) in tsnpe]
+            if len(pairs) < 2:
+                continue
+            diff = np.array([np.subtract(t["marginal_coverage"][level], m["marginal_coverage"][level]) for t, m in pairs])
+            mean, se = diff.mean(axis=0), diff.std(axis=0, ddof=1) / np.sqrt(len(diff))
+            out.setdefault(task, {})[method] = {
+                "pairs": len(pairs), "level": level,
+                "tsnpe_minus_method": {"mean": [round(float(v), 3) for v in mean], "se": [round(float(v), 3) for v in se]},
+                "breaks": bool(np.any((mean > 0.05) & (mean - 1.645 * se > 0)))}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stores", type=Path, nargs="+", required=True)
@@ -102,6 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     done = {(r["store"], r["run"], r["draws"], r["posterior_samples"]): r
             for r in (json.loads(args.reuse.read_text())["rows"] if args.reuse else [])}
+    for row in done.values():  # rows written before the observation was a field: it is in the run's name
+        row.setdefault("observation", int(re.search(r"-obs(\d+)-", row["run"]).group(1)))
     started, rows = time.perf_counter(), []
     for store, run, summary in _runs(args.stores):
         key = (str(store), run, args.draws, args.samples)
@@ -110,6 +144,7 @@ def main() -> None:
     args.out.write_text(json.dumps({"command": "python benchmarks/sequential_coverage.py --stores "
                                                + " ".join(map(str, args.stores)) + f" --draws {args.draws} --samples {args.samples}",
                                     **code_state(), "levels": list(LEVELS), "rows": rows, "summary": summarise(rows),
+                                    "against_tsnpe": paired_with_tsnpe(rows),
                                     "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sequential_coverage import marginal_coverage  # noqa: E402
+from sequential_coverage import marginal_coverage, paired_with_tsnpe  # noqa: E402
 
 
 def _ranks(truth: np.ndarray, samples: np.ndarray) -> np.ndarray:
@@ -29,3 +29,20 @@ def test_an_exact_estimate_holds_each_level_and_a_narrow_or_shifted_one_less(lev
     shifted_held = marginal_coverage(_ranks(truth, shifted), 400, level)
     assert shifted_held[0] < level - 0.05 and abs(shifted_held[1] - level) < 0.04
     assert np.all(marginal_coverage(_ranks(truth, wide), 400, level) > level + 0.03)
+
+
+def _row(method, seed, covered):
+    return {"task": "t", "method": method, "seed": seed, "observation": seed,
+            "marginal_coverage": {"0.95": covered}}
+
+
+def test_coverage_breaks_only_on_a_clear_loss_against_tsnpe_at_the_same_observations():
+    rng = np.random.default_rng(1)
+    tsnpe = [_row("tsnpe", s, [0.95, 0.95]) for s in range(6)]
+    clear = [_row("mf-tsnpe", s, [0.95 + rng.normal(0, 0.01), 0.80 + rng.normal(0, 0.02)]) for s in range(6)]
+    noisy = [_row("a-mf-tsnpe", s, [0.95, 0.95 + (0.15 if s % 2 else -0.15)]) for s in range(6)]
+    unpaired = [_row("mf-tsnpe", 99, [0.0, 0.0])]  # no TSNPE run at its observation: left out
+    result = paired_with_tsnpe(tsnpe + clear + noisy + unpaired)["t"]
+    assert result["mf-tsnpe"]["pairs"] == 6 and result["mf-tsnpe"]["breaks"]
+    assert result["mf-tsnpe"]["tsnpe_minus_method"]["mean"][1] == pytest.approx(0.15, abs=0.03)
+    assert result["a-mf-tsnpe"]["pairs"] == 6 and not result["a-mf-tsnpe"]["breaks"]
