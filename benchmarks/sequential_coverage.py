@@ -60,6 +60,11 @@ def _runs(stores: list[Path]):
                 yield summary_path.parents[3], f"{summary_path.parent.parent.name}/{summary_path.parent.name}", summary
 
 
+def _check(summary: dict) -> str | None:
+    """The verdict of the run's own check near x_o, which needs no reference (issue 34, item 1)."""
+    return (summary.get("coverage_at_x_o") or {}).get("verdict")
+
+
 def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int) -> dict:
     posterior = load_posterior(store, run)
     x_o = posterior.default_x.numpy().reshape(-1)
@@ -72,7 +77,7 @@ def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int)
     return {
         "store": str(store), "run": run, "task": summary["config"]["task"], "method": summary["method"],
         "seed": summary["config"]["seed"], "observation": summary["config"].get("observation_index"), "c2st": (summary.get("metrics") or {}).get("c2st"),
-        "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
+        "check": _check(summary), "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
         "marginal_coverage": {str(level): [round(float(v), 4) for v in marginal_coverage(ranks, samples, level)]
                               for level in LEVELS},
         "tarp_coverage": {str(level): round(float(np.interp(level, alpha, ecp)), 4) for level in LEVELS},
@@ -123,6 +128,32 @@ def paired_with_tsnpe(rows: list[dict], level: str = "0.95") -> dict:
     return out
 
 
+def check_against_under_coverage(rows: list[dict], level: str = "0.95", floor: float = 0.85) -> dict:
+    """How the check near x_o agrees with material under-coverage (docs/decisions.md, second reading).
+
+    The check *flags* when its verdict is biased or over-confident; a run *under-covers* when some
+    parameter's ``level`` intervals hold less than ``floor`` of the exact posterior.
+
+    Arguments:
+        rows: rows of :func:`coverage_row` (those without a check are left out: TSNPE before the check).
+        level, floor: the under-coverage reading.
+
+    Returns:
+        The four counts and the agreement.
+    """
+    counts = {"flags_and_under_covers": 0, "flags_only": 0, "under_covers_only": 0, "neither": 0}
+    for row in rows:
+        if row.get("check") is None:
+            continue
+        flags = row["check"] in ("biased", "over-confident")
+        under = min(row["marginal_coverage"][level]) < floor
+        counts["flags_and_under_covers" if flags and under else "flags_only" if flags
+               else "under_covers_only" if under else "neither"] += 1
+    runs = sum(counts.values())
+    return {**counts, "runs": runs, "agree": counts["flags_and_under_covers"] + counts["neither"],
+            "level": level, "floor": floor}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stores", type=Path, nargs="+", required=True)
@@ -139,12 +170,14 @@ def main() -> None:
     started, rows = time.perf_counter(), []
     for store, run, summary in _runs(args.stores):
         key = (str(store), run, args.draws, args.samples)
-        rows.append(done[key] if key in done else coverage_row(store, run, summary, args.draws, args.samples))
+        rows.append({**done[key], "check": _check(summary)} if key in done
+                    else coverage_row(store, run, summary, args.draws, args.samples))
         print(json.dumps({k: rows[-1][k] for k in ("run", "c2st", "verdict", "marginal_coverage")}), flush=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/sequential_coverage.py --stores "
                                                + " ".join(map(str, args.stores)) + f" --draws {args.draws} --samples {args.samples}",
                                     **code_state(), "levels": list(LEVELS), "rows": rows, "summary": summarise(rows),
                                     "against_tsnpe": paired_with_tsnpe(rows),
+                                    "check_against_under_coverage": check_against_under_coverage(rows),
                                     "wall_seconds": round(time.perf_counter() - started, 1)}, indent=1) + "\n")
 
 

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sequential_coverage import marginal_coverage, paired_with_tsnpe  # noqa: E402
+from sequential_coverage import check_against_under_coverage, marginal_coverage, paired_with_tsnpe  # noqa: E402
 
 
 def _ranks(truth: np.ndarray, samples: np.ndarray) -> np.ndarray:
@@ -46,3 +46,14 @@ def test_coverage_breaks_only_on_a_clear_loss_against_tsnpe_at_the_same_observat
     assert result["mf-tsnpe"]["pairs"] == 6 and result["mf-tsnpe"]["breaks"]
     assert result["mf-tsnpe"]["tsnpe_minus_method"]["mean"][1] == pytest.approx(0.15, abs=0.03)
     assert result["a-mf-tsnpe"]["pairs"] == 6 and not result["a-mf-tsnpe"]["breaks"]
+
+
+def test_the_check_is_counted_against_material_under_coverage():
+    rows = [dict(_row("a-mf-tsnpe", 0, [0.95, 0.70]), check="biased"),          # flags, under-covers
+            dict(_row("a-mf-tsnpe", 1, [0.95, 0.70]), check="calibrated"),      # misses
+            dict(_row("a-mf-tsnpe", 2, [0.95, 0.90]), check="over-confident"),  # false alarm
+            dict(_row("a-mf-tsnpe", 3, [0.95, 0.90]), check="under-confident"), # neither
+            dict(_row("tsnpe", 4, [0.5, 0.5]), check=None)]                     # no check: left out
+    assert check_against_under_coverage(rows) == {
+        "flags_and_under_covers": 1, "flags_only": 1, "under_covers_only": 1, "neither": 1, "runs": 4, "agree": 2,
+        "level": "0.95", "floor": 0.85}
