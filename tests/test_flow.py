@@ -152,8 +152,9 @@ def test_the_kept_estimator_does_not_depend_on_the_test_pairs(tmp_path, prefect_
     config_prior = get_task("ou2").prior
     weights, mixtures = [], []
     for pairs in (0, 100, 1000):
+        # 50 posterior samples a pair: the test pairs' evaluation only reports, and what is checked is the choice.
         config = _tiny(tmp_path / str(pairs), lf_sims=200, hf_sims=20, num_nltp_pairs=pairs,
-                       num_test_observations=0)
+                       num_test_observations=0, posterior_samples=50)
         summary = amortized_flow(config).to_dict()
         store = tmp_path / str(pairs) / "store"
         paths = summary["posterior"] if isinstance(summary["posterior"], list) else [summary["posterior"]]
