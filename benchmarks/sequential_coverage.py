@@ -52,7 +52,8 @@ def marginal_coverage(ranks: np.ndarray, num_samples: int, level: float) -> np.n
     return (np.abs(u - 0.5) <= level / 2).mean(axis=0)
 
 
-def _runs(stores: list[Path]):
+def sequential_runs(stores: list[Path]):
+    """``(store, "TASK/RUN", summary)`` of every sequential run that kept a posterior, in every store under ``stores``."""
     for root in stores:
         for summary_path in sorted(root.glob("*/artifacts/*/*/summary.json")):
             summary = json.loads(summary_path.read_text())
@@ -65,22 +66,41 @@ def _check(summary: dict) -> str | None:
     return (summary.get("coverage_at_x_o") or {}).get("verdict")
 
 
+def coverage_at(posterior, x_o: np.ndarray, task, seed: int, draws: int, samples: int) -> dict:
+    """Coverage of ``draws`` exact-reference draws at ``x_o`` by ``posterior``'s intervals (one run's reading).
+
+    Arguments:
+        posterior: an sbi posterior.
+        x_o: the observation.
+        task: the task (its first exact reference is used).
+        seed: seeds the reference draws and the posterior samples.
+        draws, samples: exact draws, and posterior samples each is ranked among.
+
+    Returns:
+        The reference's name, the verdict, and the marginal and TARP coverage per level.
+    """
+    name, reference = next(iter(task.references.items()))
+    theta = reference(x_o, draws, derive_seed(seed, f"coverage-levels/{name}"))
+    result = calibration_at(posterior, x_o, theta, num_posterior_samples=samples, seed=seed)
+    ranks = np.asarray(result.ranks)
+    alpha, ecp = np.asarray(result.credibility), np.asarray(result.coverage)
+    return {
+        "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
+        "marginal_coverage": {str(level): [round(float(v), 4) for v in marginal_coverage(ranks, samples, level)]
+                              for level in LEVELS},
+        "tarp_coverage": {str(level): round(float(np.interp(level, alpha, ecp)), 4) for level in LEVELS},
+    }
+
+
 def coverage_row(store: Path, run: str, summary: dict, draws: int, samples: int) -> dict:
     posterior = load_posterior(store, run)
     x_o = posterior.default_x.numpy().reshape(-1)
     task = get_task(summary["config"]["task"])
-    name, reference = next(iter(task.references.items()))
-    theta = reference(x_o, draws, derive_seed(summary["config"]["seed"], f"coverage-levels/{name}"))
-    result = calibration_at(posterior, x_o, theta, num_posterior_samples=samples, seed=summary["config"]["seed"])
-    ranks = np.asarray(result.ranks)
-    alpha, ecp = np.asarray(result.credibility), np.asarray(result.coverage)
     return {
         "store": str(store), "run": run, "task": summary["config"]["task"], "method": summary["method"],
-        "seed": summary["config"]["seed"], "observation": summary["config"].get("observation_index"), "c2st": (summary.get("metrics") or {}).get("c2st"),
-        "check": _check(summary), "reference": name, "draws": draws, "posterior_samples": samples, "verdict": result.verdict,
-        "marginal_coverage": {str(level): [round(float(v), 4) for v in marginal_coverage(ranks, samples, level)]
-                              for level in LEVELS},
-        "tarp_coverage": {str(level): round(float(np.interp(level, alpha, ecp)), 4) for level in LEVELS},
+        "seed": summary["config"]["seed"], "observation": summary["config"].get("observation_index"),
+        "c2st": (summary.get("metrics") or {}).get("c2st"), "check": _check(summary),
+        **coverage_at(posterior, x_o, task, summary["config"]["seed"], draws, samples),
     }
 
 
@@ -168,7 +188,7 @@ def main() -> None:
     for row in done.values():  # rows written before the observation was a field: it is in the run's name
         row.setdefault("observation", int(re.search(r"-obs(\d+)-", row["run"]).group(1)))
     started, rows = time.perf_counter(), []
-    for store, run, summary in _runs(args.stores):
+    for store, run, summary in sequential_runs(args.stores):
         key = (str(store), run, args.draws, args.samples)
         rows.append({**done[key], "check": _check(summary)} if key in done
                     else coverage_row(store, run, summary, args.draws, args.samples))
