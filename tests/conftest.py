@@ -138,12 +138,9 @@ def shared_dask(dask_cluster_client, monkeypatch):
 
 # The longest files first (--durations of the full suite): pytest-xdist hands whole files to its test
 # processes in collection order, and a long file handed out last leaves the other processes idle.
-# Ordered by the full suite of 2026-12-07 (2 processes, 518 s): every file over 15 s.
-LONGEST_FIRST = ("test_flow.py", "test_sequential_flow.py", "test_deploy_path.py", "test_fault_injection.py",
-                 "test_failures.py", "test_plastic_network.py", "test_transfer_check.py", "test_results.py",
-                 "test_inference.py", "test_fidelity_chain.py", "test_cli.py", "test_methods.py",
-                 "test_streaming.py", "test_lock_heartbeat.py", "test_sequential.py", "test_benchmark_runner.py",
-                 "test_ppc.py", "test_gpu_routing.py", "test_multilevel.py")
+LONGEST_FIRST = ("test_deploy_path.py", "test_fault_injection.py", "test_sequential_flow.py", "test_flow.py",
+                 "test_cli.py", "test_inference.py", "test_fidelity_chain.py", "test_methods.py",
+                 "test_transfer_check.py", "test_streaming.py", "test_multilevel.py", "test_failures.py")
 
 
 def pytest_collection_modifyitems(config, items):
