@@ -8,6 +8,8 @@ itself run as plain Dask tasks on the workers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -34,7 +36,7 @@ def _posterior(run: Run, results: list[TrainResult], weights: list[float] | None
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(run: Run, posterior, test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
+def evaluate(run: Run, posterior: Any, test_theta: np.ndarray, test_x: np.ndarray) -> Metrics:
     progress.report("evaluate", 0, 1)
     metrics = evaluate_posterior(posterior, run.task, test_theta, test_x,
                                  num_c2st=run.num_test_observations,
@@ -44,7 +46,7 @@ def evaluate(run: Run, posterior, test_theta: np.ndarray, test_x: np.ndarray) ->
 
 
 @task(name="calibrate", cache_policy=NO_CACHE)
-def calibrate(run: Run, summary: RunSummary, posterior, test_theta: np.ndarray, test_x: np.ndarray) -> None:
+def calibrate(run: Run, summary: RunSummary, posterior: Any, test_theta: np.ndarray, test_x: np.ndarray) -> None:
     """SBC and TARP on the held-out HF pairs, into the summary, the store and the UI."""
     result, on = calibration_on_pairs(posterior, test_theta, test_x,
                                       num_samples=run.config.posterior_samples, seed=run.test_seed("calibration"),
@@ -80,7 +82,7 @@ def run_amortized(config: RunConfig, executor: BatchExecutor) -> RunSummary:
     return summary
 
 
-def _plot_samples(run: Run, posterior, test_theta: np.ndarray, test_x: np.ndarray):
+def _plot_samples(run: Run, posterior: Any, test_theta: np.ndarray, test_x: np.ndarray):
     """Posterior samples for the pair plot: at the given observation, else at held-out observation 0."""
     if run.config.observation is not None:
         x_o, truth, where = np.asarray(run.config.observation, dtype=np.float64), None, "the given observation"
