@@ -6,8 +6,8 @@ transfer guard's own: train the last round from scratch on the run's HF rows (dr
 truncated priors of the rounds, which TSNPE's argument allows training on) instead of fine-tuning
 the chain. This measures what that would give, on the stored runs, without simulating anything:
 for every MF run found under ``--stores`` at ``--tasks``, as many estimators as the run kept are
-trained from scratch with the library on all its HF rows (``train_npe``, the HF learning rate of a
-sequential round, 5e-4; seeds derived from the run's), and the chain the run kept and this
+trained from scratch with the library on all its HF rows (``train_npe`` at the run's own HF
+learning rate of a sequential round, 5e-4 by default; seeds derived from the run's), and the chain the run kept and this
 from-scratch estimate are both read at the run's x_o: coverage of the exact posterior
 (:func:`sequential_coverage.coverage_at`) and C2ST against 1 000 exact draws.
 
@@ -27,14 +27,12 @@ import torch
 
 from _runner import code_state
 from mfsbi import load_posterior
+from mfsbi.flows.config import RunConfig
+from mfsbi.flows.plan import RunPlan
 from mfsbi.inference import Ensemble, TrainingConfig, c2st, train_npe
 from mfsbi.runtime.seeds import derive_seed
-from mfsbi.simulators import get_task
 from mfsbi.storage import SimulationStore
 from sequential_coverage import coverage_at, sequential_runs
-
-#: A sequential round's HF learning rate (``RunConfig.hf_training_rate(False)``'s default).
-ROUND_LEARNING_RATE = 5e-4
 
 
 def _c2st_at(posterior, x_o: np.ndarray, task, seed: int, n: int = 1000) -> float:
@@ -47,19 +45,18 @@ def _c2st_at(posterior, x_o: np.ndarray, task, seed: int, n: int = 1000) -> floa
 
 
 def correction_row(store: Path, run: str, summary: dict, draws: int, samples: int) -> dict:
-    config = summary["config"]
-    task, seed = get_task(config["task"]), config["seed"]
+    plan = RunPlan.of(RunConfig.model_validate(summary["config"]))  # the run's own table and settings
+    task, seed = plan.task, plan.config.seed
     chain = load_posterior(store, run)
     x_o = chain.default_x.numpy().reshape(-1)
-    table = SimulationStore(store, mode="r").table(f"{config['task']}.{run.split('/')[1]}", "hf")
-    theta, x = table.read("ok")
+    theta, x = SimulationStore(store, mode="r").table(plan.own_table, "hf").read("ok")
+    rate = plan.config.hf_training_rate(False)  # a sequential round's, as the guard's from-scratch training
     members = [train_npe(task.prior, theta, x,
-                         training=TrainingConfig(learning_rate=ROUND_LEARNING_RATE,
-                                                 seed=derive_seed(seed, "correction", e)))
+                         training=TrainingConfig(learning_rate=rate, seed=derive_seed(seed, "correction", e)))
                for e in range(len(summary["posterior"]))]
     scratch = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
-    return {"store": str(store), "run": run, "task": config["task"], "method": summary["method"], "seed": seed,
-            "observation": config.get("observation_index"), "hf_rows": len(theta), "members": len(members),
+    return {"store": str(store), "run": run, "task": task.name, "method": summary["method"], "seed": seed,
+            "observation": plan.config.observation_index, "hf_rows": len(theta), "members": len(members),
             "chain": {"c2st": _c2st_at(chain, x_o, task, seed), **coverage_at(chain, x_o, task, seed, draws, samples)},
             "from_scratch": {"c2st": _c2st_at(scratch, x_o, task, seed),
                              **coverage_at(scratch, x_o, task, seed, draws, samples)}}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -185,13 +184,10 @@ def main() -> None:
     args = parser.parse_args()
     done = {(r["store"], r["run"], r["draws"], r["posterior_samples"]): r
             for r in (json.loads(args.reuse.read_text())["rows"] if args.reuse else [])}
-    for row in done.values():  # rows written before the observation was a field: it is in the run's name
-        row.setdefault("observation", int(re.search(r"-obs(\d+)-", row["run"]).group(1)))
     started, rows = time.perf_counter(), []
     for store, run, summary in sequential_runs(args.stores):
         key = (str(store), run, args.draws, args.samples)
-        rows.append({**done[key], "check": _check(summary)} if key in done
-                    else coverage_row(store, run, summary, args.draws, args.samples))
+        rows.append(done[key] if key in done else coverage_row(store, run, summary, args.draws, args.samples))
         print(json.dumps({k: rows[-1][k] for k in ("run", "c2st", "verdict", "marginal_coverage")}), flush=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/sequential_coverage.py --stores "
                                                + " ".join(map(str, args.stores)) + f" --draws {args.draws} --samples {args.samples}",
