@@ -133,7 +133,7 @@ def paired_with_tsnpe(rows: list[dict], level: str = "0.95") -> dict:
     key = lambda r: (r["task"], r["seed"], r["observation"])  # noqa: E731
     tsnpe = {key(r): r for r in rows if r["method"] == "tsnpe"}
     out: dict = {}
-    for method in ("mf-tsnpe", "a-mf-tsnpe"):
+    for method in sorted({r["method"] for r in rows} - {"tsnpe"}):
         for task in sorted({r["task"] for r in rows}):
             pairs = [(tsnpe[key(r)], r) for r in rows if r["method"] == method and r["task"] == task and key(r) in tsnpe]
             if len(pairs) < 2:
