@@ -44,6 +44,16 @@ def _c2st_at(posterior, x_o: np.ndarray, task, seed: int, n: int = 1000) -> floa
     return round(c2st(exact, drawn.numpy(), seed=seed), 4)
 
 
+def marginals_at(posterior, x_o: np.ndarray, seed: int, n: int = 2000) -> dict:
+    """The posterior's marginals at ``x_o``: per parameter the 2.5, 50 and 97.5 % quantiles and the sd of ``n`` draws."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        drawn = posterior.sample((n,), x=torch.as_tensor(x_o, dtype=torch.float32), show_progress_bars=False).numpy()
+    q = np.quantile(drawn, [0.025, 0.5, 0.975], axis=0)
+    return {key: [round(float(v), 5) for v in values]
+            for key, values in zip(("q025", "median", "q975", "sd"), (*q, drawn.std(axis=0)))}
+
+
 def correction_row(store: Path, run: str, summary: dict, draws: int, samples: int) -> dict:
     plan = RunPlan.of(RunConfig.model_validate(summary["config"]))  # the run's own table and settings
     task, seed = plan.task, plan.config.seed
@@ -57,8 +67,9 @@ def correction_row(store: Path, run: str, summary: dict, draws: int, samples: in
     scratch = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
     return {"store": str(store), "run": run, "task": task.name, "method": summary["method"], "seed": seed,
             "observation": plan.config.observation_index, "hf_rows": len(theta), "members": len(members),
-            "chain": {"c2st": _c2st_at(chain, x_o, task, seed), **coverage_at(chain, x_o, task, seed, draws, samples)},
-            "from_scratch": {"c2st": _c2st_at(scratch, x_o, task, seed),
+            "chain": {"c2st": _c2st_at(chain, x_o, task, seed), "marginals": marginals_at(chain, x_o, seed),
+                      **coverage_at(chain, x_o, task, seed, draws, samples)},
+            "from_scratch": {"c2st": _c2st_at(scratch, x_o, task, seed), "marginals": marginals_at(scratch, x_o, seed),
                              **coverage_at(scratch, x_o, task, seed, draws, samples)}}
 
 

@@ -34,6 +34,7 @@ from _runner import code_state, protocol, run
 def _one(task: str, seed: int, observation: int, mode: str, args, store: Path, config: Path) -> dict:
     rec = run(["run", "--config", config, "--task", task, "--method", args.method, "--lf-sims", args.lf,
                "--hf-sims", args.hf, "--seed", seed, "--observation-index", observation, "--transfer-guard", mode,
+               *(["--scratch-check", args.scratch_check] if args.method != "tsnpe" else []),
                "--store", store, "--n-workers", args.workers, "--json"], log=store.with_suffix(".log"), append=True)
     out = {"mode": mode, "command": rec.text, "returncode": rec.returncode, "wall_seconds": rec.wall_seconds,
            "cpu_seconds": rec.cpu_seconds}
@@ -47,6 +48,8 @@ def _one(task: str, seed: int, observation: int, mode: str, args, store: Path, c
     out["round_coverage"] = [r.get("coverage") for r in summary.get("rounds", [])]
     out["reference_calibration"] = (summary.get("calibration") or {}).get("verdict")
     out["transfer_guard"] = {k: v for k, v in (summary.get("transfer_guard") or {}).items() if k != "scratch_train"}
+    # The from-scratch cross-check at the end (issue 34, item 2): the chain's marginals against from scratch's.
+    out["scratch_check"] = {k: v for k, v in (summary.get("scratch_check") or {}).items() if k != "posterior"} or None
     return out
 
 
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--lf", type=int, default=10_000)
     parser.add_argument("--hf", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scratch-check", default="report", help="MF methods: the from-scratch cross-check's mode")
     parser.add_argument("--observation-offsets", nargs="+", type=int, default=[0],
                         help="seed s runs at held-out observations s + offset (issue 34: 3 observations per seed)")
     parser.add_argument("--stores", type=Path, default=Path("benchmarks/stores/sequential-guard"))

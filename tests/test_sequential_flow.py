@@ -82,8 +82,19 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         assert final["of"] == "the final posterior" and final["pairs"] == 8 - (2 if method == "a-mf-tsnpe" else 0)
         assert final["used"] <= final["pairs"] and (final["verdict"] is None) == (final["used"] < 2)
         assert [r["simulations"] for r in guard["scratch_train"]] == [16] * (2 if method == "a-mf-tsnpe" else 1)
+        # The from-scratch cross-check at the end: as many estimators as the chain, on all 24 HF rows,
+        # compared at x_o; by default (report) the run keeps the chain either way.
+        check, members = summary["scratch_check"], 2 if method == "a-mf-tsnpe" else 1
+        if guard["kept"] == "from scratch":
+            assert not check["compared"]
+        else:
+            assert check["compared"] and check["hf_rows"] == 24 and check["members"] == members
+            assert check["disagree"] == (max(check["shift"]) > check["threshold"])
+            assert check["mode"] == "report" and check["kept"] == "chain"
+            assert [Path(p).name for p in summary["posterior"]] == [f"round-2-member-{e}.pt" for e in range(members)]
+            assert len(check["posterior"]) == members
     else:
-        assert "transfer_guard" not in summary
+        assert "transfer_guard" not in summary and "scratch_check" not in summary
     # Later rounds sample from the truncated prior: their θ lie in the region the acceptance measured.
     assert all(0 < row["acceptance_rate"] <= 1 for row in summary["rounds"])
 
@@ -116,6 +127,43 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
     b = table.read("ok")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert resumed["metrics"]["c2st"] == reference["metrics"]["c2st"]
+    assert resumed["scratch_check"] == reference["scratch_check"]  # the cross-check is seeded too
+
+
+@pytest.mark.parametrize("mode", ["correct", "report"])
+def test_a_disagreeing_cross_check_keeps_from_scratch_and_resume_trains_nothing(tmp_path, prefect_server,
+                                                                               monkeypatch, mf_tsnpe_run, mode):
+    import shutil
+    from functools import partial
+
+    import mfsbi.flows.run_training as run_module
+    import mfsbi.flows.scratch_check as scratch_module
+    from mfsbi import load_posterior
+
+    config, reference = mf_tsnpe_run
+    if reference["transfer_guard"]["kept"] == "from scratch":
+        pytest.skip("the guard trained the last round from scratch: nothing to cross-check")
+    shutil.copytree(config.store, tmp_path / "store")
+    copy = config.model_copy(update={"store": str(tmp_path / "store"), "resume": True, "scratch_check": mode})
+    outputs = tmp_path / "store" / "artifacts" / "ou2" / config.run_name
+    (outputs / scratch_module.SCRATCH_CHECK_FILE).unlink()  # the decision again, on the stored estimators
+    monkeypatch.setattr(scratch_module, "marginal_agreement",
+                        partial(scratch_module.marginal_agreement, threshold=-1.0))  # any shift disagrees
+
+    def no_training(executor, jobs, label):
+        raise AssertionError(f"resume trained again: {label}")
+
+    monkeypatch.setattr(run_module, "train_jobs", no_training)
+    summary = _sequential(copy)
+    check = summary["scratch_check"]
+    assert check["disagree"] and check["shift"] == reference["scratch_check"]["shift"]
+    assert check["kept"] == ("from scratch" if mode == "correct" else "chain")
+    assert summary["posterior"] == (check["posterior"] if mode == "correct" else reference["posterior"])
+    assert (summary["coverage_at_x_o"]["of"] == "the final posterior") == (mode == "report")
+    if mode == "correct":
+        assert summary["metrics"]["c2st"] != reference["metrics"]["c2st"]  # another estimate was evaluated
+        posterior = load_posterior(tmp_path / "store", f"ou2/{config.run_name}")
+        assert posterior.sample((5,), show_progress_bars=False).shape == (5, 2)
 
 
 def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_resumes_the_decision(
@@ -154,6 +202,7 @@ def test_sequential_negative_transfer_trains_the_last_round_from_scratch_and_res
     assert trained[0][1] == [True] and all(trained[1][1])
     guard = resumed["transfer_guard"]
     assert guard["better"] == guard["kept"] == "from scratch" and guard["difference"] < 0
+    assert resumed["scratch_check"] == {"compared": False, "reason": "the last round already trained from scratch"}
 
 
 @flow

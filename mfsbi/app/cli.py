@@ -103,6 +103,10 @@ def run(
                                                      "another is clearly better), report (keep the fine-tuning) or "
                                                      "off (fine-tune once). Sequential: from scratch against the chain "
                                                      "on the last round's new rows")] = "stack",
+    scratch_check: Annotated[str, typer.Option(help="sequential MF: after the last round, train from scratch on "
+                                                   "the run's HF rows and compare at x_o; correct (keep from scratch "
+                                                   "when the marginals disagree), report (keep the chain) or off")
+                             ] = "report",
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,
     max_failure_fraction: Annotated[float, typer.Option(help="stop the run when more simulations than this fraction fail")] = 0.2,
@@ -125,7 +129,7 @@ def run(
                    num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
                    observation_index=observation_index, resume=resume,
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
-                   transfer_guard=transfer_guard, acquisition_fraction=acquisition_fraction, pool_size=pool_size,
+                   transfer_guard=transfer_guard, scratch_check=scratch_check, acquisition_fraction=acquisition_fraction, pool_size=pool_size,
                    max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout,
                    training_memory=training_memory, compute_budget=compute_budget)
     # Given on the command line (or by environment): these override --config; defaults do not.

@@ -73,6 +73,10 @@ def print_summary(summary: RunSummary) -> None:
     if coverage is not None:
         table.add_row(f"coverage near x_o, no reference (truncated SBC + TARP, {coverage['used']} of "
                       f"{coverage['pairs']} rows of {coverage['on']})", str(coverage.get("verdict") or "-"))
+    check = summary.scratch_check
+    if check is not None and check.get("compared"):
+        table.add_row(f"from-scratch cross-check at x_o (largest marginal shift, rule > {check['threshold']:g} sd)",
+                      f"{max(check['shift']):.2f}: kept {check['kept']}")
     if summary.calibration is not None:
         table.add_row(f"calibration (SBC + TARP on {summary.calibration['on']})", summary.calibration["verdict"])
     elif summary.abc is None:

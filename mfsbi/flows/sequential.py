@@ -28,6 +28,7 @@ from mfsbi.flows.coverage import final_coverage, round_coverage
 from mfsbi.flows.evaluation import calibration_at_reference, posterior_metrics, sample_posterior
 from mfsbi.flows.proposals import ProposalContext
 from mfsbi.flows.run import Run, check_store_location
+from mfsbi.flows.scratch_check import scratch_check, scratch_member_names
 from mfsbi.flows.summary import HFState, Metrics, RoundRecord, RunSummary
 from mfsbi.flows.transfer_guard import compare_with_scratch, not_compared, warn_on_negative_transfer
 from mfsbi.inference import Ensemble, estimator_from_bytes, pair_log_probs, truncated_prior
@@ -275,9 +276,20 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         if final is not None:
             summary.coverage_at_x_o = final
 
+    names = [f"round-{len(sizes) - 1}-member-{e}.pt" for e in range(len(checkpoints))]
+    if run.method.uses_lf and config.scratch_check != "off":
+        if (summary.transfer_guard or {}).get("kept") == "from scratch":
+            summary.scratch_check = {"compared": False, "reason": "the last round already trained from scratch"}
+        else:
+            summary.scratch_check, corrected = scratch_check(run, sim_table, checkpoints, x_o)
+            if corrected:
+                names = scratch_member_names(len(checkpoints))
+                checkpoints = [run.read_artifact(name) for name in names]
+                if summary.coverage_at_x_o is not None:  # it checked the chain's training, not the one kept
+                    summary.coverage_at_x_o["of"] = "the chain (replaced by from scratch at the cross-check)"
     counts = sim_table.counts()
     summary.hf = HFState(stored_ok=counts["ok"], failed=counts["failed"], budget=dataclasses.asdict(sim_table.budget()))
-    summary.posterior = [run.artifact(f"round-{len(sizes) - 1}-member-{e}.pt") for e in range(len(checkpoints))]
+    summary.posterior = [run.artifact(name) for name in names]
     _, posterior = _posterior(checkpoints, run.task.prior)
     summary.metrics = _final_metrics(run, posterior, x_o, theta_true)
     calibrated, on = calibration_at_reference(posterior, run.task, x_o, num_samples=config.posterior_samples,
@@ -347,6 +359,10 @@ def _rounds_table(run: Run, summary: RunSummary) -> str:
     if coverage is not None:
         lines.append(f"\ncoverage near x_o without a reference (truncated SBC + TARP of {coverage['of']} on "
                      f"{coverage['used']} of {coverage['pairs']} rows, {coverage['on']}): {coverage.get('verdict')}")
+    check = summary.scratch_check
+    if check is not None and check.get("compared"):
+        lines.append(f"\nfrom-scratch cross-check at x_o (largest marginal shift {max(check['shift']):.2f} sd, rule "
+                     f"> {check['threshold']:g}): kept {check['kept']}")
     for key in ("pair_plot", "budget_plot"):
         if getattr(summary, key):
             lines.append(f"\n{key.replace('_', ' ')}: `{run.location(getattr(summary, key))}`")

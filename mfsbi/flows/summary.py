@@ -130,6 +130,7 @@ class RunSummary:
     posterior_weights: list[float] | None = None  # MF-NPE stacked: each stored posterior member's mixture weight
     calibration: dict[str, Any] | None = None     # SBC + TARP of the final posterior, and its verdict
     coverage_at_x_o: dict[str, Any] | None = None  # sequential: truncated SBC + TARP out of fold, no reference
+    scratch_check: dict[str, Any] | None = None   # sequential MF: the chain against from scratch at x_o
     calibration_plot: str | None = None
     budget_plot: str | None = None
     samples: str | None = None
