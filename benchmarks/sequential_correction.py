@@ -29,7 +29,7 @@ from _runner import code_state
 from mfsbi import load_posterior
 from mfsbi.flows.config import RunConfig
 from mfsbi.flows.plan import RunPlan
-from mfsbi.inference import Ensemble, TrainingConfig, c2st, train_npe
+from mfsbi.inference import Ensemble, TrainingConfig, c2st, estimator_from_bytes, train_npe
 from mfsbi.runtime.seeds import derive_seed
 from mfsbi.storage import SimulationStore
 from sequential_coverage import coverage_at, sequential_runs
@@ -59,18 +59,32 @@ def correction_row(store: Path, run: str, summary: dict, draws: int, samples: in
     task, seed = plan.task, plan.config.seed
     chain = load_posterior(store, run)
     x_o = chain.default_x.numpy().reshape(-1)
-    theta, x = SimulationStore(store, mode="r").table(plan.own_table, "hf").read("ok")
-    rate = plan.config.hf_training_rate(False)  # a sequential round's, as the guard's from-scratch training
-    members = [train_npe(task.prior, theta, x,
-                         training=TrainingConfig(learning_rate=rate, seed=derive_seed(seed, "correction", e)))
-               for e in range(len(summary["posterior"]))]
+    handle = SimulationStore(store, mode="r")
+    theta, x = handle.table(plan.own_table, "hf").read("ok")
+    check = summary.get("scratch_check") or {}
+    if check.get("kept", "chain") != "chain":
+        raise ValueError(f"{run}: the run kept from scratch at its cross-check; its chain is not its posterior")
+    if check.get("posterior"):  # the run's own cross-check trained them: read, do not train again
+        members = [estimator_from_bytes(handle.read_artifact(p.removeprefix("artifacts/")), task.prior)
+                   for p in check["posterior"]]
+    else:
+        rate = plan.config.hf_training_rate(False)  # a sequential round's, as the guard's from-scratch training
+        members = [train_npe(task.prior, theta, x,
+                             training=TrainingConfig(learning_rate=rate, seed=derive_seed(seed, "correction", e)))
+                   for e in range(len(summary["posterior"]))]
     scratch = members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
+    chain_members = [estimator_from_bytes(handle.read_artifact(p.removeprefix("artifacts/")), task.prior)
+                     for p in summary["posterior"]]
+    mixture = Ensemble(chain_members + members).posterior()  # half chain, half from scratch
     return {"store": str(store), "run": run, "task": task.name, "method": summary["method"], "seed": seed,
             "observation": plan.config.observation_index, "hf_rows": len(theta), "members": len(members),
+            "from_scratch_trained_by": "the run's cross-check" if check.get("posterior") else "this script",
+            "scratch_check": {k: check[k] for k in ("shift", "threshold", "disagree", "kept") if k in check} or None,
             "chain": {"c2st": _c2st_at(chain, x_o, task, seed), "marginals": marginals_at(chain, x_o, seed),
                       **coverage_at(chain, x_o, task, seed, draws, samples)},
             "from_scratch": {"c2st": _c2st_at(scratch, x_o, task, seed), "marginals": marginals_at(scratch, x_o, seed),
-                             **coverage_at(scratch, x_o, task, seed, draws, samples)}}
+                             **coverage_at(scratch, x_o, task, seed, draws, samples)},
+            "mixture": {"c2st": _c2st_at(mixture, x_o, task, seed), **coverage_at(mixture, x_o, task, seed, draws, samples)}}
 
 
 def main() -> None:
@@ -89,7 +103,7 @@ def main() -> None:
             rows.append(correction_row(store, run, summary, args.draws, args.samples))
             print(json.dumps({k: rows[-1][k] for k in ("run", "hf_rows")} | {
                 side: {"c2st": rows[-1][side]["c2st"], "95": rows[-1][side]["marginal_coverage"]["0.95"]}
-                for side in ("chain", "from_scratch")}), flush=True)
+                for side in ("chain", "from_scratch", "mixture")}), flush=True)
     args.out.write_text(json.dumps({"command": "python benchmarks/sequential_correction.py --stores "
                                                + " ".join(map(str, args.stores)) + " --tasks " + " ".join(args.tasks)
                                                + " --methods " + " ".join(args.methods),

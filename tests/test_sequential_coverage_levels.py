@@ -57,3 +57,42 @@ def test_the_check_is_counted_against_material_under_coverage():
     assert check_against_under_coverage(rows) == {
         "flags_and_under_covers": 1, "flags_only": 1, "under_covers_only": 1, "neither": 1, "runs": 4, "agree": 2,
         "level": "0.95", "floor": 0.85}
+
+
+def _correction_row(seed, chain_sigma, scratch_sigma, disagree, shift_sigma=0.1):
+    side = lambda sigma, c2st: {"marginal_coverage": {"0.95": [0.95, sigma]}, "c2st": c2st,  # noqa: E731
+                                "marginals": {"median": [0.0, shift_sigma], "sd": [1.0, 1.0]}}
+    return {"run": f"r{seed}", "task": "t", "method": "mf-tsnpe", "seed": seed, "observation": seed,
+            "chain": side(chain_sigma, 0.6), "from_scratch": {**side(scratch_sigma, 0.8),
+                                                               "marginals": {"median": [0.0, 0.0], "sd": [1.0, 1.0]}},
+            "mixture": side((chain_sigma + scratch_sigma) / 2, 0.7),
+            "scratch_check": {"shift": [0.0, shift_sigma], "threshold": 1.25, "disagree": disagree}}
+
+
+def test_the_validation_pairs_each_kept_estimate_with_tsnpe_and_the_rule_keeps_from_scratch_where_it_flagged():
+    from scratch_check_validation import validation
+
+    tsnpe = [{"task": "t", "method": "tsnpe", "seed": s, "observation": s, "c2st": {"euler-maruyama": 0.8},
+              "marginal_coverage": {"0.95": [0.95, 0.95 + 0.01 * s]}} for s in range(4)]
+    rows = [_correction_row(s, 0.5 + 0.02 * s, 0.95, disagree=s == 0) for s in range(4)]
+    out = validation(tsnpe, rows)["t"]
+    assert out["mf-tsnpe"]["chain"]["against_tsnpe"]["breaks"]            # the chain under-covers sigma
+    assert not out["mf-tsnpe"]["from_scratch"]["against_tsnpe"]["breaks"]
+    assert out["mf-tsnpe"]["flagged"] == "1 of 4"
+    rule = out["mf-tsnpe"]["rule"]                                         # from scratch on seed 0 only
+    assert rule["c2st_mean"] == pytest.approx((0.8 + 3 * 0.6) / 4)
+    assert rule["coverage_95_mean"][1] == pytest.approx((0.95 + 0.52 + 0.54 + 0.56) / 4, abs=1e-3)
+    assert out["tsnpe"]["runs"] == 4
+
+
+def test_the_rule_grid_reads_the_shift_and_keeps_the_declared_criterion():
+    from scratch_check_rule import at_threshold, choose, shift
+
+    rows = [_correction_row(s, 0.5, 0.95, disagree=False, shift_sigma=s) for s in (0.4, 1.1, 2.0)]
+    rows += [{**_correction_row(9, 0.96, 0.95, disagree=False, shift_sigma=1.4), "task": "ou2"}]
+    assert [round(shift(r), 3) for r in rows] == [0.4, 1.1, 2.0, 1.4]
+    low, high = at_threshold(rows, 1.0), at_threshold(rows, 1.5)
+    assert (low["flagged"], low["chain_under_covering_flagged"], low["flagged_ou2_in_order"]) == (3, 2, "1 of 1")
+    assert (high["flagged"], high["kept_under_covering"]) == (1, 2)
+    # Fewest kept under-coverers: 1.0 (one), allowed as it flags at most 2 OU2 runs with the LF in order.
+    assert choose([low, high])["threshold"] == 1.0

@@ -130,8 +130,8 @@ def test_resume_after_a_crash_resimulates_nothing_and_gives_the_same_result(tmp_
     assert resumed["scratch_check"] == reference["scratch_check"]  # the cross-check is seeded too
 
 
-@pytest.mark.parametrize("mode", ["correct", "report"])
-def test_a_disagreeing_cross_check_keeps_from_scratch_and_resume_trains_nothing(tmp_path, prefect_server,
+@pytest.mark.parametrize("mode", ["correct", "mix", "report"])
+def test_the_cross_check_keeps_what_its_mode_says_and_resume_trains_nothing(tmp_path, prefect_server,
                                                                                monkeypatch, mf_tsnpe_run, mode):
     import shutil
     from functools import partial
@@ -157,10 +157,12 @@ def test_a_disagreeing_cross_check_keeps_from_scratch_and_resume_trains_nothing(
     summary = _sequential(copy)
     check = summary["scratch_check"]
     assert check["disagree"] and check["shift"] == reference["scratch_check"]["shift"]
-    assert check["kept"] == ("from scratch" if mode == "correct" else "chain")
-    assert summary["posterior"] == (check["posterior"] if mode == "correct" else reference["posterior"])
+    kept = {"correct": "from scratch", "mix": "mixture", "report": "chain"}[mode]
+    assert check["kept"] == kept
+    assert summary["posterior"] == {"from scratch": check["posterior"], "chain": reference["posterior"],
+                                    "mixture": reference["posterior"] + check["posterior"]}[kept]
     assert (summary["coverage_at_x_o"]["of"] == "the final posterior") == (mode == "report")
-    if mode == "correct":
+    if mode != "report":
         assert summary["metrics"]["c2st"] != reference["metrics"]["c2st"]  # another estimate was evaluated
         posterior = load_posterior(tmp_path / "store", f"ou2/{config.run_name}")
         assert posterior.sample((5,), show_progress_bars=False).shape == (5, 2)

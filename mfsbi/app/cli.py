@@ -105,7 +105,8 @@ def run(
                                                      "on the last round's new rows")] = "stack",
     scratch_check: Annotated[str, typer.Option(help="sequential MF: after the last round, train from scratch on "
                                                    "the run's HF rows and compare at x_o; correct (keep from scratch "
-                                                   "when the marginals disagree), report (keep the chain) or off")
+                                                   "when the marginals disagree), mix (keep the equal mixture of "
+                                                   "both), report (keep the chain) or off")
                              ] = "report",
     acquisition_fraction: Annotated[float, typer.Option(help="A-MF-TSNPE share B of a round chosen by acquisition")] = 0.2,
     pool_size: Annotated[Optional[int], typer.Option(help="A-MF-TSNPE acquisition pool (default by budget)")] = None,

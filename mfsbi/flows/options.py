@@ -161,11 +161,11 @@ class SequentialOptions(_Options):
                                             "training repeated this many times, each without one fold of the last "
                                             "round's rows, for truncated SBC + TARP out of fold (0: only the "
                                             "per-round check, no extra training)")
-    scratch_check: Literal["correct", "report", "off"] = Field(
+    scratch_check: Literal["mix", "correct", "report", "off"] = Field(
         "report", description="sequential MF methods: after the last round, train from scratch on the run's HF "
                               "rows and compare its marginals at x_o with the chain's; correct: keep from scratch "
-                              "when they disagree (the chain may keep the LF's bias), report: keep the chain, "
-                              "off: no extra training")
+                              "when they disagree (the chain may keep the LF's bias), mix: keep the equal mixture "
+                              "of both, report: keep the chain, off: no extra training")
 
 
 class AcquisitionOptions(_Options):

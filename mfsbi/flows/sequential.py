@@ -281,12 +281,13 @@ def run_sequential(config: RunConfig, executor: BatchExecutor) -> RunSummary:
         if (summary.transfer_guard or {}).get("kept") == "from scratch":
             summary.scratch_check = {"compared": False, "reason": "the last round already trained from scratch"}
         else:
-            summary.scratch_check, corrected = scratch_check(run, sim_table, checkpoints, x_o)
-            if corrected:
-                names = scratch_member_names(len(checkpoints))
+            summary.scratch_check = scratch_check(run, sim_table, checkpoints, x_o)
+            kept = summary.scratch_check["kept"]
+            if kept != "chain":  # equal weights: a mixture holds as many chain members as from-scratch ones
+                names = (names if kept == "mixture" else []) + scratch_member_names(len(checkpoints))
                 checkpoints = [run.read_artifact(name) for name in names]
-                if summary.coverage_at_x_o is not None:  # it checked the chain's training, not the one kept
-                    summary.coverage_at_x_o["of"] = "the chain (replaced by from scratch at the cross-check)"
+                if summary.coverage_at_x_o is not None:  # it checked the chain's training, not what is kept
+                    summary.coverage_at_x_o["of"] = f"the chain (the cross-check kept {kept})"
     counts = sim_table.counts()
     summary.hf = HFState(stored_ok=counts["ok"], failed=counts["failed"], budget=dataclasses.asdict(sim_table.budget()))
     summary.posterior = [run.artifact(name) for name in names]
