@@ -20,14 +20,22 @@ from pathlib import Path
 import numpy as np
 
 from _runner import code_state
+from mfsbi.inference.agreement import DISAGREEMENT_SHIFT
+from scratch_check_rule import shift
 from sequential_coverage import paired_with_tsnpe
 
 SIDES = ("chain", "from_scratch", "mixture", "rule")
 
 
+def _flagged(row: dict) -> bool:
+    """The run's own cross-check's verdict; for a run made before it, the rule on this script's estimates."""
+    check = row.get("scratch_check")
+    return bool(check["disagree"]) if check else shift(row) > DISAGREEMENT_SHIFT
+
+
 def _side(row: dict, side: str) -> dict:
-    if side == "rule":  # --scratch-check correct: from scratch where the run's rule flagged, else the chain
-        side = "from_scratch" if row["scratch_check"]["disagree"] else "chain"
+    if side == "rule":  # --scratch-check correct: from scratch where the rule flagged, else the chain
+        side = "from_scratch" if _flagged(row) else "chain"
     return row[side]
 
 
@@ -53,8 +61,9 @@ def validation(coverage_rows: list[dict], correction_rows: list[dict]) -> dict:
     for task in out:
         for method in out[task]:
             group = [r for r in correction_rows if r["task"] == task and r["method"] == method]
-            out[task][method]["flagged"] = f"{sum(r['scratch_check']['disagree'] for r in group)} of {len(group)}"
-            out[task][method]["shifts"] = [round(max(r["scratch_check"]["shift"]), 3) for r in group]
+            out[task][method]["flagged"] = f"{sum(_flagged(r) for r in group)} of {len(group)}"
+            out[task][method]["shifts"] = [round(max(r["scratch_check"]["shift"]) if r.get("scratch_check")
+                                                 else shift(r), 3) for r in group]
     for task in sorted({r["task"] for r in tsnpe}):
         group = [r for r in tsnpe if r["task"] == task]
         out.setdefault(task, {})["tsnpe"] = {
