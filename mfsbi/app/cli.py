@@ -130,7 +130,8 @@ def run(
                    num_nltp_pairs=num_nltp_pairs, max_num_epochs=max_num_epochs, rounds=rounds,
                    observation_index=observation_index, resume=resume,
                    truncation_quantile=truncation_quantile, ensemble=ensemble, ensemble_size=ensemble_size,
-                   transfer_guard=transfer_guard, scratch_check=scratch_check, acquisition_fraction=acquisition_fraction, pool_size=pool_size,
+                   transfer_guard=transfer_guard, scratch_check=scratch_check,
+                   acquisition_fraction=acquisition_fraction, pool_size=pool_size,
                    max_failure_fraction=max_failure_fraction, simulation_timeout=simulation_timeout,
                    training_memory=training_memory, compute_budget=compute_budget)
     # Given on the command line (or by environment): these override --config; defaults do not.

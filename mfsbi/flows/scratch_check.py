@@ -7,12 +7,12 @@ docs/sequential.md), and the last round trained from scratch on the run's own HF
 after the last round, as many estimators as the chain has are trained from scratch on all the
 run's HF rows (the budget's rows: no HF beyond it), and both are sampled at x_o. When their
 marginals disagree (:func:`mfsbi.inference.agreement.marginal_agreement`; its rule was fixed on
-development runs and validated on fresh ones, docs/decisions.md) the chain may have kept some of the
+development runs, then run on fresh ones, docs/sequential.md) the chain may have kept some of the
 LF's bias: ``--scratch-check correct`` keeps the from-scratch estimate, ``report`` (the default)
-keeps the chain and says so. The rule is a weak signal at HF 100 (it flagged none of the chains
-that under-covered with the small bias), so ``mix`` needs no detection: it keeps the equal mixture
-of the chain and the from-scratch estimators whatever the comparison says. The record and the estimators are stored with the run, so
-``--resume`` reuses them.
+keeps the chain and says so. The rule is a weak signal at HF 100 (it flagged 1 of the 7 development
+chains that under-covered with the small bias), so ``mix`` needs no detection: it keeps the equal
+mixture of the chain and the from-scratch estimators whatever the comparison says. The record and
+the estimators are stored with the run, so ``--resume`` reuses them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A sequential MF run's chain (LF-pretrained, fine-tuned round after round) can ho
 true posterior at x_o than TSNPE when the LF is biased (docs/sequential.md, "Coverage at x_o at every
 bias"). An estimate trained from scratch on the run's own HF rows is slower to sharpen but carries
 no LF bias, so the two disagreeing at x_o is a sign the chain kept some of the LF's bias. This
-compares their marginals from draws at x_o; the rule's threshold was fixed on development runs and
-validated on fresh ones (docs/decisions.md, "The from-scratch cross-check of a sequential run").
+compares their marginals from draws at x_o; the rule's threshold was fixed on development runs
+(docs/decisions.md, "The from-scratch cross-check of a sequential MF run").
 Hand-written: sbi's diagnostics (SBC, TARP, local C2ST) compare an estimate to simulations, not two
 estimates at one observation.
 """
@@ -21,7 +21,7 @@ __all__ = ["DISAGREEMENT_SHIFT", "MarginalAgreement", "marginal_agreement"]
 
 #: The rule: the estimates disagree when some parameter's medians lie more than this many of the
 #: check estimate's standard deviations apart (fixed on 55 development runs by the criterion of
-#: docs/decisions.md; docs/scratch-check-rule.json). A weak signal: at HF 100 it flagged none of the
+#: docs/decisions.md; docs/scratch-check-rule.json). A weak signal: at HF 100 it flagged 1 of the 7
 #: chains that under-covered with the small LF bias.
 DISAGREEMENT_SHIFT = 1.25
 
