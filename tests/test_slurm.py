@@ -115,9 +115,14 @@ def test_a_partition_that_starts_no_job_stops_the_run_clearly_and_the_same_comma
     (["--cluster", "slurm", "--dask-address", "tcp://127.0.0.1:1"], "--cluster: give either it or --dask-address"),
 ])
 def test_bad_cluster_options_get_one_line_and_exit_2(tmp_path, args, message):
-    result = subprocess.run([*MFSBI, "run", "--task", "ou2", "--store", str(tmp_path / "s"), *args],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
+    from typer.testing import CliRunner
+
+    from mfsbi.app.cli import app
+
+    # In process: the refusal comes before anything starts (a subprocess only added its import time).
+    result = CliRunner().invoke(app, ["run", "--task", "ou2", "--store", str(tmp_path / "s"), *args],
+                                catch_exceptions=False)
+    assert result.exit_code == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "s").exists()
 
