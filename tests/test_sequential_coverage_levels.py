@@ -62,7 +62,7 @@ def test_the_check_is_counted_against_material_under_coverage():
 def _correction_row(seed, chain_sigma, scratch_sigma, disagree, shift_sigma=0.1):
     side = lambda sigma, c2st: {"marginal_coverage": {"0.95": [0.95, sigma]}, "c2st": c2st,  # noqa: E731
                                 "marginals": {"median": [0.0, shift_sigma], "sd": [1.0, 1.0]}}
-    return {"run": f"r{seed}", "task": "t", "method": "mf-tsnpe", "seed": seed, "observation": seed,
+    return {"store": f"s/t-seed{seed}", "run": f"r{seed}", "task": "t", "method": "mf-tsnpe", "seed": seed, "observation": seed,
             "chain": side(chain_sigma, 0.6), "from_scratch": {**side(scratch_sigma, 0.8),
                                                                "marginals": {"median": [0.0, 0.0], "sd": [1.0, 1.0]}},
             "mixture": side((chain_sigma + scratch_sigma) / 2, 0.7),
@@ -72,9 +72,10 @@ def _correction_row(seed, chain_sigma, scratch_sigma, disagree, shift_sigma=0.1)
 def test_the_validation_pairs_each_kept_estimate_with_tsnpe_and_the_rule_keeps_from_scratch_where_it_flagged():
     from scratch_check_validation import validation
 
-    tsnpe = [{"task": "t", "method": "tsnpe", "seed": s, "observation": s, "c2st": {"euler-maruyama": 0.8},
+    tsnpe = [{"store": f"s/t-seed{s}", "task": "t", "method": "tsnpe", "seed": s, "observation": s, "c2st": {"euler-maruyama": 0.8},
               "marginal_coverage": {"0.95": [0.95, 0.95 + 0.01 * s]}} for s in range(4)]
     rows = [_correction_row(s, 0.5 + 0.02 * s, 0.95, disagree=s == 0) for s in range(4)]
+    rows.append({**_correction_row(3, 0.1, 0.1, disagree=True), "store": "s/t-seed3-select"})  # left out
     out = validation(tsnpe, rows)["t"]
     assert out["mf-tsnpe"]["chain"]["against_tsnpe"]["breaks"]            # the chain under-covers sigma
     assert not out["mf-tsnpe"]["from_scratch"]["against_tsnpe"]["breaks"]
