@@ -73,9 +73,9 @@ def test_member_zero_of_an_ensemble_is_the_single_estimator(ensemble_store, tmp_
 def test_a_sequential_run_has_its_observation_as_default_x(tmp_path, prefect_server):
     from sbi.inference.posteriors import DirectPosterior
 
-    # No check near x_o (coverage_folds=0): five more trainings that this test does not read.
+    # No check near x_o (coverage_folds=0: five more trainings) and no per-round C2ST: this test reads neither.
     config = _config(tmp_path, "tsnpe", hf_sims=10, rounds=2, hf_chunk_size=5, truncation_quantile=1e-3,
-                     coverage_folds=0)
+                     coverage_folds=0, evaluate_rounds=False)
     summary = _run(config)
     posterior = mfsbi.load_posterior(tmp_path / "store", summary["run"] and f"ou2/{summary['run']}")
     assert isinstance(posterior, DirectPosterior)
