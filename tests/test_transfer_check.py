@@ -143,8 +143,10 @@ def test_check_transfer_then_the_run_reuses_the_pilot(tmp_path, prefect_server, 
     assert "verdict" in again.output and report["verdict"] in again.output and "Wilcoxon" in again.output
     assert json.loads((store / report["report"]).read_text())["hf_simulated_now"] == 0
 
+    # One fine-tuning (--transfer-guard off): what is checked is the pilot's rows and checkpoint reused.
     result = CliRunner().invoke(app, ["run", *common, "--method", "mf-npe", "--hf-sims", "30", "--json",
-                                      "--num-test-observations", "1", "--num-nltp-pairs", "10"], catch_exceptions=False)
+                                      "--num-test-observations", "1", "--num-nltp-pairs", "10",
+                                      "--transfer-guard", "off"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     # The 20 pilot rows are the run's first 20: only 10 more HF were simulated, the budget is 30.
