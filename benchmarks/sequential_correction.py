@@ -7,9 +7,12 @@ truncated priors of the rounds, which TSNPE's argument allows training on) inste
 the chain. This measures what that would give, on the stored runs, without simulating anything:
 for every MF run found under ``--stores`` at ``--tasks``, as many estimators as the run kept are
 trained from scratch with the library on all its HF rows (``train_npe`` at the run's own HF
-learning rate of a sequential round, 5e-4 by default; seeds derived from the run's), and the chain the run kept and this
-from-scratch estimate are both read at the run's x_o: coverage of the exact posterior
-(:func:`sequential_coverage.coverage_at`) and C2ST against 1 000 exact draws.
+learning rate of a sequential round, 5e-4 by default; seeds derived from the run's), or, for a run
+that made the from-scratch cross-check (``mfsbi/flows/scratch_check.py``), its own estimators are
+read. The chain the run kept, the from-scratch estimate and their equal mixture (``--scratch-check
+mix``) are each read at the run's x_o: coverage of the exact posterior
+(:func:`sequential_coverage.coverage_at`) and C2ST against 1 000 exact draws; the chain's and from
+scratch's marginals too (what the cross-check's rule reads, ``scratch_check_rule.py``).
 
     python benchmarks/sequential_correction.py --stores benchmarks/stores/sequential-coverage \\
         benchmarks/stores/sequential-guard --tasks ou2-lf-biased-small --out docs/sequential-correction-small.json
