@@ -26,13 +26,14 @@ from mfsbi.flows.run import Run
 from mfsbi.inference import Ensemble, estimator_from_bytes, truncated_prior
 from mfsbi.inference.truncated_coverage import pooled_truncated_coverage, truncated_coverage
 
-__all__ = ["COVERAGE_SAMPLES", "final_coverage", "round_coverage", "truncated_rows"]
+__all__ = ["COVERAGE_SAMPLES", "final_coverage", "posterior_of", "round_coverage", "truncated_rows"]
 
 #: Draws in the region per pair (SBC ranks out of 200; the rule's level does not depend on it).
 COVERAGE_SAMPLES = 200
 
 
-def _posterior(checkpoints: list[bytes], prior):
+def posterior_of(checkpoints: list[bytes], prior):
+    """The sbi posterior of stored members: one estimator's, or their equal-weight ensemble's."""
     members = [estimator_from_bytes(c, prior) for c in checkpoints]
     return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
 
@@ -47,7 +48,7 @@ def truncated_rows(sim_table, round_index: int, acquired: int) -> np.ndarray:
 
 def _region(run: Run, checkpoints: list[bytes], x_o: np.ndarray, round_index: int):
     # The proposal's own region: the same posterior, quantile and seed as the round's proposal drew from.
-    return truncated_prior(_posterior(checkpoints, run.task.prior), run.task.prior, x_o,
+    return truncated_prior(posterior_of(checkpoints, run.task.prior), run.task.prior, x_o,
                            quantile=run.config.truncation_quantile, seed=run.seed("truncate", round_index))
 
 
@@ -73,7 +74,7 @@ def round_coverage(run: Run, sim_table, round_index: int, previous: list[bytes],
         rows = truncated_rows(sim_table, round_index, acquired)
         theta, x = _read_rows(sim_table, rows)
         region = _region(run, previous, x_o, round_index)
-        result = truncated_coverage(_posterior(previous, run.task.prior), region.accepts, theta, x,
+        result = truncated_coverage(posterior_of(previous, run.task.prior), region.accepts, theta, x,
                                     num_samples=COVERAGE_SAMPLES, seed=run.seed("coverage", round_index))
         return {"of": f"the posterior after round {round_index}", "on": f"round {round_index + 1}'s new rows",
                 **result.to_dict()}
@@ -108,7 +109,7 @@ def final_coverage(run: Run, sim_table, round_index: int, starts: list[bytes | N
         trained = run.train(jobs, label=f"coverage check: {k} trainings, each without one fold of {len(rows)} rows")
         region = _region(run, previous, x_o, round_index)
         theta_all, x_all = sim_table.read("all")
-        groups = [(_posterior([t.checkpoint], run.task.prior), theta_all[fold], x_all[fold])
+        groups = [(posterior_of([t.checkpoint], run.task.prior), theta_all[fold], x_all[fold])
                   for t, fold in zip(trained, fold_rows)]
         result = pooled_truncated_coverage(groups, region.accepts, num_samples=COVERAGE_SAMPLES,
                                            seed=run.seed("coverage-final"))

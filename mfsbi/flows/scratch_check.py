@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from mfsbi.flows.coverage import posterior_of
 from mfsbi.flows.evaluation import sample_posterior
 from mfsbi.flows.run import Run
-from mfsbi.inference import Ensemble, estimator_from_bytes
 from mfsbi.inference.agreement import marginal_agreement
 
 __all__ = ["CHECK_SAMPLES", "SCRATCH_CHECK_FILE", "scratch_check", "scratch_member_names"]
@@ -37,11 +37,6 @@ SCRATCH_CHECK_FILE = "scratch-check.json"
 def scratch_member_names(members: int) -> list[str]:
     """Where the from-scratch estimators are stored with the run."""
     return [f"scratch-check-member-{e}.pt" for e in range(members)]
-
-
-def _posterior(checkpoints: list[bytes], prior):
-    members = [estimator_from_bytes(c, prior) for c in checkpoints]
-    return members[0].posterior() if len(members) == 1 else Ensemble(members).posterior()
 
 
 def scratch_check(run: Run, sim_table, chain: list[bytes], x_o: np.ndarray) -> dict[str, Any]:
@@ -74,9 +69,9 @@ def scratch_check(run: Run, sim_table, chain: list[bytes], x_o: np.ndarray) -> d
         for name, checkpoint in zip(names, checkpoints):
             run.write_artifact(name, checkpoint)
     prior = run.task.prior
-    agreement = marginal_agreement(sample_posterior(_posterior(chain, prior), x_o, CHECK_SAMPLES,
+    agreement = marginal_agreement(sample_posterior(posterior_of(chain, prior), x_o, CHECK_SAMPLES,
                                                     run.seed("scratch-check/chain")),
-                                   sample_posterior(_posterior(checkpoints, prior), x_o, CHECK_SAMPLES,
+                                   sample_posterior(posterior_of(checkpoints, prior), x_o, CHECK_SAMPLES,
                                                     run.seed("scratch-check/scratch")))
     mode = run.config.scratch_check
     kept = "mixture" if mode == "mix" else "from scratch" if agreement.disagree and mode == "correct" else "chain"
