@@ -1,0 +1,129 @@
+"""The tables of benchmarks/sequential_compute.py: A-MF-TSNPE's settings in nats, HF counts and CPU seconds.
+
+Beside the NPE curve of docs/pyramidal-table.json at the same three held-out pairs: for each
+seed, the NPE HF count (and its CPU seconds: HF × the measured HF cost + NPE's training CPU) at
+which NPE's mean −log q over seeds first matches that seed's A-MF-TSNPE value, interpolated on
+log budget between grid points ("how many fewer HF", "how many fewer CPU seconds"); intervals are
+the range over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pyramidal_protocol import NPE_BUDGETS
+
+OBSERVATIONS = (0, 1, 2)
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "pyramidal-table.json"
+
+
+def _median_cost(document: dict, name: str) -> float:
+    return float(np.median([c[name] for c in document["costs"]]))
+
+
+def npe_curve(table: dict, variant: str) -> dict[int, dict]:
+    """NPE (task ``pyramidal``, scored on ``variant``'s pairs) per budget: −log q at the observed pairs, CPU."""
+    hf_cost = _median_cost(table, "hf")
+    curve = {}
+    for m in NPE_BUDGETS:
+        rows = [e for e in table["runs"].values() if e["method"] == "npe" and e["hf"] == m and e["task"] == "pyramidal"]
+        scored = [e for e in rows if variant in e.get("posthoc", {})]
+        if not scored:
+            continue
+        per_seed = [-float(np.mean([e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS])) for e in scored]
+        train = [e["summary"]["train"]["cpu_seconds"] for e in scored]
+        curve[m] = {"nltp": float(np.mean(per_seed)), "per_seed": per_seed, "seeds": len(scored),
+                    "cpu": m * hf_cost + float(np.mean(train)),
+                    "log_q": {e["seed"]: [e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS] for e in scored}}
+    return curve
+
+
+def matching(curve: dict[int, dict], target: float, what: str) -> float:
+    """The NPE budget (``what`` = "hf") or CPU (``what`` = "cpu") at which the curve first reaches ``target``.
+
+    Linear in NLTP against log budget between the grid points around the first crossing; ``nan``
+    beyond the grid's end, the first point's value when already below at the smallest budget.
+    """
+    budgets = sorted(curve)
+    if curve[budgets[0]]["nltp"] <= target:
+        return curve[budgets[0]][what] if what == "cpu" else float(budgets[0])
+    for low, high in zip(budgets, budgets[1:]):
+        if curve[high]["nltp"] <= target:
+            a, b = curve[low]["nltp"], curve[high]["nltp"]
+            w = (a - target) / (a - b)
+            x_low, x_high = (low, high) if what == "hf" else (curve[low]["cpu"], curve[high]["cpu"])
+            return float(np.exp(np.log(x_low) + w * (np.log(x_high) - np.log(x_low))))
+    return float("nan")
+
+
+def _pretrain_cpu(document: dict, seed: int, lf: int) -> float:
+    for e in document["runs"].values():
+        if e["seed"] == seed and e["pretrain_cpu_now"] and e["lf"] == lf:
+            return e["pretrain_cpu_now"]
+    return float("nan")
+
+
+def run_cpu(document: dict, entry: dict) -> dict:
+    """A sequential run's CPU seconds, by part (the module docstring of sequential_compute.py says how)."""
+    lf = entry["lf"]
+    parts = {"lf_simulation": lf * _median_cost(document, f"lf_{document['variant']}"),
+             "pretraining": _pretrain_cpu(document, entry["seed"], lf),
+             "hf_and_rounds": entry["run_own_cpu_seconds"], "command": entry["command_cpu_seconds"]}
+    parts["total"] = float(sum(parts.values()))
+    return parts
+
+
+def _fmt(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _range(values: list[float], digits: int = 0) -> str:
+    if any(not np.isfinite(v) for v in values):
+        return "beyond the grid for " + f"{sum(not np.isfinite(v) for v in values)} of {len(values)} seeds"
+    return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def report(document: dict) -> str:
+    variant = document.get("variant", "pyramidal-reduced")
+    table = json.loads(TABLE.read_text())
+    curve = npe_curve(table, variant)
+    lines = [f"# A-MF-TSNPE's settings at equal compute on {variant} (held-out observations 0-2, 3 seeds)", "",
+             "NPE's curve at the same pairs (docs/pyramidal-table.json): " + ", ".join(
+                 f"{m}: {c['nltp']:.2f} ({c['cpu']:.0f} CPU s)" for m, c in curve.items()), "",
+             "| setting | HF | seeds | −log q(θ_o given x_o), mean over obs 0-2 | CPU s (LF sim + pretrain + HF and rounds + command) "
+             "| NPE HF to match: median (range) | HF ratio | NPE CPU s to match | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    runs = [e for e in document["runs"].values() if e["method"] == "a-mf-tsnpe"]
+    for setting, hf in sorted({(e["setting"], e["hf"]) for e in runs}, key=lambda k: (k[1], k[0] != "paper", k[0])):
+        by_seed = {}
+        for e in runs:
+            if e["setting"] == setting and e["hf"] == hf:
+                by_seed.setdefault(e["seed"], []).append(e)
+        complete = {s: es for s, es in sorted(by_seed.items()) if len(es) == len(OBSERVATIONS)}
+        if not complete:
+            continue
+        nltp = [float(np.mean([e["summary"]["metrics"]["nltp"] for e in es])) for es in complete.values()]
+        cpu = [float(np.mean([run_cpu(document, e)["total"] for e in es])) for es in complete.values()]
+        npe_hf = [matching(curve, v, "hf") for v in nltp]
+        npe_cpu = [matching(curve, v, "cpu") for v in nltp]
+        lines.append(f"| {setting} | {hf} | {len(complete)} | {_fmt(nltp)} | {_fmt(cpu, 0)} | {_range(npe_hf)} | "
+                     f"{_range([h / hf for h in npe_hf], 1)} | {_range(npe_cpu)} | "
+                     f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} |")
+    parts = [run_cpu(document, e) for e in runs]
+    if parts:
+        lines += ["", "CPU seconds by part, mean over every A-MF-TSNPE run: " + ", ".join(
+            f"{k} {np.nanmean([p[k] for p in parts]):.0f}" for k in parts[0])]
+    npe = [e for e in document["runs"].values() if e["method"] == "npe"]
+    for e in sorted(npe, key=lambda e: e["seed"]):
+        old = curve.get(e["hf"], {}).get("log_q", {}).get(e["seed"])
+        lines.append(f"\nNPE {e['hf']} HF, seed {e['seed']}, this code: log q at obs 0-2 {e['log_q_at_observations']}; "
+                     f"docs/pyramidal-table.json: {old}")
+    return "\n".join(lines)
