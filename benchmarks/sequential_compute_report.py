@@ -1,7 +1,8 @@
 """The tables of benchmarks/sequential_compute.py: A-MF-TSNPE's settings in nats, HF counts and CPU seconds.
 
 Beside the NPE curve of docs/pyramidal-table.json at the same three held-out pairs: for each
-seed, the NPE HF count (and its CPU seconds: HF × the measured HF cost + NPE's training CPU) at
+seed, the NPE HF count (and its CPU seconds: HF × the HF cost measured with the sequential runs
++ NPE's training CPU, scaled to this machine) at
 which NPE's mean −log q over seeds first matches that seed's A-MF-TSNPE value, interpolated on
 log budget between grid points ("how many fewer HF", "how many fewer CPU seconds"); intervals are
 the range over seeds.
@@ -24,9 +25,13 @@ def _median_cost(document: dict, name: str) -> float:
     return float(np.median([c[name] for c in document["costs"]]))
 
 
-def npe_curve(table: dict, variant: str) -> dict[int, dict]:
-    """NPE (task ``pyramidal``, scored on ``variant``'s pairs) per budget: −log q at the observed pairs, CPU."""
-    hf_cost = _median_cost(table, "hf")
+def npe_curve(table: dict, variant: str, hf_cost: float) -> dict[int, dict]:
+    """NPE (task ``pyramidal``, scored on ``variant``'s pairs) per budget: −log q at the observed pairs, CPU.
+
+    CPU is charged at this machine's speed: the HF at ``hf_cost`` (measured where the sequential
+    runs ran), the training CPU that table recorded scaled by the ratio of the two machines' HF costs.
+    """
+    speed = hf_cost / _median_cost(table, "hf")
     curve = {}
     for m in NPE_BUDGETS:
         rows = [e for e in table["runs"].values() if e["method"] == "npe" and e["hf"] == m and e["task"] == "pyramidal"]
@@ -36,7 +41,7 @@ def npe_curve(table: dict, variant: str) -> dict[int, dict]:
         per_seed = [-float(np.mean([e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS])) for e in scored]
         train = [e["summary"]["train"]["cpu_seconds"] for e in scored]
         curve[m] = {"nltp": float(np.mean(per_seed)), "per_seed": per_seed, "seeds": len(scored),
-                    "cpu": m * hf_cost + float(np.mean(train)),
+                    "cpu": m * hf_cost + speed * float(np.mean(train)),
                     "log_q": {e["seed"]: [e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS] for e in scored}}
     return curve
 
@@ -94,7 +99,7 @@ def _range(values: list[float], digits: int = 0) -> str:
 def report(document: dict) -> str:
     variant = document.get("variant", "pyramidal-reduced")
     table = json.loads(TABLE.read_text())
-    curve = npe_curve(table, variant)
+    curve = npe_curve(table, variant, _median_cost(document, "hf"))
     lines = [f"# A-MF-TSNPE's settings at equal compute on {variant} (held-out observations 0-2, 3 seeds)", "",
              "NPE's curve at the same pairs (docs/pyramidal-table.json): " + ", ".join(
                  f"{m}: {c['nltp']:.2f} ({c['cpu']:.0f} CPU s)" for m, c in curve.items()), "",
