@@ -186,10 +186,7 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         assert "mfsbi-amortized/mfsbi-amortized" in deploy.stdout
 
-        # Bad parameters are refused before anything is submitted.
-        bad = subprocess.run([*MFSBI, "submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "hf_sims=0"],
-                             env=env, capture_output=True, text=True, timeout=120)
-        assert bad.returncode == 2 and "--hf-sims" in bad.stderr
+        # (Bad parameters refused before anything is submitted: tests/test_deployments.py, in process.)
 
         # No `store`: the default is taken from the submitter's folder (not the worker's temporary one),
         # and outlives the flow run.
@@ -207,10 +204,21 @@ def test_serve_deploy_submit_on_local_services(tmp_path, database):
         assert f"store: {store}" in submit.stdout, submit.stdout
         flow_run_id = submit.stdout.split("flow run ", 1)[1].split()[0]
 
-        # A relative store reaching a deployment run (not through `mfsbi submit`) fails the run, saying why.
-        relative = subprocess.run([sys.executable, "-c", f"""
+        listing = subprocess.run([*MFSBI, "runs"], env=env, capture_output=True, text=True, timeout=120)
+        assert listing.returncode == 0 and "Completed" in listing.stdout, listing.stdout + listing.stderr
+        # `mfsbi status` shows the store's rows and budget beside its flow runs from the API.
+        status = subprocess.run([*MFSBI, "status", str(store)], env={**env, "COLUMNS": "200"},
+                                capture_output=True, text=True, timeout=120)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "20 / 20" in status.stdout and "Completed" in status.stdout, status.stdout
+
+        # Through the Prefect API, in one client process: (1) a relative store reaching a deployment run
+        # (not through `mfsbi submit`) fails the run, saying why; (2) the submitted run is Completed and
+        # published its metrics table.
+        check = subprocess.run([sys.executable, "-c", f"""
 import json, time
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from mfsbi.app.deployments import submit_run
 from mfsbi.flows.config import RunConfig
 config = RunConfig(task="ou2", method="npe", hf_sims=20, store="relative-store", dask_address={info["dask_address"]!r})
@@ -221,38 +229,20 @@ with get_client(sync_client=True) as client:
         if flow_run.state is not None and flow_run.state.is_final():
             break
         time.sleep(1)
-print(json.dumps({{"state": flow_run.state.type.value, "message": flow_run.state.message}}))
-"""], env={**env, "PREFECT_API_URL": info["prefect_api_url"],
-                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=400)
-        seen |= _descendants(serve.pid)
-        assert relative.returncode == 0, relative.stderr
-        refused = json.loads(relative.stdout.strip().splitlines()[-1])
-        assert refused["state"] == "FAILED" and "store: 'relative-store' is relative" in refused["message"], refused
-
-        listing = subprocess.run([*MFSBI, "runs"], env=env, capture_output=True, text=True, timeout=120)
-        assert listing.returncode == 0 and "Completed" in listing.stdout, listing.stdout + listing.stderr
-        # `mfsbi status` shows the store's rows and budget beside its flow runs from the API.
-        status = subprocess.run([*MFSBI, "status", str(store)], env={**env, "COLUMNS": "200"},
-                                capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert "20 / 20" in status.stdout and "Completed" in status.stdout, status.stdout
-
-        # Through the Prefect API: the run is Completed and published its metrics table.
-        check = subprocess.run([sys.executable, "-c", f"""
-import json
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-with get_client(sync_client=True) as client:
     run = client.read_flow_run({flow_run_id!r})
     deployment = client.read_deployment(run.deployment_id)
     artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-    print(json.dumps({{"state": run.state.type.value, "name": run.name, "deployment": deployment.name,
+    print(json.dumps({{"refused": {{"state": flow_run.state.type.value, "message": flow_run.state.message}},
+                      "state": run.state.type.value, "name": run.name, "deployment": deployment.name,
                       "artifacts": [[a.type, a.key, a.data] for a in artifacts],
                       "schedules": [[s.active, s.parameters] for s in deployment.schedules]}}))
 """], env={**env, "PREFECT_API_URL": info["prefect_api_url"],
-                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=120)
+                                                    "PREFECT_API_AUTH_STRING": (home / "prefect-auth-string").read_text().strip()}, capture_output=True, text=True, timeout=400)
+        seen |= _descendants(serve.pid)
         assert check.returncode == 0, check.stderr
         facts = json.loads(check.stdout.strip().splitlines()[-1])
+        refused = facts["refused"]
+        assert refused["state"] == "FAILED" and "store: 'relative-store' is relative" in refused["message"], refused
         assert facts["state"] == "COMPLETED" and facts["deployment"] == "mfsbi-amortized"
         assert facts["name"].startswith("ou2 mf-npe lf=300 hf=20")
         markdown = [data for kind, key, data in facts["artifacts"] if kind == "markdown" and key.startswith("metrics-")]

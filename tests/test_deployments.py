@@ -62,6 +62,13 @@ def test_an_absolute_store_is_unchanged(monkeypatch, tmp_path):
     assert config.store == str(tmp_path / "s")
 
 
+def test_bad_submit_parameters_are_refused_before_the_api(no_api):
+    # (Moved here from the deploy-path test, which ran it as a subprocess against live services.)
+    result = runner.invoke(app, ["submit", "mfsbi-amortized", "--param", "task=ou2", "--param", "hf_sims=0"])
+    assert result.exit_code == 2, result.output
+    assert "--hf-sims" in result.output and len(result.output.strip().splitlines()) == 1
+
+
 # ---- deploy --cron ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, expected", [
