@@ -39,11 +39,13 @@ run again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -315,12 +317,28 @@ def main() -> None:
     print(report(document, args.plot))
 
 
-def run_all(args, document: dict) -> None:
-    invocation = {"command": "python " + " ".join(sys.argv), "started_at": now(), "machine": platform.platform(),
-                  "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    document.setdefault("invocations", []).append(invocation)
-    document["protocol"] = (__doc__ or "").strip()
+@contextlib.contextmanager
+def invocation(document: dict, out: Path, protocol: str) -> Iterator[None]:
+    """Records one invocation of a benchmark in ``document`` (saved to ``out``), its end even on failure."""
+    record = {"command": "python " + " ".join(sys.argv), "started_at": now(), "machine": platform.platform(),
+              "processor": platform.processor(), "cpus": os.cpu_count(), "python": platform.python_version()}
+    document.setdefault("invocations", []).append(record)
+    document["protocol"] = protocol.strip()
     started = time.perf_counter()
+    try:
+        yield
+    finally:
+        record["finished_at"] = now()
+        record["wall_seconds"] = round(time.perf_counter() - started, 1)
+        save(out, document)
+
+
+def run_all(args, document: dict) -> None:
+    with invocation(document, args.out, __doc__ or ""):
+        run_planned(args, document)
+
+
+def run_planned(args, document: dict) -> None:
     document.setdefault("costs", []).append(measure_costs(args.cost_draws))
     save(args.out, document)
     print("cost per simulation (CPU s):", document["costs"][-1], flush=True)
@@ -329,26 +347,21 @@ def run_all(args, document: dict) -> None:
     runs = [r for r in plan(args.seeds, args.phase) if args.only is None or key_of(r) in args.only]
     todo = [r for r in runs if key_of(r) not in document["runs"]]
     print(f"{len(runs)} runs planned, {len(todo)} to do", flush=True)
-    try:
-        with runner.services(args.root / "services", args.workers) as services:
-            for run in todo:
-                entry = execute(run, args.root, services, logs)
-                document["runs"][entry["key"]] = entry
-                save(args.out, document)
-                m = entry["summary"]["metrics"]
-                print(f"{now()} {entry['key']}: NLTP {m.get('nltp'):.3f}, NRMSE {m.get('nrmse'):.3f}, "
-                      f"{entry['command_wall_seconds']} s wall, workers {entry['worker_cpu_seconds']} CPU s", flush=True)
-                # Score what can be scored now (another variant's pairs may appear later).
-                for other in document["runs"].values():
-                    if other["method"] in ("npe", "mf-npe"):
-                        missing = other.get("posthoc", {}).keys() < ({other["task"]} | ({"pyramidal-reduced"} if other["method"] == "npe" else set()))
-                        if missing:
-                            posthoc(other, args.root)
-                save(args.out, document)
-    finally:
-        invocation["finished_at"] = now()
-        invocation["wall_seconds"] = round(time.perf_counter() - started, 1)
-        save(args.out, document)
+    with runner.services(args.root / "services", args.workers) as services:
+        for run in todo:
+            entry = execute(run, args.root, services, logs)
+            document["runs"][entry["key"]] = entry
+            save(args.out, document)
+            m = entry["summary"]["metrics"]
+            print(f"{now()} {entry['key']}: NLTP {m.get('nltp'):.3f}, NRMSE {m.get('nrmse'):.3f}, "
+                  f"{entry['command_wall_seconds']} s wall, workers {entry['worker_cpu_seconds']} CPU s", flush=True)
+            # Score what can be scored now (another variant's pairs may appear later).
+            for other in document["runs"].values():
+                if other["method"] in ("npe", "mf-npe"):
+                    missing = other.get("posthoc", {}).keys() < ({other["task"]} | ({"pyramidal-reduced"} if other["method"] == "npe" else set()))
+                    if missing:
+                        posthoc(other, args.root)
+            save(args.out, document)
 
 
 if __name__ == "__main__":

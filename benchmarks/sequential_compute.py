@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 import _runner as runner
-from pyramidal_table import _slim_summary, load, measure_costs, now, save
+from pyramidal_table import _slim_summary, invocation, load, measure_costs, now, save
 
 SETTINGS = {  # name: (LF simulations, rounds, ensemble members)
     "paper": (10000, 5, 5),
@@ -153,33 +151,25 @@ def main() -> None:
 
 
 def run_all(args, document: dict) -> None:
-    invocation = {"command": "python " + " ".join(sys.argv), "started_at": now(), "machine": platform.platform(),
-                  "cpus": os.cpu_count(), "python": platform.python_version()}
-    document.setdefault("invocations", []).append(invocation)
-    document["protocol"] = (__doc__ or "").strip()
-    document["variant"] = args.variant
-    started = time.perf_counter()
-    document.setdefault("costs", []).append(measure_costs(args.cost_draws))
-    costs = document["costs"][-1]
-    save(args.out, document)
-    print("cost per simulation (CPU s):", costs, flush=True)
-    (args.root / "logs").mkdir(parents=True, exist_ok=True)
-    (args.root / NO_CHECKS).write_text("coverage_folds = 0\n")
-    runs = [r for r in plan(args.seeds) if args.only is None or key_of(r) in args.only]
-    todo = [r for r in runs if key_of(r) not in document["runs"]]
-    print(f"{len(runs)} runs planned, {len(todo)} to do", flush=True)
-    try:
+    with invocation(document, args.out, __doc__ or ""):
+        document["variant"] = args.variant
+        document.setdefault("costs", []).append(measure_costs(args.cost_draws))
+        costs = document["costs"][-1]
+        save(args.out, document)
+        print("cost per simulation (CPU s):", costs, flush=True)
+        (args.root / "logs").mkdir(parents=True, exist_ok=True)
+        (args.root / NO_CHECKS).write_text("coverage_folds = 0\n")
+        runs = [r for r in plan(args.seeds) if args.only is None or key_of(r) in args.only]
+        todo = [r for r in runs if key_of(r) not in document["runs"]]
+        print(f"{len(runs)} runs planned, {len(todo)} to do", flush=True)
         with runner.services(args.root / "services", args.workers) as services:
             for run in todo:
                 entry = execute(run, args, services, costs)
                 document["runs"][entry["key"]] = entry
                 save(args.out, document)
                 print(f"{now()} {entry['key']}: NLTP {entry['summary']['metrics'].get('nltp'):.3f}, "
-                      f"{entry['command_wall_seconds']} s wall, run's own {entry['run_own_cpu_seconds']} CPU s", flush=True)
-    finally:
-        invocation["finished_at"] = now()
-        invocation["wall_seconds"] = round(time.perf_counter() - started, 1)
-        save(args.out, document)
+                      f"{entry['command_wall_seconds']} s wall, run's own {entry['run_own_cpu_seconds']} CPU s",
+                      flush=True)
 
 
 if __name__ == "__main__":
