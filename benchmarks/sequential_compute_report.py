@@ -75,7 +75,7 @@ def run_cpu(document: dict, entry: dict) -> dict:
     """A sequential run's CPU seconds, by part (the module docstring of sequential_compute.py says how)."""
     lf = entry["lf"]
     parts = {"lf_simulation": lf * _median_cost(document, f"lf_{document['variant']}"),
-             "pretraining": _pretrain_cpu(document, entry["seed"], lf),
+             "pretraining": _pretrain_cpu(document, entry["seed"], lf) if lf else 0.0,
              "hf_and_rounds": entry["run_own_cpu_seconds"], "command": entry["command_cpu_seconds"]}
     parts["total"] = float(sum(parts.values()))
     return parts
@@ -107,27 +107,34 @@ def report(document: dict) -> str:
              "| NPE HF to match: median (range) | HF ratio | NPE CPU s to match | CPU ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     runs = [e for e in document["runs"].values() if e["method"] == "a-mf-tsnpe"]
+    rows = []  # (setting, HF, per-seed −log q averaged over the observations, per-seed CPU)
     for setting, hf in sorted({(e["setting"], e["hf"]) for e in runs}, key=lambda k: (k[1], k[0] != "paper", k[0])):
         by_seed = {}
         for e in runs:
             if e["setting"] == setting and e["hf"] == hf:
                 by_seed.setdefault(e["seed"], []).append(e)
-        complete = {s: es for s, es in sorted(by_seed.items()) if len(es) == len(OBSERVATIONS)}
-        if not complete:
+        complete = [es for _, es in sorted(by_seed.items()) if len(es) == len(OBSERVATIONS)]
+        rows.append((f"A-MF-TSNPE {setting}", hf, [float(np.mean([e["summary"]["metrics"]["nltp"] for e in es])) for es in complete],
+                     [float(np.mean([run_cpu(document, e)["total"] for e in es])) for es in complete]))
+    amortised = [e for e in document["runs"].values() if e["method"] in ("npe", "mf-npe")]
+    for method, hf in sorted({(e["method"], e["hf"]) for e in amortised}):
+        chosen = sorted((e for e in amortised if (e["method"], e["hf"]) == (method, hf)), key=lambda e: e["seed"])
+        rows.append((f"{method.upper()} (this code, amortised)", hf,
+                     [-float(np.mean(e["log_q_at_observations"])) for e in chosen],
+                     [run_cpu(document, e)["total"] for e in chosen]))
+    for name, hf, nltp, cpu in rows:
+        if not nltp:
             continue
-        nltp = [float(np.mean([e["summary"]["metrics"]["nltp"] for e in es])) for es in complete.values()]
-        cpu = [float(np.mean([run_cpu(document, e)["total"] for e in es])) for es in complete.values()]
         npe_hf = [matching(curve, v, "hf") for v in nltp]
         npe_cpu = [matching(curve, v, "cpu") for v in nltp]
-        lines.append(f"| {setting} | {hf} | {len(complete)} | {_fmt(nltp)} | {_fmt(cpu, 0)} | {_range(npe_hf)} | "
+        lines.append(f"| {name} | {hf} | {len(nltp)} | {_fmt(nltp)} | {_fmt(cpu, 0)} | {_range(npe_hf)} | "
                      f"{_range([h / hf for h in npe_hf], 1)} | {_range(npe_cpu)} | "
                      f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} |")
     parts = [run_cpu(document, e) for e in runs]
     if parts:
         lines += ["", "CPU seconds by part, mean over every A-MF-TSNPE run: " + ", ".join(
             f"{k} {np.nanmean([p[k] for p in parts]):.0f}" for k in parts[0])]
-    npe = [e for e in document["runs"].values() if e["method"] == "npe"]
-    for e in sorted(npe, key=lambda e: e["seed"]):
+    for e in sorted((e for e in amortised if e["method"] == "npe"), key=lambda e: e["seed"]):
         old = curve.get(e["hf"], {}).get("log_q", {}).get(e["seed"])
         lines.append(f"\nNPE {e['hf']} HF, seed {e['seed']}, this code: log q at obs 0-2 {e['log_q_at_observations']}; "
                      f"docs/pyramidal-table.json: {old}")

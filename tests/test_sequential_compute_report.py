@@ -39,3 +39,6 @@ def test_a_run_is_charged_the_lf_and_the_pretraining_it_reused():
     # LF at the median measured cost (0.02), the pretraining its seed's first run recorded, its own part.
     assert parts == {"lf_simulation": pytest.approx(20.0), "pretraining": 40.0, "hf_and_rounds": 30.0,
                      "command": 5.0, "total": pytest.approx(95.0)}
+    # NPE uses no LF: nothing charged for it.
+    npe = {**first, "lf": 0, "pretrain_cpu_now": 0.0}
+    assert run_cpu(document, npe)["total"] == pytest.approx(55.0)
