@@ -30,6 +30,9 @@ CASES = [
     ({"method": "mf-tsnpe", "observation": [0.1, 0.2]}, "mf-tsnpe-lf10000-hf100-r5-x93033c4c-seed0"),
     ({"method": "mf-tsnpe", "level_sims": {"mf": 100}}, "mf-tsnpe-lf10000-mf100-hf100-r5-obs0-seed0"),
     ({"method": "a-mf-tsnpe", "ensemble_size": 5, "rounds": 4}, "a-mf-tsnpe-lf10000-hf100-r4-obs0-seed0"),
+    # Added later: an ensemble of other than the default 5 members is in the name (it was not: two such runs collided).
+    ({"method": "a-mf-tsnpe", "ensemble_size": 2}, "a-mf-tsnpe-lf10000-hf100-r5-e2-obs0-seed0"),
+    ({"method": "mf-tsnpe", "ensemble_size": 2}, "mf-tsnpe-lf10000-hf100-r5-obs0-seed0"),  # not an ensemble method
     ({"method": "mf-abc"}, "mf-abc-lf10000-hf100-obs0-seed0"),
     ({"method": "mf-abc", "ensemble": 2}, "mf-abc-lf10000-hf100-obs0-seed0"),
     ({"method": "mf-abc", "observation_index": 3, "lf_sims": 500}, "mf-abc-lf500-hf100-obs3-seed0"),

@@ -86,8 +86,15 @@ def _ensemble_and_budget(config: RunConfig) -> str:
 
 
 def _rounds_and_observation(config: RunConfig) -> str:
-    """The sequential family's run names: the rounds, then the observation."""
-    return f"-r{config.rounds}-{config.observation_tag}"
+    """The sequential family's run names: the rounds, an ensemble's members when not the default, the observation.
+
+    Two runs that differ only in their members would otherwise share a name, and so a table: the
+    second was refused as a resume of the first. Default-sized runs keep the names stores hold.
+    """
+    members = ""
+    if config.method_spec.ensemble and config.ensemble_size != AcquisitionOptions.model_fields["ensemble_size"].default:
+        members = f"-e{config.ensemble_size}"
+    return f"-r{config.rounds}{members}-{config.observation_tag}"
 
 
 @dataclass(frozen=True)
