@@ -130,6 +130,18 @@ def report(document: dict) -> str:
         lines.append(f"| {name} | {hf} | {len(nltp)} | {_fmt(nltp)} | {_fmt(cpu, 0)} | {_range(npe_hf)} | "
                      f"{_range([h / hf for h in npe_hf], 1)} | {_range(npe_cpu)} | "
                      f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} |")
+    # The paper's setting against the same runs at the same seeds and pairs in docs/pyramidal-table.json
+    # (the code of 2026-12-06): what the code changes since then did to A-MF-TSNPE.
+    earlier = {(e["hf"], e["seed"], e["obs"]): e["summary"]["metrics"]["nltp"] for e in table["runs"].values()
+               if e["method"] == "a-mf-tsnpe" and e["task"] == variant}
+    pairs = [(earlier[(e["hf"], e["seed"], e["obs"])], e["summary"]["metrics"]["nltp"]) for e in runs
+             if e["setting"] == "paper" and (e["hf"], e["seed"], e["obs"]) in earlier]
+    if pairs:
+        change = [new - old for old, new in pairs]
+        lines += ["", f"A-MF-TSNPE (paper's setting) against the same seed, budget and pair in docs/pyramidal-table.json "
+                      f"(earlier code): −log q this code minus then, {len(pairs)} runs: mean {np.mean(change):+.2f}, "
+                      f"standard error {np.std(change, ddof=1) / np.sqrt(len(change)) if len(change) > 1 else float('nan'):.2f}, "
+                      f"worse now on {sum(c > 0 for c in change)} of {len(change)}"]
     parts = [run_cpu(document, e) for e in runs]
     if parts:
         lines += ["", "CPU seconds by part, mean over every A-MF-TSNPE run: " + ", ".join(
