@@ -15,6 +15,10 @@ Protocol, fixed before the runs (docs/decisions.md, "The sequential headline at 
   they report, they do not change the posterior, and their training would be charged to the method.
 - NPE at 500 HF (seed 0-2) through the same code, scored at the same three pairs: it says whether
   the NPE curve of docs/pyramidal-table.json (an earlier commit) is still what this code gives.
+- NPE at 500 HF trained on task ``pyramidal``'s HF table (the rows docs/pyramidal-table.json's NPE
+  trained on: θ are drawn per table name, so ``pyramidal-reduced``'s HF table holds other rows),
+  scored at the variant's three pairs: whether this code gives that table's NPE on the same rows
+  (added after the NPE runs above differed from it).
 - Amortised MF-NPE as a user gets it (1e4 LF, the default cross-validated choice) at 50 and 100 HF,
   seeds 0-2, scored at the same three pairs (added after the A-MF-TSNPE runs had started; it
   chooses nothing about them).
@@ -62,6 +66,8 @@ def plan(seeds: list[int]) -> list[dict]:
     runs += [{"method": "npe", "setting": "npe", "lf": 0, "hf": 500, "seed": s, "obs": None} for s in seeds]
     runs += [{"method": "mf-npe", "setting": "mf-npe", "lf": 10000, "hf": hf, "seed": s, "obs": None}
              for hf in (50, 100) for s in seeds]
+    runs += [{"method": "npe", "setting": "npe-pyramidal-rows", "task": "pyramidal", "lf": 0, "hf": 500, "seed": s,
+              "obs": None} for s in seeds]
     return runs
 
 
@@ -70,11 +76,21 @@ def key_of(run: dict) -> str:
     return f"{run['setting']}/hf{run['hf']}/seed{run['seed']}{obs}"
 
 
+def task_of(run: dict, variant: str) -> str:
+    """The task a run trains on: the variant, or ``pyramidal``'s HF table for the NPE check (docstring)."""
+    return run.get("task", variant)
+
+
 def command_of(run: dict, variant: str, root: Path, dask_address: str) -> list[str]:
-    store = root / f"{variant}-seed{run['seed']}"
-    command = ["run", "--task", variant, "--method", run["method"], "--hf-sims", str(run["hf"]),
-               "--seed", str(run["seed"]), "--store", str(store), "--num-nltp-pairs", "100",
+    task = task_of(run, variant)
+    store = root / f"{task}-seed{run['seed']}"
+    # An NPE run on the other task's rows is scored here, at the variant's pairs: it needs no test pairs of its own.
+    pairs = "100" if task == variant else "0"
+    command = ["run", "--task", task, "--method", run["method"], "--hf-sims", str(run["hf"]),
+               "--seed", str(run["seed"]), "--store", str(store), "--num-nltp-pairs", pairs,
                "--dask-address", dask_address, "--json"]
+    if task != variant:
+        command += ["--num-test-observations", "0"]
     if run["method"] == "mf-npe":
         command += ["--lf-sims", str(run["lf"])]
     if run["method"] == "a-mf-tsnpe":
@@ -95,14 +111,14 @@ def test_rows(store: Path, variant: str) -> int:
     return 0 if table is None else len(table.rows("ok"))
 
 
-def log_q_at_observations(store: Path, variant: str, run_name: str) -> list[float]:
-    """log q(θ_i | x_i) of an amortised run at the held-out pairs the sequential runs observe."""
+def log_q_at_observations(store: Path, task: str, run_name: str, pairs_store: Path, variant: str) -> list[float]:
+    """log q(θ_i | x_i) of an amortised run (in ``store``, of ``task``) at the held-out pairs the sequential runs observe."""
     import mfsbi
     from mfsbi.inference import pair_log_probs
     from mfsbi.storage import SimulationStore
 
-    posterior = mfsbi.load_posterior(str(store), run=f"{variant}/{run_name}")
-    table = SimulationStore(str(store)).table(f"{variant}-test", "hf")
+    posterior = mfsbi.load_posterior(str(store), run=f"{task}/{run_name}")
+    table = SimulationStore(str(pairs_store)).table(f"{variant}-test", "hf")
     rows = table.rows("ok")
     theta, x = table.read("ok")
     order = np.argsort(rows)[: len(OBSERVATIONS)]
@@ -111,7 +127,8 @@ def log_q_at_observations(store: Path, variant: str, run_name: str) -> list[floa
 
 
 def execute(run: dict, args, services: runner.Services, costs: dict) -> dict:
-    store = args.root / f"{args.variant}-seed{run['seed']}"
+    task = task_of(run, args.variant)
+    store, pairs_store = args.root / f"{task}-seed{run['seed']}", args.root / f"{args.variant}-seed{run['seed']}"
     command = command_of(run, args.variant, args.root, services.dask_address)
     log = args.root / "logs" / (key_of(run).replace("/", "_") + ".log")
     tests_before = test_rows(store, args.variant)
@@ -133,7 +150,7 @@ def execute(run: dict, args, services: runner.Services, costs: dict) -> dict:
              "loadavg_after": [round(v, 2) for v in os.getloadavg()],
              "summary": _slim_summary(summary)}
     if run["method"] in ("npe", "mf-npe"):
-        entry["log_q_at_observations"] = log_q_at_observations(store, args.variant, summary["run"])
+        entry["log_q_at_observations"] = log_q_at_observations(store, task, summary["run"], pairs_store, args.variant)
     return entry
 
 

@@ -117,9 +117,10 @@ def report(document: dict) -> str:
         rows.append((f"A-MF-TSNPE {setting}", hf, [float(np.mean([e["summary"]["metrics"]["nltp"] for e in es])) for es in complete],
                      [float(np.mean([run_cpu(document, e)["total"] for e in es])) for es in complete]))
     amortised = [e for e in document["runs"].values() if e["method"] in ("npe", "mf-npe")]
-    for method, hf in sorted({(e["method"], e["hf"]) for e in amortised}):
-        chosen = sorted((e for e in amortised if (e["method"], e["hf"]) == (method, hf)), key=lambda e: e["seed"])
-        rows.append((f"{method.upper()} (this code, amortised)", hf,
+    for setting, hf in sorted({(e["setting"], e["hf"]) for e in amortised}):
+        chosen = sorted((e for e in amortised if (e["setting"], e["hf"]) == (setting, hf)), key=lambda e: e["seed"])
+        name = {"npe-pyramidal-rows": "NPE on `pyramidal`'s HF rows"}.get(setting, setting.upper())
+        rows.append((f"{name} (this code, amortised)", hf,
                      [-float(np.mean(e["log_q_at_observations"])) for e in chosen],
                      [run_cpu(document, e)["total"] for e in chosen]))
     for name, hf, nltp, cpu in rows:
@@ -146,8 +147,8 @@ def report(document: dict) -> str:
     if parts:
         lines += ["", "CPU seconds by part, mean over every A-MF-TSNPE run: " + ", ".join(
             f"{k} {np.nanmean([p[k] for p in parts]):.0f}" for k in parts[0])]
-    for e in sorted((e for e in amortised if e["method"] == "npe"), key=lambda e: e["seed"]):
+    for e in sorted((e for e in amortised if e["method"] == "npe"), key=lambda e: (e["setting"], e["seed"])):
         old = curve.get(e["hf"], {}).get("log_q", {}).get(e["seed"])
-        lines.append(f"\nNPE {e['hf']} HF, seed {e['seed']}, this code: log q at obs 0-2 {e['log_q_at_observations']}; "
+        lines.append(f"\nNPE {e['hf']} HF ({e['setting']}), seed {e['seed']}, this code: log q at obs 0-2 {e['log_q_at_observations']}; "
                      f"docs/pyramidal-table.json: {old}")
     return "\n".join(lines)
