@@ -64,6 +64,17 @@ def matching(curve: dict[int, dict], target: float, what: str) -> float:
     return float("nan")
 
 
+def break_even_hf_cost(cpu: float, hf: int, npe_cpu: float, npe_hf: float, hf_cost: float) -> float:
+    """The CPU seconds per HF simulation at which a run and the NPE that matches it cost the same.
+
+    Everything but the HF simulations is held fixed: ``cpu − hf·hf_cost + hf·c = npe_cpu −
+    npe_hf·hf_cost + npe_hf·c``. Above ``c`` the run is cheaper. ``nan`` unless NPE needs more HF.
+    """
+    if not npe_hf > hf:
+        return float("nan")
+    return ((cpu - hf * hf_cost) - (npe_cpu - npe_hf * hf_cost)) / (npe_hf - hf)
+
+
 def _pretrain_cpu(document: dict, seed: int, lf: int) -> float:
     for e in document["runs"].values():
         if e["seed"] == seed and e["pretrain_cpu_now"] and e["lf"] == lf:
@@ -91,6 +102,8 @@ def _fmt(values: list[float], digits: int = 2) -> str:
 
 
 def _range(values: list[float], digits: int = 0) -> str:
+    if all(not np.isfinite(v) for v in values):
+        return "—"
     if any(not np.isfinite(v) for v in values):
         return "beyond the grid for " + f"{sum(not np.isfinite(v) for v in values)} of {len(values)} seeds"
     return f"{np.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
@@ -104,8 +117,9 @@ def report(document: dict) -> str:
              "NPE's curve at the same pairs (docs/pyramidal-table.json): " + ", ".join(
                  f"{m}: {c['nltp']:.2f} ({c['cpu']:.0f} CPU s)" for m, c in curve.items()), "",
              "| setting | HF | seeds | −log q(θ_o given x_o), mean over obs 0-2 | CPU s (LF sim + pretrain + HF and rounds + command) "
-             "| NPE HF to match: median (range) | HF ratio | NPE CPU s to match | CPU ratio |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| NPE HF to match: median (range) | HF ratio | NPE CPU s to match | CPU ratio (NPE / this) "
+             "| HF CPU s per simulation at which the CPU is equal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [e for e in document["runs"].values() if e["method"] == "a-mf-tsnpe"]
     rows = []  # (setting, HF, per-seed −log q averaged over the observations, per-seed CPU)
     for setting, hf in sorted({(e["setting"], e["hf"]) for e in runs}, key=lambda k: (k[1], k[0] != "paper", k[0])):
@@ -123,14 +137,16 @@ def report(document: dict) -> str:
         rows.append((f"{name} (this code, amortised)", hf,
                      [-float(np.mean(e["log_q_at_observations"])) for e in chosen],
                      [run_cpu(document, e)["total"] for e in chosen]))
+    hf_cost = _median_cost(document, "hf")
     for name, hf, nltp, cpu in rows:
         if not nltp:
             continue
         npe_hf = [matching(curve, v, "hf") for v in nltp]
         npe_cpu = [matching(curve, v, "cpu") for v in nltp]
+        even = [break_even_hf_cost(c, hf, n, m, hf_cost) for c, n, m in zip(cpu, npe_cpu, npe_hf)]
         lines.append(f"| {name} | {hf} | {len(nltp)} | {_fmt(nltp)} | {_fmt(cpu, 0)} | {_range(npe_hf)} | "
                      f"{_range([h / hf for h in npe_hf], 1)} | {_range(npe_cpu)} | "
-                     f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} |")
+                     f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} | {_range(even, 2)} |")
     # The paper's setting against the same runs at the same seeds and pairs in docs/pyramidal-table.json
     # (the code of 2026-12-06): what the code changes since then did to A-MF-TSNPE.
     earlier = {(e["hf"], e["seed"], e["obs"]): e["summary"]["metrics"]["nltp"] for e in table["runs"].values()

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from sequential_compute_report import matching, run_cpu  # noqa: E402
+from sequential_compute_report import break_even_hf_cost, matching, run_cpu  # noqa: E402
 
 #: NPE's NLTP falls with its budget, except one step up (as docs/pyramidal-table.json's curve does).
 CURVE = {50: {"nltp": -2.0, "cpu": 15.0}, 100: {"nltp": -4.0, "cpu": 30.0}, 200: {"nltp": -3.5, "cpu": 60.0},
@@ -42,3 +42,11 @@ def test_a_run_is_charged_the_lf_and_the_pretraining_it_reused():
     # NPE uses no LF: nothing charged for it.
     npe = {**first, "lf": 0, "pretrain_cpu_now": 0.0}
     assert run_cpu(document, npe)["total"] == pytest.approx(55.0)
+
+
+def test_the_hf_cost_at_which_a_run_and_its_matching_npe_cost_the_same():
+    # 50 HF at 0.2 s (10 s) + 190 s of the rest, against NPE's 400 HF (80 s) + 20 s of training.
+    c = break_even_hf_cost(200.0, 50, 100.0, 400.0, 0.2)
+    assert c == pytest.approx((190.0 - 20.0) / 350.0)
+    assert 190.0 + 50 * c == pytest.approx(20.0 + 400 * c)  # the same CPU at that cost
+    assert np.isnan(break_even_hf_cost(200.0, 500, 100.0, 400.0, 0.2))  # NPE needs fewer HF: no such cost
