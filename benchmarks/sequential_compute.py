@@ -191,7 +191,8 @@ def run_all(args, document: dict) -> None:
                 entry = execute(run, args, services, costs)
                 document["runs"][entry["key"]] = entry
                 save(args.out, document)
-                print(f"{now()} {entry['key']}: NLTP {entry['summary']['metrics'].get('nltp'):.3f}, "
+                nltp = entry["summary"]["metrics"].get("nltp")  # None where the run scored no pairs of its own
+                print(f"{now()} {entry['key']}: NLTP {nltp if nltp is None else round(nltp, 3)}, "
                       f"{entry['command_wall_seconds']} s wall, run's own {entry['run_own_cpu_seconds']} CPU s",
                       flush=True)
 
