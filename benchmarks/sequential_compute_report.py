@@ -113,7 +113,9 @@ def report(document: dict) -> str:
     variant = document.get("variant", "pyramidal-reduced")
     table = json.loads(TABLE.read_text())
     curve = npe_curve(table, variant, _median_cost(document, "hf"))
-    lines = [f"# A-MF-TSNPE's settings at equal compute on {variant} (held-out observations 0-2, 3 seeds)", "",
+    seeds = sorted({e["seed"] for e in document["runs"].values()})
+    lines = [f"# A-MF-TSNPE's settings at equal compute on {variant} (held-out observations 0-2, seeds "
+             f"{', '.join(map(str, seeds))})", "",
              "NPE's curve at the same pairs (docs/pyramidal-table.json): " + ", ".join(
                  f"{m}: {c['nltp']:.2f} ({c['cpu']:.0f} CPU s)" for m, c in curve.items()), "",
              "| setting | HF | seeds | −log q(θ_o given x_o), mean over obs 0-2 | CPU s: LF sim + pretrain + HF and rounds + command (the command's) "
