@@ -15,7 +15,8 @@ def _config(tmp_path, method, **overrides):
     values = dict(task="ou2", method=method, lf_sims=300, hf_sims=24, rounds=3, store=str(tmp_path / "store"),
                   seed=5, num_test_observations=1, num_nltp_pairs=0, posterior_samples=200, max_num_epochs=3,
                   lf_chunk_size=100, hf_chunk_size=5, ensemble_size=2, pool_size=50, truncation_quantile=1e-3,
-                  evaluate_rounds=False)  # the per-round C2ST only reports: one test turns it on
+                  evaluate_rounds=False,  # the per-round C2ST only reports: one test turns it on
+                  coverage_folds=2)  # the final check near x_o out of 2 folds, not 5: two trainings per member
     values.update(overrides)
     return RunConfig(**values)
 
@@ -50,7 +51,7 @@ def test_each_sequential_method_runs_and_respects_the_budget(tmp_path, prefect_s
         # TSNPE without the final check near x_o (its five trainings; the MF methods' checks are read).
         config = _config(tmp_path, method, evaluate_rounds=per_round,
                          scratch_check="off" if method == "a-mf-tsnpe" else "report",
-                         coverage_folds=0 if method == "tsnpe" else 5)
+                         coverage_folds=0 if method == "tsnpe" else 2)
         summary = _sequential(config)
     assert [row["new_simulations"] for row in summary["rounds"]] == [8, 8, 8]
     table = SimulationStore(config.store).table(f"{config.task}.{config.run_name}", "hf")
