@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from pyramidal_protocol import NPE_BUDGETS
+from pyramidal_report import _mean_sd
 
 OBSERVATIONS = (0, 1, 2)
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "pyramidal-table.json"
 
 
 def _median_cost(document: dict, name: str) -> float:
+    """One measured cost, the median of the document's measurements (a document may hold only some names)."""
     return float(np.median([c[name] for c in document["costs"]]))
 
 
@@ -40,8 +42,7 @@ def npe_curve(table: dict, variant: str, hf_cost: float) -> dict[int, dict]:
             continue
         per_seed = [-float(np.mean([e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS])) for e in scored]
         train = [e["summary"]["train"]["cpu_seconds"] for e in scored]
-        curve[m] = {"nltp": float(np.mean(per_seed)), "per_seed": per_seed, "seeds": len(scored),
-                    "cpu": m * hf_cost + speed * float(np.mean(train)),
+        curve[m] = {"nltp": float(np.mean(per_seed)), "cpu": m * hf_cost + speed * float(np.mean(train)),
                     "log_q": {e["seed"]: [e["posthoc"][variant]["log_q"][i] for i in OBSERVATIONS] for e in scored}}
     return curve
 
@@ -93,12 +94,7 @@ def run_cpu(document: dict, entry: dict) -> dict:
 
 
 def _fmt(values: list[float], digits: int = 2) -> str:
-    values = [v for v in values if np.isfinite(v)]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+    return _mean_sd([v for v in values if np.isfinite(v)], digits)
 
 
 def _range(values: list[float], digits: int = 0) -> str:
@@ -112,7 +108,8 @@ def _range(values: list[float], digits: int = 0) -> str:
 def report(document: dict) -> str:
     variant = document.get("variant", "pyramidal-reduced")
     table = json.loads(TABLE.read_text())
-    curve = npe_curve(table, variant, _median_cost(document, "hf"))
+    hf_cost = _median_cost(document, "hf")
+    curve = npe_curve(table, variant, hf_cost)
     seeds = sorted({e["seed"] for e in document["runs"].values()})
     lines = [f"# A-MF-TSNPE's settings at equal compute on {variant} (held-out observations 0-2, seeds "
              f"{', '.join(map(str, seeds))})", "",
@@ -123,24 +120,25 @@ def report(document: dict) -> str:
              "| HF CPU s per simulation at which the CPU is equal |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     runs = [e for e in document["runs"].values() if e["method"] == "a-mf-tsnpe"]
-    rows = []  # (setting, HF, per-seed −log q averaged over the observations, per-seed CPU)
+    # (name, HF, per seed: −log q averaged over the observations, CPU in all, the command's CPU)
+    rows = []
     for setting, hf in sorted({(e["setting"], e["hf"]) for e in runs}, key=lambda k: (k[1], k[0] != "paper", k[0])):
         by_seed = {}
         for e in runs:
             if e["setting"] == setting and e["hf"] == hf:
                 by_seed.setdefault(e["seed"], []).append(e)
         complete = [es for _, es in sorted(by_seed.items()) if len(es) == len(OBSERVATIONS)]
+        parts = [[run_cpu(document, e) for e in es] for es in complete]
         rows.append((f"A-MF-TSNPE {setting}", hf, [float(np.mean([e["summary"]["metrics"]["nltp"] for e in es])) for es in complete],
-                     [float(np.mean([run_cpu(document, e)["total"] for e in es])) for es in complete],
-                     [float(np.mean([run_cpu(document, e)["command"] for e in es])) for es in complete]))
+                     [float(np.mean([p["total"] for p in ps])) for ps in parts],
+                     [float(np.mean([p["command"] for p in ps])) for ps in parts]))
     amortised = [e for e in document["runs"].values() if e["method"] in ("npe", "mf-npe")]
     for setting, hf in sorted({(e["setting"], e["hf"]) for e in amortised}):
         chosen = sorted((e for e in amortised if (e["setting"], e["hf"]) == (setting, hf)), key=lambda e: e["seed"])
         name = {"npe-pyramidal-rows": "NPE on `pyramidal`'s HF rows"}.get(setting, setting.upper())
-        rows.append((f"{name} (this code, amortised)", hf,
-                     [-float(np.mean(e["log_q_at_observations"])) for e in chosen],
-                     [run_cpu(document, e)["total"] for e in chosen], [run_cpu(document, e)["command"] for e in chosen]))
-    hf_cost = _median_cost(document, "hf")
+        parts = [run_cpu(document, e) for e in chosen]
+        rows.append((f"{name} (this code, amortised)", hf, [-float(np.mean(e["log_q_at_observations"])) for e in chosen],
+                     [p["total"] for p in parts], [p["command"] for p in parts]))
     for name, hf, nltp, cpu, command in rows:
         if not nltp:
             continue
@@ -152,7 +150,7 @@ def report(document: dict) -> str:
             even = [break_even_hf_cost(c, hf, n, m, hf_cost) for c, n, m in zip(cpu, npe_cpu, npe_hf)]
         lines.append(f"| {name} | {hf} | {len(nltp)} | {_fmt(nltp)} | {_fmt(cpu, 0)} ({_fmt(command, 0)}) | {_range(npe_hf)} | "
                      f"{_range([h / hf for h in npe_hf], 1)} | {_range(npe_cpu)} | "
-                     f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} | {_range(even, 2)} |".replace("(— / —)", "—"))
+                     f"{_range([n / c for n, c in zip(npe_cpu, cpu)], 2)} | {_range(even, 2)} |")
     # The paper's setting against the same runs at the same seeds and pairs in docs/pyramidal-table.json
     # (the code of 2026-12-06): what the code changes since then did to A-MF-TSNPE.
     earlier = {(e["hf"], e["seed"], e["obs"]): e["summary"]["metrics"]["nltp"] for e in table["runs"].values()
